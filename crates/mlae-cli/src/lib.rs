@@ -1,0 +1,51 @@
+//! The commands behind `mlae-cli`. The binary is thin: parsing, logging set-up and exit
+//! codes live here so that the end-to-end tests and the binary share one code path.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod commands;
+
+/// Fine-tune vision transformers with Masked LoRA Experts (MLAE) and its baselines.
+#[derive(Debug, Parser)]
+#[command(name = "mlae-cli", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing syntax), e.g. `info`, `debug`, `mlae_train=debug`.
+    #[arg(long, global = true, env = "MLAE_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report the libtorch version and location, CUDA/cuDNN availability, devices and threads.
+    Doctor(commands::doctor::DoctorArgs),
+}
+
+/// Parses arguments, installs the log subscriber and runs the command.
+pub fn main_entry() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    let result = match cli.command {
+        Command::Doctor(args) => commands::doctor::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

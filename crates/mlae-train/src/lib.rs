@@ -1,0 +1,1 @@
+//! The training and evaluation loop for MLAE and its baselines.

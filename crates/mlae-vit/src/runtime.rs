@@ -1,0 +1,187 @@
+//! What libtorch this process runs on: version, location, CUDA devices, threads.
+//!
+//! Used by `mlae-cli doctor` and written into every run's summary, so that a result can
+//! always be traced to the library and hardware that produced it.
+
+use std::path::{Path, PathBuf};
+
+/// The PyTorch release that tch 0.24 is built for; any other libtorch is a set-up error.
+pub const EXPECTED_LIBTORCH: &str = "2.11.0";
+
+/// One CUDA device as the driver reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuInfo {
+    pub index: usize,
+    pub name: String,
+    pub total_memory_bytes: u64,
+}
+
+/// A snapshot of the runtime, cheap to take (no kernels are launched).
+#[derive(Debug, Clone)]
+pub struct RuntimeInfo {
+    /// Version of the loaded libtorch, read from the files beside it (`version.py` of a pip
+    /// install, or `build-version` of a libtorch zip).
+    pub libtorch_version: Option<String>,
+    /// Directory of the `libtorch_cpu.so` actually mapped into this process.
+    pub libtorch_dir: Option<PathBuf>,
+    /// The libtorch directory the binary was linked against (its rpath).
+    pub linked_dir: Option<&'static str>,
+    pub cuda_available: bool,
+    pub cudnn_available: bool,
+    pub cuda_device_count: i64,
+    pub gpus: Vec<GpuInfo>,
+    pub torch_threads: i32,
+    pub torch_interop_threads: i32,
+    pub available_cores: usize,
+    pub has_mkl: bool,
+    pub has_mkldnn: bool,
+    pub has_openmp: bool,
+}
+
+impl RuntimeInfo {
+    /// True when the loaded libtorch is the release tch expects.
+    pub fn version_ok(&self) -> bool {
+        self.libtorch_version.as_deref().is_some_and(|v| v.split('+').next() == Some(EXPECTED_LIBTORCH))
+    }
+
+    /// A short device description for summaries, e.g. `cpu (2 threads)` or `cuda:0 NVIDIA H100`.
+    pub fn device_label(&self, device: tch::Device) -> String {
+        match device {
+            tch::Device::Cuda(i) => {
+                let name = self.gpus.iter().find(|g| g.index == i).map(|g| g.name.as_str());
+                format!("cuda:{i} {}", name.unwrap_or("(unknown GPU)"))
+            }
+            _ => format!("cpu ({} threads)", self.torch_threads),
+        }
+    }
+}
+
+/// Collects the runtime facts. Never fails: what cannot be read is reported as unknown.
+pub fn runtime_info() -> RuntimeInfo {
+    let libtorch_dir = loaded_libtorch_dir();
+    let libtorch_version = libtorch_dir.as_deref().and_then(libtorch_version_near);
+    let cuda_available = tch::Cuda::is_available();
+    let cuda_device_count = if cuda_available { tch::Cuda::device_count() } else { 0 };
+    RuntimeInfo {
+        libtorch_version,
+        libtorch_dir,
+        linked_dir: option_env!("MLAE_LIBTORCH_LIB"),
+        cuda_available,
+        cudnn_available: cuda_available && tch::Cuda::cudnn_is_available(),
+        cuda_device_count,
+        gpus: if cuda_available { cuda_driver_devices() } else { Vec::new() },
+        torch_threads: tch::get_num_threads(),
+        torch_interop_threads: tch::get_num_interop_threads(),
+        available_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        has_mkl: tch::utils::has_mkl(),
+        has_mkldnn: tch::utils::has_mkldnn(),
+        has_openmp: tch::utils::has_openmp(),
+    }
+}
+
+/// The directory of the libtorch mapped into this process, from `/proc/self/maps`: the
+/// ground truth, whatever rpath or LD_LIBRARY_PATH said.
+fn loaded_libtorch_dir() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|l| l.split_whitespace().nth(5))
+        .find(|p| p.ends_with("/libtorch_cpu.so"))
+        .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
+}
+
+/// Reads the version of a libtorch from the files next to its `lib` directory.
+pub fn libtorch_version_near(lib_dir: &Path) -> Option<String> {
+    let root = lib_dir.parent()?;
+    if let Ok(text) = std::fs::read_to_string(root.join("version.py")) {
+        for line in text.lines() {
+            if let Some(rest) = line.trim().strip_prefix("__version__") {
+                let v = rest.trim_start_matches([' ', '=', ':']).trim();
+                let v = v.rsplit('=').next().unwrap_or(v).trim().trim_matches(['\'', '"']);
+                if !v.is_empty() {
+                    return Some(v.to_string());
+                }
+            }
+        }
+    }
+    std::fs::read_to_string(root.join("build-version"))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Names and memory of the CUDA devices, through the driver API (`libcuda.so.1`), because
+/// libtorch's C API that tch wraps does not expose device properties.
+fn cuda_driver_devices() -> Vec<GpuInfo> {
+    type CuInit = unsafe extern "C" fn(u32) -> i32;
+    type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
+    type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type CuDeviceGetName = unsafe extern "C" fn(*mut std::ffi::c_char, i32, i32) -> i32;
+    type CuDeviceTotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
+
+    // SAFETY: libcuda.so.1 is the NVIDIA driver library; the symbols below have had these C
+    // signatures since CUDA 3.2, and every out-pointer we pass is valid for the call.
+    unsafe {
+        let Ok(lib) = libloading::Library::new("libcuda.so.1") else {
+            return Vec::new();
+        };
+        let (Ok(init), Ok(count), Ok(get), Ok(name), Ok(mem)) = (
+            lib.get::<CuInit>(b"cuInit\0"),
+            lib.get::<CuDeviceGetCount>(b"cuDeviceGetCount\0"),
+            lib.get::<CuDeviceGet>(b"cuDeviceGet\0"),
+            lib.get::<CuDeviceGetName>(b"cuDeviceGetName\0"),
+            lib.get::<CuDeviceTotalMem>(b"cuDeviceTotalMem_v2\0"),
+        ) else {
+            return Vec::new();
+        };
+        if init(0) != 0 {
+            return Vec::new();
+        }
+        let mut n = 0i32;
+        if count(&mut n) != 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for i in 0..n {
+            let mut dev = 0i32;
+            if get(&mut dev, i) != 0 {
+                continue;
+            }
+            let mut buf = [0 as std::ffi::c_char; 256];
+            let name = if name(buf.as_mut_ptr(), buf.len() as i32, dev) == 0 {
+                std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+            } else {
+                "(unknown)".to_string()
+            };
+            let mut bytes = 0usize;
+            let total = if mem(&mut bytes, dev) == 0 { bytes as u64 } else { 0 };
+            out.push(GpuInfo { index: i as usize, name, total_memory_bytes: total });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_version_of_a_pip_install() {
+        let dir = std::env::temp_dir().join(format!("mlae-vit-ver-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("lib")).unwrap();
+        std::fs::write(
+            dir.join("version.py"),
+            "from typing import Optional\n__version__ = '2.11.0+cu130'\ncuda: Optional[str] = '13.0'\n",
+        )
+        .unwrap();
+        assert_eq!(libtorch_version_near(&dir.join("lib")).as_deref(), Some("2.11.0+cu130"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_loaded_libtorch_is_the_expected_release() {
+        let info = runtime_info();
+        assert!(info.libtorch_dir.is_some(), "libtorch_cpu.so not found in /proc/self/maps");
+        assert!(info.version_ok(), "unexpected libtorch version {:?}", info.libtorch_version);
+        assert!(info.torch_threads >= 1);
+    }
+}

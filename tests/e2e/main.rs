@@ -1,0 +1,3 @@
+//! End-to-end tests: the `mlae-cli` binaries driven as a user would.
+
+mod doctor;

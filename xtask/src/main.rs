@@ -1,0 +1,40 @@
+//! `cargo xtask <command>`: everything around the build that a researcher would otherwise
+//! script by hand. It never links libtorch, so it runs before libtorch is installed.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod setup;
+mod test;
+mod util;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "MLAE project automation")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install libtorch (torch==2.11.0 from PyPI into the project venv `.venv`) or point the
+    /// build at an existing libtorch. Idempotent.
+    Setup(setup::SetupArgs),
+    /// The project's test command: set-up when needed, then fmt, clippy and every test.
+    Test(test::TestArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Xtask::parse();
+    let result = match cli.command {
+        Cmd::Setup(args) => setup::run(&args).map(|_| ()),
+        Cmd::Test(args) => test::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

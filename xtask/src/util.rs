@@ -1,0 +1,49 @@
+//! Small helpers shared by the xtask commands.
+
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root (the parent of `xtask/`).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Prints a step header so that a long log reads as a list of steps.
+pub fn step(msg: &str) {
+    eprintln!("\n==> {msg}");
+}
+
+/// Runs a command with inherited stdio, failing with the command line and exit status.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let line = describe(cmd);
+    eprintln!("$ {line}");
+    let status = cmd.status().with_context(|| format!("cannot start `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its trimmed stdout; stderr is kept for the error message.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let line = describe(cmd);
+    let out = cmd.output().with_context(|| format!("cannot start `{line}`"))?;
+    if !out.status.success() {
+        bail!("`{line}` failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr).trim_end());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `cargo` as the one running us (respects rustup toolchains and CARGO overrides).
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+pub fn describe(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
