@@ -1,0 +1,39 @@
+//! The training crate's error type.
+
+use std::path::PathBuf;
+
+/// Everything that can stop a run, with the file, key or step that caused it.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
+    #[error(
+        "the loss became {value} at step {step} (epoch {epoch}); the last good checkpoint is kept in {checkpoint}"
+    )]
+    NonFinite { step: u64, epoch: u64, value: f64, checkpoint: PathBuf },
+    #[error("run directory {path}: {message}")]
+    RunDir { path: PathBuf, message: String },
+    #[error("interrupted at step {step}; a checkpoint was written to {checkpoint}")]
+    Interrupted { step: u64, checkpoint: PathBuf },
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    // PENDING-MERGE: Core / Data / Model variants
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error.
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.into();
+    move |source| TrainError::Io { path, source }
+}
