@@ -24,7 +24,7 @@ fn adamw_reproduces_pytorch_step_by_step() {
         let mut loss = Tensor::zeros([], (Kind::Float, tch::Device::Cpu));
         for (n, p) in names.iter().zip(&params) {
             if let Some(g) = fx.get(&format!("grad{step}.{n}")) {
-                loss = loss + (p * g).sum(Kind::Float);
+                loss += (p * g).sum(Kind::Float);
             }
         }
         loss.backward();
