@@ -4,10 +4,12 @@
 //! optimizer and schedule, the loop with evaluation and checkpoints, resume, and the files a
 //! run leaves behind (see [`rundir`]).
 
+pub mod checkpoint;
 pub mod error;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+pub mod progress;
 pub mod rundir;
 pub mod schedule;
 
