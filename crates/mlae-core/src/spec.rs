@@ -264,7 +264,7 @@ pub struct DmloraSpec {
     pub schedule: RampShape,
     /// Fraction of training where the ramp starts. Default 0.
     pub ramp_start: f64,
-    /// Fraction of training where the ramp reaches `p_end`. Default 0.8.
+    /// Fraction of training where the ramp reaches `p_end`. Default 0.7 (so p_end holds for a tenth of training before stage 2).
     pub ramp_end: f64,
     /// Fraction of training where stage 2 starts (branches frozen and all on; only the
     /// per-layer scales and the head train). 1.0 = never. Default 0.8.
@@ -284,7 +284,7 @@ impl Default for DmloraSpec {
             p_end: 0.5,
             schedule: RampShape::Linear,
             ramp_start: 0.0,
-            ramp_end: 0.8,
+            ramp_end: 0.7,
             stage2_start: 0.8,
             stage2_lr: None,
             scale_init: 1.0,
