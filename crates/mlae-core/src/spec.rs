@@ -264,7 +264,8 @@ pub struct DmloraSpec {
     pub schedule: RampShape,
     /// Fraction of training where the ramp starts. Default 0.
     pub ramp_start: f64,
-    /// Fraction of training where the ramp reaches `p_end`. Default 0.7 (so p_end holds for a tenth of training before stage 2).
+    /// Fraction of training where the ramp reaches `p_end`. Default 0.7, so `p_end` holds for a
+    /// tenth of training before stage 2.
     pub ramp_end: f64,
     /// Fraction of training where stage 2 starts (branches frozen and all on; only the
     /// per-layer scales and the head train). 1.0 = never. Default 0.8.
