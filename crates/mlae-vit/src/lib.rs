@@ -6,4 +6,4 @@ pub mod import;
 pub mod runtime;
 
 pub use error::{Result, VitError};
-pub use import::{CheckpointFormat, StateDict, read_checkpoint};
+pub use import::{CheckpointFormat, StateDict, infer_format, read_checkpoint};
