@@ -547,3 +547,55 @@ fn the_report_computes_vtab_group_means_and_fgvc_seed_spreads() {
     assert!(md.contains("| MLAE **(published)** | paper (published) | 0.29 | - | 89.6 (89.6-89.6, n=3) | 85.0 (84.5-85.3, n=3)"), "{md}");
     assert!(md.contains("| 90.86 (90.78-90.94, n=3) |"), "{md}");
 }
+
+#[test]
+fn slurm_dry_run_prints_one_array_script_and_submits_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sweep = tmp.path().join("sweep");
+    let out = stdout(&run_ok(
+        xtask()
+            .args([
+                "sweep",
+                "--dry-run",
+                "--executor",
+                "slurm",
+                "--benchmark",
+                "vtab",
+                "--tasks",
+                "cifar,dtd",
+            ])
+            .args(["--partition", "gpu", "--gres", "gpu:1", "--time", "12:00:00", "--array-limit", "8"])
+            .args(["--cli", "/opt/mlae/bin/mlae-cli", "--out"])
+            .arg(&sweep)
+            // No Slurm needed for a dry run.
+            .env("PATH", "/usr/bin:/bin"),
+    ));
+    assert_eq!(out.lines().last(), Some("runs: 2"), "{out}");
+    let script: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("--- sbatch script"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("--- end of script"))
+        .collect();
+    assert_eq!(script.first(), Some(&"#!/bin/bash"), "{out}");
+    for line in [
+        "#SBATCH --array=0-1%8",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --time=12:00:00",
+        "cli=/opt/mlae/bin/mlae-cli",
+    ] {
+        assert!(script.contains(&line), "missing {line:?} in\n{}", script.join("\n"));
+    }
+    let cfg = |run: &str| sweep.join("configs").join(format!("{run}.toml")).display().to_string();
+    assert!(
+        script.contains(
+            &format!("  0) run=cifar.mlae.s0; args=(finetune --config {} --force) ;;", cfg("cifar.mlae.s0"))
+                .as_str()
+        )
+    );
+    assert!(script.contains(
+        &format!("  1) run=dtd.mlae.s0; args=(finetune --config {} --force) ;;", cfg("dtd.mlae.s0")).as_str()
+    ));
+    assert!(!sweep.exists(), "nothing written, nothing submitted");
+}
