@@ -235,8 +235,10 @@ pub fn run_local(sweep: &SweepDir, runs: &[Prepared], opts: &LocalOptions) -> Re
     let interrupts = interrupts();
     let mut outcome = Outcome::default();
     let mut queue: VecDeque<(&Prepared, Action)> = VecDeque::new();
+    // Runs the same sweep has in Slurm's queue are not started here as well.
+    let queued = super::slurm::active(&super::slurm::queue_states(sweep));
     for p in runs {
-        match decide(sweep, p, &BTreeSet::new(), false)? {
+        match decide(sweep, p, &queued, false)? {
             Action::Skip => outcome.skipped += 1,
             Action::Busy(why) => {
                 eprintln!("skip  {} ({why})", p.spec.name);

@@ -375,6 +375,10 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         return Ok(());
     }
 
+    if args.executor == Executor::Slurm && !slurm::available() {
+        bail!("sbatch is not on PATH: --executor slurm needs a Slurm client");
+    }
+    let cli = resolve_cli(args)?;
     std::fs::create_dir_all(&sweep.root)
         .with_context(|| format!("cannot create {}", sweep.root.display()))?;
     util::write_json(&sweep.record(), &record)?;
@@ -390,9 +394,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
 
     match args.executor {
         Executor::Slurm => {
-            if !slurm::available() {
-                bail!("sbatch is not on PATH: --executor slurm needs a Slurm client");
-            }
+            let slurm_opts = slurm::SlurmOptions { cli, ..slurm_opts };
             let queued = slurm::active(&slurm::queue_states(&sweep));
             let mut todo = Vec::new();
             let (mut done, mut busy) = (0, 0);
@@ -421,7 +423,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         }
         Executor::Local => {
             let opts = exec::LocalOptions {
-                cli: resolve_cli(args)?,
+                cli,
                 jobs: args.jobs.unwrap_or(args.devices.len().max(1)),
                 devices: args.devices.clone(),
             };
