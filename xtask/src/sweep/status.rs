@@ -130,6 +130,18 @@ pub fn print(sweep: &SweepDir) -> Result<()> {
         *counts.entry(r.label).or_default() += 1;
         println!("{:<12} {}  {}", r.label, r.name, r.detail);
     }
+    // Search grids plan a final run only once its search runs are done.
+    let groups = |stage: super::grid::Stage| -> std::collections::BTreeSet<(&str, &str, u64)> {
+        plan.runs
+            .values()
+            .filter(|r| r.stage == stage)
+            .map(|r| (r.task.as_str(), r.variant.as_str(), r.seed))
+            .collect()
+    };
+    let waiting = groups(super::grid::Stage::Search).difference(&groups(super::grid::Stage::Final)).count();
+    if waiting > 0 {
+        println!("{waiting} final runs are not planned yet: they wait for their search runs");
+    }
     let totals: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!("runs: {} ({})", rows.len(), totals.join(", "));
     Ok(())
