@@ -4,7 +4,9 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod report;
 mod setup;
+mod sweep;
 mod test;
 mod util;
 
@@ -22,6 +24,11 @@ enum Cmd {
     Setup(setup::SetupArgs),
     /// The project's test command: set-up when needed, then fmt, clippy and every test.
     Test(test::TestArgs),
+    /// Expand a grid (configs/grids) into `mlae-cli finetune` runs and run them, on this
+    /// machine or on Slurm; resumable. `--dry-run` prints the plan, `--status DIR` the state.
+    Sweep(Box<sweep::SweepArgs>),
+    /// A sweep's results in the paper's format beside the published rows (Markdown, CSV, PNG).
+    Report(report::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +36,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Setup(args) => setup::run(&args).map(|_| ()),
         Cmd::Test(args) => test::run(&args),
+        Cmd::Sweep(args) => sweep::run(&args),
+        Cmd::Report(args) => report::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
