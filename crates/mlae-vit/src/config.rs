@@ -228,6 +228,37 @@ impl VitConfig {
         Ok(())
     }
 
+    /// The timm model this architecture is, as `(name, kwargs)` for
+    /// `timm.create_model(name, **kwargs)`: the preset's model, or for a custom config a timm
+    /// ViT (with layer-scale: the DINOv2 one) whose shape the kwargs override.
+    ///
+    /// ```
+    /// use mlae_vit::{Preset, VitConfig};
+    /// let (name, kw) = VitConfig::from_preset(Preset::VitB16, 384, 10).timm_model();
+    /// assert_eq!(name, "vit_base_patch16_224");
+    /// assert_eq!((kw["img_size"].as_i64(), kw["num_classes"].as_i64()), (Some(384), Some(10)));
+    /// ```
+    pub fn timm_model(&self) -> (&'static str, serde_json::Value) {
+        let name = match self.preset {
+            Some(p) => p.timm_name(),
+            None if self.layer_scale => Preset::Dinov2S14.timm_name(),
+            None => Preset::VitB16.timm_name(),
+        };
+        let kwargs = serde_json::json!({
+            "img_size": self.image_size,
+            "patch_size": self.patch_size,
+            "in_chans": self.in_chans,
+            "embed_dim": self.dim,
+            "depth": self.depth,
+            "num_heads": self.heads,
+            "mlp_ratio": self.mlp_dim as f64 / self.dim as f64,
+            "qkv_bias": self.qkv_bias,
+            "init_values": if self.layer_scale { Some(self.layer_scale_init) } else { None },
+            "num_classes": self.num_classes,
+        });
+        (name, kwargs)
+    }
+
     /// The drop-path rate of block `i` (timm's linear rule: 0 at the first block, `drop_path`
     /// at the last).
     pub fn drop_path_at(&self, i: usize) -> f64 {

@@ -216,16 +216,17 @@ impl AdaptedVit {
     }
 
     /// Writes the merged model as a timm state dict (safetensors) that
-    /// `timm.create_model(name, pretrained=True, num_classes=C, img_size=S,
-    /// pretrained_cfg_overlay=dict(file=path, num_classes=C))` loads. (timm discards the head
-    /// unless the overlay's `num_classes` is C too.) The metadata names the timm model.
+    /// `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=path,
+    /// num_classes=C), **kwargs)` loads, with `(name, kwargs)` from [`VitConfig::timm_model`]
+    /// (also in the file's metadata, `timm_model` and `timm_kwargs`). timm discards a
+    /// checkpoint's head unless the overlay's `num_classes` equals the model's.
     pub fn export_merged_timm(&self, path: &Path) -> Result<()> {
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         meta.insert("model_config".to_string(), to_json(&self.cfg));
-        if let Some(p) = self.cfg.preset {
-            meta.insert("timm_model".to_string(), p.timm_name().to_string());
-        }
+        let (name, kwargs) = self.cfg.timm_model();
+        meta.insert("timm_model".to_string(), name.to_string());
+        meta.insert("timm_kwargs".to_string(), kwargs.to_string());
         write_safetensors(path, &self.merged_tensors(), meta)
     }
 
@@ -288,7 +289,7 @@ impl AdaptedVit {
         let config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": null,
-            "base_model_name_or_path": self.cfg.preset.map(|p| p.timm_name()),
+            "base_model_name_or_path": self.cfg.timm_model().0,
             "auto_mapping": {
                 "base_model_class": "VisionTransformer",
                 "parent_library": "timm.models.vision_transformer"
