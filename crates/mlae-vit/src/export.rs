@@ -181,6 +181,8 @@ impl AdaptedVit {
         }
         self.build_adapters(&plan)?;
         self.spec = spec.clone();
+        // a backbone that was trainable (f32) and is now frozen takes the compute kind
+        self.set_compute_kind(self.compute_kind());
         Ok(())
     }
 

@@ -556,7 +556,8 @@ impl AdaptedVit {
     }
 
     /// Folds every adapter into its frozen weight (`W += dW`), so the forward is the base
-    /// model's (no adapter path at all). Computed in f32; a bf16 weight is rounded once.
+    /// model's (no adapter path at all, base-model speed). Computed in f32; a bf16 weight is
+    /// rounded once. A merged model is for inference and export: its adapters get no gradient.
     /// Models without adapters (`linear-probe`, `full`) have nothing to merge.
     pub fn merge(&mut self) -> Result<()> {
         if self.merged {

@@ -52,9 +52,8 @@ fn adapter_specs() -> Vec<AdapterSpec> {
     ]
 }
 
-fn input(batch: i64, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::randn([batch, 3, 32, 32], (Kind::Float, Device::Cpu))
+fn input(batch: i64, seed: u64) -> Tensor {
+    det_randn(&[batch, 3, 32, 32], seed)
 }
 
 fn linear_probe() -> AdapterSpec {
@@ -63,6 +62,7 @@ fn linear_probe() -> AdapterSpec {
 
 #[test]
 fn fresh_adapters_leave_the_outputs_unchanged() {
+    let _rng = rng_lock();
     let x = input(3, 0);
     let base = tiny_model(&linear_probe(), 7);
     let want = base.forward_t(&x, &ForwardCtx::eval());
@@ -82,7 +82,7 @@ fn sgd_steps(m: &AdaptedVit, steps: u64) {
     let params = m.trainable();
     for step in 0..steps {
         tch::manual_seed(step as i64);
-        let logits = m.forward_t(&input(4, 100 + step as i64), &ForwardCtx::train(step, steps));
+        let logits = m.forward_t(&input(4, 100 + step), &ForwardCtx::train(step, steps));
         let loss = logits.cross_entropy_for_logits(&y);
         for (_, t, _) in &params {
             let mut g = t.grad();
@@ -115,6 +115,7 @@ fn backbone_snapshot(m: &AdaptedVit) -> Vec<(String, Tensor)> {
 
 #[test]
 fn training_changes_only_adapter_and_head_parameters() {
+    let _rng = rng_lock();
     let mut specs = adapter_specs();
     specs.push(linear_probe());
     for spec in specs {
@@ -145,6 +146,7 @@ fn training_changes_only_adapter_and_head_parameters() {
 
 #[test]
 fn full_fine_tuning_trains_the_backbone() {
+    let _rng = rng_lock();
     let m = tiny_model(&AdapterSpec { kind: AdapterKind::Full, ..Default::default() }, 3);
     let before = backbone_snapshot(&m);
     assert_eq!(m.trainable().len(), before.len() + 2);
@@ -241,7 +243,9 @@ fn adapter_checkpoints_round_trip_bit_exactly() {
     let x = input(2, 4);
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("adapter.safetensors");
-    for spec in adapter_specs() {
+    let mut specs = adapter_specs();
+    specs.push(AdapterSpec { kind: AdapterKind::Full, ..Default::default() });
+    for spec in specs {
         let m = tiny_model(&spec, 5);
         randomize_trainable(&m, 5);
         m.save_adapter(&path).unwrap();
@@ -381,6 +385,7 @@ fn the_fresh_head_is_timms_init() {
 
 #[test]
 fn bf16_compute_runs_and_stays_close_to_fp32() {
+    let _rng = rng_lock();
     let x = input(4, 8);
     let spec = AdapterSpec { dropout: 0.5, ..Default::default() };
     let m32 = tiny_model(&spec, 1);
@@ -402,8 +407,25 @@ fn bf16_compute_runs_and_stays_close_to_fp32() {
             3e-2,
         );
     }
-    // a training step puts f32 gradients on the f32 master weights
-    let logits = m.forward_t(&x, &ForwardCtx::train(0, 10));
+    // merged in bf16: one more rounding of the weights
+    let unmerged = m.forward_t(&x, &ForwardCtx::eval());
+    m.merge().unwrap();
+    assert_eq!(m.tensor("blocks.0.attn.qkv.weight").unwrap().kind(), Kind::BFloat16);
+    let scale = want.abs().max().double_value(&[]);
+    assert_close(
+        "bf16 merged vs unmerged (relative)",
+        &(m.forward_t(&x, &ForwardCtx::eval()) / scale),
+        &(unmerged / scale),
+        3e-2,
+    );
+    m.unmerge().unwrap();
+    // a training step (drop-path on) puts f32 gradients on the f32 master weights
+    let mut m =
+        AdaptedVit::new(&VitConfig { drop_path: 0.2, ..tiny_vit(32) }, &spec, 1, Device::Cpu).unwrap();
+    m.load_state_dict(&checkpoint("tiny_vit.safetensors")).unwrap();
+    randomize_trainable(&m, 1);
+    m.set_compute_kind(Kind::BFloat16);
+    let logits = m.forward_t(&x.to_kind(Kind::BFloat16), &ForwardCtx::train(0, 10));
     logits.cross_entropy_for_logits(&Tensor::from_slice(&[0i64, 1, 2, 3])).backward();
     for (name, t, _) in m.trainable() {
         let g = t.grad();
@@ -457,6 +479,7 @@ fn layer_input_is_what_each_linear_layer_sees() {
 
 #[test]
 fn drop_path_is_per_sample_in_training_and_off_at_eval() {
+    let _rng = rng_lock();
     let cfg = VitConfig { drop_path: 0.5, ..tiny_vit(32) };
     let mut m = AdaptedVit::new(&cfg, &linear_probe(), 0, Device::Cpu).unwrap();
     m.load_state_dict(&checkpoint("tiny_vit.safetensors")).unwrap();

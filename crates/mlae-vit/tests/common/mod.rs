@@ -64,18 +64,42 @@ pub fn assert_close(what: &str, a: &Tensor, b: &Tensor, tol: f64) {
     assert!(d <= tol, "{what}: max abs diff {d:e} > {tol:e}");
 }
 
-/// Gives every trainable tensor random values (seeded), so exports and merges are exercised
-/// with non-zero B, non-unit coefficients and a trained head.
-pub fn randomize_trainable(m: &AdaptedVit, seed: i64) {
-    tch::manual_seed(seed);
+/// Pseudo-random values with mean 0 and variance 1 (uniform on +-sqrt 3), a pure function of
+/// (shape, seed). Tests run in parallel threads that share libtorch's global RNG, so test data
+/// never comes from it.
+pub fn det_randn(shape: &[i64], seed: u64) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^= x >> 31;
+            let u = (x >> 40) as f64 / (1u64 << 24) as f64;
+            ((2.0 * u - 1.0) * 3f64.sqrt()) as f32
+        })
+        .collect();
+    Tensor::from_slice(&v).view(shape)
+}
+
+/// Serialises the tests that draw from libtorch's global RNG (dropout, drop-path), so that a
+/// seeded draw is not disturbed by another test thread.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Gives every trainable tensor pseudo-random values (a function of `seed` and the tensor's
+/// place), so exports and merges are exercised with non-zero B, non-unit coefficients and a
+/// trained head.
+pub fn randomize_trainable(m: &AdaptedVit, seed: u64) {
     tch::no_grad(|| {
-        for (name, mut t, _) in m.trainable() {
-            let noise = Tensor::randn(t.size(), (Kind::Float, t.device())) * 0.2;
-            if name.ends_with("lambda") || name.ends_with("scale") {
-                let _ = t.g_add_(&noise);
-            } else {
-                let _ = t.g_add_(&(noise * 0.5));
-            }
+        for (i, (name, mut t, _)) in m.trainable().into_iter().enumerate() {
+            let noise = det_randn(&t.size(), seed * 1000 + i as u64).to_device(t.device()) * 0.2;
+            let noise = if name.ends_with("lambda") || name.ends_with("scale") { noise } else { noise * 0.5 };
+            let _ = t.g_add_(&noise);
         }
     });
 }
