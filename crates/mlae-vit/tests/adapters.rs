@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use mlae_core::{AdapterKind, AdapterSpec, DmloraSpec, MaskSampler, TargetLayer, dmlora, merge_delta};
 use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 /// A tiny model with randomised adapters and the adapter of block 1's qkv.
 fn adapted(spec: &AdapterSpec) -> AdaptedVit {
