@@ -2,7 +2,7 @@
 
 use crate::error::{Result, VitError};
 use crate::import::{CheckpointFormat, StateDict, read_checkpoint};
-use crate::model::AdaptedVit;
+use crate::model::{AdaptedVit, fresh_head};
 use crate::pos_embed::{resample_pos_embed, square_grid};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -157,6 +157,10 @@ impl AdaptedVit {
             copy_into(dst, s);
         }
         if let HeadLoad::Fresh(why) = &head {
+            // fresh even if an earlier load had filled the head
+            let (w, b) = fresh_head(&self.cfg, self.seed, self.device);
+            copy_into(&self.head.weight, &w);
+            copy_into(self.head.bias.as_ref().expect("the head has a bias"), &b);
             tracing::info!("{}: using a freshly initialised head: {why}", origin.display());
         }
         let unused: Vec<String> =

@@ -191,6 +191,14 @@ impl Backbone {
     }
 }
 
+/// A fresh classifier as timm makes one: weight trunc-normal(std 0.02), bias 0.
+pub(crate) fn fresh_head(cfg: &VitConfig, seed: u64, device: Device) -> (Tensor, Tensor) {
+    (
+        init::trunc_normal(seed, "head.weight", &[cfg.num_classes, cfg.dim], 0.02, device),
+        Tensor::zeros([cfg.num_classes], (Kind::Float, device)),
+    )
+}
+
 /// Per-sample stochastic depth (timm's `drop_path`, scaled by 1/keep).
 fn drop_path(x: Tensor, rate: f64, train: bool) -> Tensor {
     if !train || rate == 0.0 {
@@ -260,11 +268,8 @@ impl AdaptedVit {
                 *t = t.set_requires_grad(true);
             }
         }
-        let head = Linear {
-            weight: init::trunc_normal(seed, "head.weight", &[cfg.num_classes, cfg.dim], 0.02, device)
-                .set_requires_grad(true),
-            bias: Some(Tensor::zeros([cfg.num_classes], (Kind::Float, device)).set_requires_grad(true)),
-        };
+        let (w, b) = fresh_head(cfg, seed, device);
+        let head = Linear { weight: w.set_requires_grad(true), bias: Some(b.set_requires_grad(true)) };
         let mut model = AdaptedVit {
             cfg: cfg.clone(),
             spec: spec.clone(),

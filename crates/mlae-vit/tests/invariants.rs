@@ -349,6 +349,21 @@ fn loading_errors_name_the_key_and_both_shapes() {
     assert_eq!(unused, ["head.bias", "head.weight", "mask_token"]);
     assert!(report.to_string().contains("fresh head"));
 
+    // a head loaded earlier is replaced by a fresh one when the next checkpoint's does not fit
+    let mut m = AdaptedVit::new(&tiny_vit(32), &linear_probe(), 4, Device::Cpu).unwrap();
+    let fresh = m.tensor("head.weight").unwrap().copy();
+    assert_eq!(m.load_state_dict(&sd).unwrap().head, HeadLoad::Loaded);
+    assert!(!m.tensor("head.weight").unwrap().equal(&fresh));
+    let mut three = without("");
+    for (k, t) in three.tensors.iter_mut() {
+        if k.starts_with("head.") {
+            *t = t.narrow(0, 0, 3);
+        }
+    }
+    assert!(matches!(m.load_state_dict(&three).unwrap().head, HeadLoad::Fresh(_)));
+    assert!(m.tensor("head.weight").unwrap().equal(&fresh));
+    assert_eq!(m.tensor("head.bias").unwrap().abs().sum(Kind::Float).double_value(&[]), 0.0);
+
     // a layer-scale checkpoint into a model without layer-scale
     let e = m.load_state_dict(&checkpoint("tiny_dinov2.safetensors")).unwrap_err().to_string();
     assert!(e.contains("ls1.gamma") || e.contains("ls2.gamma"), "{e}");
