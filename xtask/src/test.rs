@@ -11,8 +11,15 @@ pub struct TestArgs {
     pub quick: bool,
 }
 
+/// What the Python-side checks need (mlae-vit's `check_exports.py`: timm and PEFT load the
+/// exports); pinned like the fixture generators'.
+pub const PYTHON_CHECK_PACKAGES: &[&str] =
+    &["torch==2.11.0", "torchvision==0.26.0", "timm==1.0.31", "peft==0.21.2", "safetensors==0.8.0"];
+
 pub fn run(args: &TestArgs) -> Result<()> {
-    crate::setup::ensure()?;
+    let python = crate::setup::ensure_python()?;
+    step("set-up: Python packages for the export checks");
+    crate::setup::pip_install(&python, PYTHON_CHECK_PACKAGES)?;
     if !args.quick {
         step("rustfmt");
         sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
@@ -20,7 +27,11 @@ pub fn run(args: &TestArgs) -> Result<()> {
         sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     }
     step("tests");
-    sh(cargo().args(["test", "--workspace"]))?;
+    // The timm/PEFT checks skip without a suitable Python; here they must run.
+    sh(cargo()
+        .args(["test", "--workspace"])
+        .env("MLAE_PYTHON", &python)
+        .env("MLAE_REQUIRE_PYTHON_CHECKS", "1"))?;
     step("all checks passed");
     Ok(())
 }

@@ -1,9 +1,30 @@
 //! A libtorch (tch) Vision Transformer with adapter hooks on any linear layer, and the
 //! checkpoint formats it reads and writes.
+//!
+//! - [`AdaptedVit`]: timm's ViT (names, init, numerics) with LoRA, LoRA+dropout, MLAE or
+//!   DMLoRA adapters on any of `qkv`, `proj`, `fc1`, `fc2`, or a linear probe / full
+//!   fine-tuning; merge/unmerge; adapter checkpoints; merged timm and PEFT LoRA exports;
+//! - [`adapter`]: the adapter layers behind one trait, [`AdapterLayer`];
+//! - [`import`]: readers of foreign checkpoint formats into timm naming.
 
+pub mod adapter;
+pub mod config;
 pub mod error;
+pub mod export;
 pub mod import;
+mod init;
+pub mod load;
+pub mod model;
+pub mod pos_embed;
 pub mod runtime;
 
+pub use adapter::{
+    AdapterCtx, AdapterLayer, DmloraLayer, ExpertFactors, LoraDropoutLayer, LoraLayer, MlaeLayer, ParamRole,
+};
+pub use config::{Preset, VitConfig};
 pub use error::{Result, VitError};
 pub use import::{CheckpointFormat, StateDict, infer_format, read_checkpoint};
+pub use load::{HeadLoad, LoadReport};
+pub use mlae_core::TargetLayer;
+pub use model::{AdaptedVit, ForwardCtx};
+pub use pos_embed::resample_pos_embed;

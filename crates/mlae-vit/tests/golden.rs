@@ -1,0 +1,159 @@
+//! The Rust model against timm, PEFT and the MLAE formula (fixtures made by
+//! `xtask/python/make_vit_fixtures.py`). fp32 on the CPU, tolerance 1e-5 (max abs diff).
+
+mod common;
+
+use common::*;
+use mlae_core::{AdapterKind, AdapterSpec, LayerPlan, MaskSampler, TargetLayer};
+use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx, HeadLoad, MlaeLayer};
+use tch::{Device, Kind};
+
+const TOL: f64 = 1e-5;
+
+fn linear_probe() -> AdapterSpec {
+    AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() }
+}
+
+#[test]
+fn tiny_vit_logits_match_timm() {
+    let io = tensors("tiny_vit_io.safetensors");
+    let m = tiny_model(&linear_probe(), 0);
+    let logits = m.forward_t(&io["x"], &ForwardCtx::eval());
+    assert_close("tiny_vit logits (32 px)", &logits, &io["logits"], TOL);
+}
+
+#[test]
+fn position_table_is_resampled_like_timm_at_other_sizes() {
+    let io = tensors("tiny_vit_io.safetensors");
+    let sd = checkpoint("tiny_vit.safetensors");
+    for (size, grid) in [(48, 6), (24, 3)] {
+        let mut m = AdaptedVit::new(&tiny_vit(size), &linear_probe(), 0, Device::Cpu).unwrap();
+        let report = m.load_state_dict(&sd).unwrap();
+        assert_eq!(report.pos_embed_resized, Some((4, grid)));
+        assert_eq!(report.head, HeadLoad::Loaded);
+        let pos = m.tensor("pos_embed").unwrap();
+        assert_close(
+            &format!("pos_embed resampled 4x4 -> {grid}x{grid}"),
+            &pos,
+            &io[&format!("pos_embed{size}")],
+            TOL,
+        );
+        let logits = m.forward_t(&io[&format!("x{size}")], &ForwardCtx::eval());
+        assert_close(&format!("tiny_vit logits ({size} px)"), &logits, &io[&format!("logits{size}")], TOL);
+        // the same input through the 32 px model resamples on the fly and agrees
+        let m32 = tiny_model(&linear_probe(), 0);
+        let logits32 = m32.forward_t(&io[&format!("x{size}")], &ForwardCtx::eval());
+        assert_close(
+            &format!("on-the-fly resampling ({size} px)"),
+            &logits32,
+            &io[&format!("logits{size}")],
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn dinov2_layer_scale_model_matches_timm() {
+    let io = tensors("tiny_dinov2_io.safetensors");
+    let sd = checkpoint("tiny_dinov2.safetensors");
+    for (size, x, y) in [(28, "x", "logits"), (42, "x42", "logits42")] {
+        let mut m = AdaptedVit::new(&tiny_dinov2(size), &linear_probe(), 0, Device::Cpu).unwrap();
+        m.load_state_dict(&sd).unwrap();
+        let logits = m.forward_t(&io[x], &ForwardCtx::eval());
+        assert_close(&format!("tiny_dinov2 logits ({size} px)"), &logits, &io[y], TOL);
+    }
+}
+
+#[test]
+fn dinov2_native_grid_resamples_like_timm() {
+    let t = tensors("pos_resample.safetensors");
+    for n in [16, 20] {
+        let out = mlae_vit::resample_pos_embed(&t["pos37"], (n, n), 1).unwrap();
+        assert_close(&format!("pos_embed 37x37 -> {n}x{n}"), &out, &t[&format!("pos{n}")], TOL);
+    }
+}
+
+#[test]
+fn lora_matches_peft() {
+    let f = tensors("peft_lora.safetensors");
+    let spec = AdapterSpec {
+        kind: AdapterKind::Lora,
+        targets: vec![TargetLayer::Qkv, TargetLayer::Fc1],
+        experts: 4,
+        lora_alpha: Some(8.0),
+        ..Default::default()
+    };
+    let m = tiny_model(&spec, 0);
+    let params = m.trainable();
+    let mut set = 0;
+    tch::no_grad(|| {
+        for (name, mut t, _) in params {
+            if let Some(src) = f.get(&name) {
+                t.copy_(src);
+                set += 1;
+            }
+        }
+    });
+    assert_eq!(set, 8, "2 blocks x 2 targets x (A, B)");
+    let logits = m.forward_t(&f["x"], &ForwardCtx::eval());
+    assert_close("PEFT LoRA logits", &logits, &f["logits"], TOL);
+    let base = tiny_model(&linear_probe(), 0).forward_t(&f["x"], &ForwardCtx::eval());
+    assert!(max_abs_diff(&logits, &base) > 1e-2, "the fixture's LoRA must change the logits");
+}
+
+#[test]
+fn mlae_layer_forward_and_backward_match_the_formula() {
+    let f = tensors("mlae_layer.safetensors");
+    let plan = LayerPlan { block: 0, target: TargetLayer::Qkv, experts: 3, expert_rank: 2, p: 0.5 };
+    for case in ["train", "eval"] {
+        let layer = MlaeLayer::from_tensors(&plan, &f["a"], &f["bb"], &f["lambda"]).unwrap();
+        let x = f["x"].copy().set_requires_grad(true);
+        let x2 = x.flatten(0, 1);
+        let base = x2.linear(&f["w"], Some(&f["b"]));
+        let scales = Vec::<f32>::try_from(&f[&format!("{case}.scales")]).unwrap();
+        let y = layer.forward_with_scales(&x2, base, if case == "eval" { None } else { Some(&scales) });
+        let y = y.view([2, 5, 24]);
+        assert_close(&format!("MLAE layer y ({case})"), &y, &f[&format!("{case}.y")], TOL);
+        (&y * &f["g"]).sum(Kind::Float).backward();
+        let grads = layer.params();
+        let grad_of = |suffix: &str| grads.iter().find(|(n, _, _)| *n == suffix).unwrap().1.grad();
+        assert_close(&format!("MLAE dL/dx ({case})"), &x.grad(), &f[&format!("{case}.grad_x")], TOL);
+        assert_close(&format!("MLAE dL/dA ({case})"), &grad_of("mlae_A"), &f[&format!("{case}.grad_a")], TOL);
+        assert_close(&format!("MLAE dL/dB ({case})"), &grad_of("mlae_B"), &f[&format!("{case}.grad_b")], TOL);
+        assert_close(
+            &format!("MLAE dL/dlambda ({case})"),
+            &grad_of("mlae_lambda"),
+            &f[&format!("{case}.grad_lambda")],
+            TOL,
+        );
+        if case == "train" {
+            // the dropped expert (scale 0) gets no gradient in A and B
+            let ga = grad_of("mlae_A");
+            assert_eq!(ga.narrow(0, 2, 2).abs().max().double_value(&[]), 0.0);
+            assert_eq!(grad_of("mlae_B").narrow(0, 2, 2).abs().max().double_value(&[]), 0.0);
+        }
+    }
+}
+
+#[test]
+fn the_model_uses_the_mask_samplers_scales_in_training_and_none_at_eval() {
+    let f = tensors("mlae_layer.safetensors");
+    let plan = LayerPlan { block: 0, target: TargetLayer::Qkv, experts: 3, expert_rank: 2, p: 0.5 };
+    let layer = MlaeLayer::from_tensors(&plan, &f["a"], &f["bb"], &f["lambda"]).unwrap();
+    let x2 = f["x"].flatten(0, 1);
+    let base = x2.linear(&f["w"], Some(&f["b"]));
+    let sampler = MaskSampler::new(42);
+    let mut differs = false;
+    for step in 0..8 {
+        let ctx = AdapterCtx { train: true, step, total_steps: 8, layer: 3, sampler: &sampler };
+        let got = layer.forward(&x2, base.shallow_clone(), &ctx);
+        let scales = sampler.layer_scales(step, 3, 3, 0.5);
+        let want = layer.forward_with_scales(&x2, base.shallow_clone(), Some(&scales));
+        assert!(got.equal(&want), "step {step}");
+        differs |= scales != [2.0, 2.0, 2.0];
+    }
+    assert!(differs, "p = 0.5 must drop some expert in 8 steps");
+    let ctx = AdapterCtx { train: false, step: 3, total_steps: 8, layer: 3, sampler: &sampler };
+    let eval = layer.forward(&x2, base.shallow_clone(), &ctx);
+    assert!(eval.equal(&layer.forward_with_scales(&x2, base, None)));
+}
