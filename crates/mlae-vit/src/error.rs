@@ -19,8 +19,8 @@ pub enum VitError {
     /// A tensor the model needs is absent from the checkpoint.
     #[error("{path}: missing key `{key}`")]
     MissingKey { path: PathBuf, key: String },
-    /// A tensor has another shape than the model expects.
-    #[error("{path}: `{key}` has shape {found:?}, the model expects {expected:?}")]
+    /// A tensor has another shape than expected (by the model, or by a format converter).
+    #[error("{path}: `{key}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch { path: PathBuf, key: String, found: Vec<i64>, expected: Vec<i64> },
     /// An invalid model or adapter configuration.
     #[error("{0}")]

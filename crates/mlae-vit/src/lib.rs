@@ -27,4 +27,4 @@ pub use import::{CheckpointFormat, StateDict, infer_format, read_checkpoint};
 pub use load::{HeadLoad, LoadReport};
 pub use mlae_core::TargetLayer;
 pub use model::{AdaptedVit, ForwardCtx};
-pub use pos_embed::resample_pos_embed;
+pub use pos_embed::{PosResample, resample_pos_embed};

@@ -3,7 +3,7 @@
 use crate::error::{Result, VitError};
 use crate::import::{CheckpointFormat, StateDict, read_checkpoint};
 use crate::model::{AdaptedVit, fresh_head};
-use crate::pos_embed::{resample_pos_embed, square_grid};
+use crate::pos_embed::{PosResample, resample_pos_embed, square_grid};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -75,7 +75,8 @@ impl AdaptedVit {
     /// Loads timm-named tensors into the backbone and, when its class count matches, the head.
     ///
     /// - a missing key, or a tensor of another shape, is an error naming the key and both shapes;
-    /// - a position table of another square grid is resampled to the model's (timm's rule);
+    /// - a position table of another square grid is resampled to the model's, in the convention
+    ///   of the checkpoint's library ([`PosResample::for_format`]);
     /// - a head of another class count (or none) leaves the fresh head, and the log says so;
     /// - keys the model does not use are listed at debug level;
     /// - layer-scale gammas in a checkpoint for a model without layer-scale are an error (the
@@ -118,7 +119,7 @@ impl AdaptedVit {
             match (resizable, square_grid(fs.get(1).copied().unwrap_or(0), 1)) {
                 (true, Some(old)) => {
                     let g = self.cfg.grid();
-                    let resized = resample_pos_embed(s, (g, g), 1)?;
+                    let resized = resample_pos_embed(s, (g, g), 1, PosResample::for_format(sd.format))?;
                     tracing::info!(
                         "{}: position table resized from {old}x{old} to {g}x{g}",
                         origin.display()
@@ -156,6 +157,7 @@ impl AdaptedVit {
         for (dst, s) in &plan {
             copy_into(dst, s);
         }
+        self.pos_resample = PosResample::for_format(sd.format);
         if let HeadLoad::Fresh(why) = &head {
             // fresh even if an earlier load had filled the head
             let (w, b) = fresh_head(&self.cfg, self.seed, self.device);

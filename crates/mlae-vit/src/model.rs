@@ -9,7 +9,7 @@ use crate::adapter::{self, AdapterCtx, AdapterLayer, ParamRole, cast};
 use crate::config::VitConfig;
 use crate::error::{Result, VitError};
 use crate::init;
-use crate::pos_embed::resample_pos_embed;
+use crate::pos_embed::{PosResample, resample_pos_embed};
 use mlae_core::{AdapterKind, AdapterPlan, AdapterSpec, MaskSampler, ParamCount, TargetLayer};
 use tch::{Device, Kind, Tensor};
 
@@ -236,6 +236,9 @@ pub struct AdaptedVit {
     /// `slots[block][target_index]` = index into `adapters`.
     slots: Vec<[Option<usize>; 4]>,
     pub(crate) merged: bool,
+    /// How the position table is resized for inputs of another size: the convention of the
+    /// checkpoint loaded last (timm's until one is loaded).
+    pub(crate) pos_resample: PosResample,
 }
 
 impl std::fmt::Debug for AdaptedVit {
@@ -283,6 +286,7 @@ impl AdaptedVit {
             adapters: Vec::new(),
             slots: vec![[None; 4]; cfg.depth as usize],
             merged: false,
+            pos_resample: PosResample::Timm,
         };
         model.build_adapters(&plan)?;
         Ok(model)
@@ -423,7 +427,8 @@ impl AdaptedVit {
 
     /// Logits `(batch, classes)`, f32, for images `(batch, channels, h, w)` (f32 or the
     /// compute kind). Any image size works: when the patch grid differs from the configured
-    /// one, the position table is resampled on the fly (bicubic, anti-aliased, as timm).
+    /// one, the position table is resampled on the fly (in the convention of the loaded
+    /// checkpoint, see [`PosResample`]).
     ///
     /// # Panics
     /// On an input of the wrong shape (see [`AdaptedVit::try_forward_t`]).
@@ -489,7 +494,7 @@ impl AdaptedVit {
         let pos = if (gh, gw) == (g, g) {
             cast(&bb.pos_embed, kind)
         } else {
-            resample_pos_embed(&cast(&bb.pos_embed, kind), (gh, gw), 1)?
+            resample_pos_embed(&cast(&bb.pos_embed, kind), (gh, gw), 1, self.pos_resample)?
         };
         Ok(Tensor::cat(&[cls, t], 1) + pos)
     }

