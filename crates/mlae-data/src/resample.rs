@@ -3,7 +3,10 @@
 //! Why Pillow's way: the VTAB-1k and FGVC numbers in the literature were produced with
 //! torchvision transforms on PIL images, so our pixels should be what `Image.resize` gives.
 //! The method (Pillow's `Resample.c`, described here in our own words and code):
-//! - each axis is resampled separately, horizontal pass first, the intermediate rounded to u8;
+//! - each axis is resampled separately, the intermediate rounded to u8; the horizontal pass
+//!   goes first unless the height shrinks by more than twice as many pixels as the width
+//!   (Pillow 13's rule; older Pillow always went horizontal first, which can differ by one
+//!   level in a few pixels);
 //! - on downscaling the filter is stretched by the scale factor (support `filter.support *
 //!   scale`), so every source pixel contributes: this is the antialiasing;
 //! - output pixel `o` is centred on source coordinate `(o + 0.5) * scale`; the taps are
@@ -118,22 +121,29 @@ pub fn resize_rgb(src: &[u8], sw: usize, sh: usize, dst: &mut [u8], dw: usize, d
     if dw == 0 || dh == 0 {
         return;
     }
-    let vtaps = (dh != sh).then(|| Taps::new(sh, dh, filter));
-    match (dw != sw, &vtaps) {
-        (false, None) => dst.copy_from_slice(src),
-        (true, None) => {
-            let htaps = Taps::new(sw, dw, filter);
-            horizontal(src, sw, &htaps, dst, dw);
+    let (need_h, need_v) = (dw != sw, dh != sh);
+    // Pillow 13 runs the vertical pass first when the height shrinks by more than twice as
+    // many pixels as the width (fewer rows for the horizontal pass); the order changes the
+    // intermediate rounding, so we follow it.
+    let shrink_v = sh as i64 - dh as i64;
+    let vertical_first = shrink_v > 0 && shrink_v > (sw as i64 - dw as i64) * 2;
+    match (need_h, need_v) {
+        (false, false) => dst.copy_from_slice(src),
+        (true, false) => horizontal(src, sw, &Taps::new(sw, dw, filter), dst, dw),
+        (false, true) => vertical(src, 0, &Taps::new(sh, dh, filter), dst, dw),
+        (true, true) if vertical_first => {
+            let mut tmp = vec![0u8; sw * dh * 3];
+            vertical(src, 0, &Taps::new(sh, dh, filter), &mut tmp, sw);
+            horizontal(&tmp, sw, &Taps::new(sw, dw, filter), dst, dw);
         }
-        (false, Some(v)) => vertical(src, 0, v, dst, dw),
-        (true, Some(v)) => {
+        (true, true) => {
             // Only the source rows the vertical pass reads go through the horizontal pass.
+            let v = Taps::new(sh, dh, filter);
             let first = v.start[0];
             let last = (0..dh).map(|o| v.start[o] + v.len[o]).max().unwrap_or(first);
-            let htaps = Taps::new(sw, dw, filter);
             let mut tmp = vec![0u8; (last - first) * dw * 3];
-            horizontal(&src[first * sw * 3..last * sw * 3], sw, &htaps, &mut tmp, dw);
-            vertical(&tmp, first, v, dst, dw);
+            horizontal(&src[first * sw * 3..last * sw * 3], sw, &Taps::new(sw, dw, filter), &mut tmp, dw);
+            vertical(&tmp, first, &v, dst, dw);
         }
     }
 }
@@ -157,9 +167,9 @@ fn horizontal(src: &[u8], sw: usize, taps: &Taps, dst: &mut [u8], dw: usize) {
     }
 }
 
-/// Vertical pass: `src` holds source rows from `row0` on, each `dw * 3` bytes wide.
-fn vertical(src: &[u8], row0: usize, taps: &Taps, dst: &mut [u8], dw: usize) {
-    let stride = dw * 3;
+/// Vertical pass: `src` holds source rows from `row0` on, each `width * 3` bytes wide.
+fn vertical(src: &[u8], row0: usize, taps: &Taps, dst: &mut [u8], width: usize) {
+    let stride = width * 3;
     let mut acc = vec![0i32; stride];
     for (o, row_out) in dst.chunks_exact_mut(stride).enumerate() {
         let (y0, k) = taps.of(o);
