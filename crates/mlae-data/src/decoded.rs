@@ -248,6 +248,19 @@ fn cache_file_name(list: &SplitList, op: DecodeOp) -> String {
     format!("{}-{}-{}-{hash}.mlaedec", clean(&task.unwrap_or_default()), clean(&list.name), op.tag())
 }
 
+/// Temporary files and folders are created private (0600/0700); what is renamed into the
+/// cache gets the usual 0644/0755 so other users and tools can read it.
+pub(crate) fn make_world_readable(path: &Path, dir: bool) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(if dir { 0o755 } else { 0o644 }))?;
+    }
+    #[cfg(not(unix))]
+    let _ = (path, dir);
+    Ok(())
+}
+
 fn crc_parallel(data: &[u8]) -> u32 {
     let parts: Vec<crc32fast::Hasher> = data
         .par_chunks(CRC_BLOCK)
@@ -355,6 +368,9 @@ fn write_cache(
         if let Err(e) = sunk.and_then(|_| w.flush()) {
             return Ok(Err(e.to_string()));
         }
+    }
+    if let Err(e) = make_world_readable(tmp.path(), false) {
+        return Ok(Err(e.to_string()));
     }
     let meta = encode_meta(key, &records, data_offset, written, crc.finalize());
     let finish = (|| -> std::io::Result<()> {

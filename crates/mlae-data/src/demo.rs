@@ -114,8 +114,8 @@ fn allocate(per_class: &[usize], total: usize) -> Vec<usize> {
 
 /// A seeded, class-stratified split: rows are shuffled, then each class gives its share to
 /// train800val200 (its first rows in shuffled order), of which its share again to train800 and
-/// the rest to val200; test takes each class's share of the rows left. Lists keep the
-/// shuffled order.
+/// the rest to val200; test takes each class's share of the rows left. Lists are in a second
+/// seeded shuffled order.
 pub fn stratified_splits(
     labels: &[i64],
     classes: usize,
@@ -162,6 +162,12 @@ pub fn stratified_splits(
                 3
             };
         }
+    }
+    // List order: a second shuffle, so that no list starts with a run of one class (the
+    // selection above takes each class's first rows, which cluster by class along `order`).
+    for i in (1..order.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        order.swap(i, j);
     }
     let pick = |s: u8| order.iter().copied().filter(|&r| split[r] == s).collect::<Vec<_>>();
     Ok(DemoSplits { train800: pick(0), val200: pick(1), test: pick(2) })
@@ -233,6 +239,8 @@ pub fn build_task(gz: &[u8], task: &DemoTask, demo_root: &Path) -> Result<BuiltT
         .tempdir_in(demo_root)
         .map_err(io_err(demo_root))?;
     let root = tmp.path();
+    // Temporary folders are private (0700); the built task is an ordinary folder.
+    crate::decoded::make_world_readable(root, true).map_err(io_err(root))?;
     let side = rows.side;
     let image_rel = |dir: &str, row: usize| format!("images/{dir}/{row:05}.png");
     let mut jobs: Vec<(usize, String)> = Vec::new();
