@@ -1,3 +1,4 @@
 //! End-to-end tests: the `mlae-cli` binaries driven as a user would.
 
+mod data;
 mod doctor;

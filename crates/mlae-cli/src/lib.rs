@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Report the libtorch version and location, CUDA/cuDNN availability, devices and threads.
     Doctor(commands::doctor::DoctorArgs),
+    /// Dataset tools: `data check` validates a VTAB-1k / FGVC / demo / list tree.
+    Data(commands::data::DataArgs),
 }
 
 /// Parses arguments, installs the log subscriber and runs the command.
@@ -30,6 +32,7 @@ pub fn main_entry() -> ExitCode {
     init_tracing(&cli.log);
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(&args),
+        Command::Data(args) => commands::data::run(&args),
     };
     match result {
         Ok(code) => code,

