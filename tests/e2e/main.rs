@@ -2,3 +2,5 @@
 
 mod data;
 mod doctor;
+mod finetune;
+mod support;

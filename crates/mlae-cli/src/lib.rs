@@ -24,6 +24,12 @@ pub enum Command {
     Doctor(commands::doctor::DoctorArgs),
     /// Dataset tools: `data check` validates a VTAB-1k / FGVC / demo / list tree.
     Data(commands::data::DataArgs),
+    /// Fine-tune a ViT from a config (or resume a run); ends with `test accuracy: 0.XXXX`.
+    Finetune(commands::finetune::FinetuneArgs),
+    /// Evaluate a run's checkpoint on a split; optionally dump the logits.
+    Eval(commands::eval::EvalArgs),
+    /// Export a run: adapter checkpoint, merged timm model, or PEFT LoRA adapter.
+    Export(commands::export::ExportArgs),
 }
 
 /// Parses arguments, installs the log subscriber and runs the command.
@@ -33,6 +39,9 @@ pub fn main_entry() -> ExitCode {
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(&args),
         Command::Data(args) => commands::data::run(&args),
+        Command::Finetune(args) => commands::finetune::run(&args),
+        Command::Eval(args) => commands::eval::run(&args),
+        Command::Export(args) => commands::export::run(&args),
     };
     match result {
         Ok(code) => code,

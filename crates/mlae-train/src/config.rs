@@ -52,6 +52,30 @@ pub struct ModelConfig {
     /// Stochastic depth rate (the lineage uses 0.1).
     #[serde(default)]
     pub drop_path: f64,
+    /// Expected class count; when given it must match the task (a guard for configs that
+    /// are reused across tasks). The head always gets the task's class count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_classes: Option<i64>,
+    /// Changes to the preset's architecture (a smaller model for smoke tests or ablations).
+    /// A pretrained checkpoint must then match the changed shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<ArchOverride>,
+}
+
+/// `[model.arch]`: any of these replaces the preset's value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dim: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heads: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp_dim: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -180,19 +204,27 @@ fn default_image_size() -> i64 {
 }
 
 impl ExperimentConfig {
-    /// Loads a config file (following `extends`), applies `key.path=value` overrides, checks
-    /// every key and value, and resolves paths. Errors name the file and the key.
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let mut table = load_table(path, &mut Vec::new())?;
+    /// Loads config files (each following its `extends`; later files win, so a fragment such
+    /// as a masking ablation can be layered on a task config), applies `key.path=value`
+    /// overrides, checks every key and value, and resolves paths. Errors name the file and key.
+    pub fn load<P: AsRef<Path>>(paths: &[P], overrides: &[String]) -> Result<Self> {
+        let Some(first) = paths.first() else {
+            return Err(TrainError::Invalid("no config file given".into()));
+        };
+        let origin = first.as_ref().to_path_buf();
+        let mut table = toml::Table::new();
+        for path in paths {
+            merge(&mut table, load_table(path.as_ref(), &mut Vec::new())?);
+        }
         for ov in overrides {
             apply_override(&mut table, ov).map_err(|message| TrainError::Config {
-                path: path.to_path_buf(),
+                path: origin.clone(),
                 message: format!("--set {ov}: {message}"),
             })?;
         }
-        let mut cfg = Self::from_table(table, path)?;
+        let mut cfg = Self::from_table(table, &origin)?;
         cfg.resolve_paths();
-        cfg.validate().map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
+        cfg.validate().map_err(|message| TrainError::Config { path: origin.clone(), message })?;
         Ok(cfg)
     }
 
@@ -225,7 +257,10 @@ impl ExperimentConfig {
                 (0.0..1.0).contains(&t.label_smoothing),
                 format!("train.label_smoothing: must be in [0, 1), got {}", t.label_smoothing),
             ),
-            (t.eval_every > 0 && t.checkpoint_every > 0, "train.eval_every / checkpoint_every: must be >= 1".into()),
+            (
+                t.eval_every > 0 && t.checkpoint_every > 0,
+                "train.eval_every / checkpoint_every: must be >= 1".into(),
+            ),
             (
                 (0.0..1.0).contains(&self.model.drop_path),
                 format!("model.drop_path: must be in [0, 1), got {}", self.model.drop_path),
@@ -239,13 +274,44 @@ impl ExperimentConfig {
         if self.model.image_size < 8 {
             return Err(format!("model.image_size: {} is too small", self.model.image_size));
         }
+        self.vit_config(2).validate().map_err(|e| e.to_string())?;
         if let Some(c) = t.grad_clip
-            && !(c > 0.0)
+            && (c.is_nan() || c <= 0.0)
         {
             return Err(format!("train.grad_clip: must be positive, got {c}"));
         }
         parse_device(&t.device)?;
         Ok(())
+    }
+
+    /// The model's architecture for a task with `num_classes` classes: the preset, changed by
+    /// `model.arch`, at `model.image_size`, with `model.drop_path`.
+    pub fn vit_config(&self, num_classes: i64) -> mlae_vit::VitConfig {
+        let m = &self.model;
+        let mut v = mlae_vit::VitConfig::from_preset(m.preset, m.image_size, num_classes);
+        v.drop_path = m.drop_path;
+        if let Some(a) = &m.arch {
+            v.patch_size = a.patch_size.unwrap_or(v.patch_size);
+            v.dim = a.dim.unwrap_or(v.dim);
+            v.depth = a.depth.unwrap_or(v.depth);
+            v.heads = a.heads.unwrap_or(v.heads);
+            v.mlp_dim = a.mlp_dim.unwrap_or(v.mlp_dim);
+        }
+        v
+    }
+
+    /// Where the task's files are.
+    pub fn data_source(&self) -> mlae_data::DataSource {
+        mlae_data::DataSource {
+            benchmark: self.data.benchmark,
+            task: self.data.task.clone(),
+            root: self.data.root.clone(),
+        }
+    }
+
+    /// Where decoded splits are cached: `data.cache_dir`, else `<cache>/decoded`.
+    pub fn decoded_cache_dir(&self) -> PathBuf {
+        self.data.cache_dir.clone().unwrap_or_else(|| mlae_data::cache_dir().join("decoded"))
     }
 
     /// The split trained on.
@@ -340,12 +406,16 @@ pub fn parse_device(s: &str) -> std::result::Result<tch::Device, String> {
 fn load_table(path: &Path, stack: &mut Vec<PathBuf>) -> Result<toml::Table> {
     let canon = path.canonicalize().map_err(crate::error::io_err(path))?;
     if stack.contains(&canon) {
-        return Err(TrainError::Config { path: path.to_path_buf(), message: "`extends` forms a cycle".into() });
+        return Err(TrainError::Config {
+            path: path.to_path_buf(),
+            message: "`extends` forms a cycle".into(),
+        });
     }
     let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| TrainError::Config { path: path.to_path_buf(), message: e.to_string() })?;
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| TrainError::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let bases = match table.remove("extends") {
         None => Vec::new(),
         Some(toml::Value::String(s)) => vec![s],
@@ -452,7 +522,8 @@ lr = 1e-3
             "child.toml",
             "extends = \"base.toml\"\n[adapter]\nkind = \"lora\"\nexperts = 4\n[train]\nepochs = 7\n",
         );
-        let cfg = ExperimentConfig::load(&child, &["train.lr=0.01".into(), "data.task=dtd".into()]).unwrap();
+        let cfg =
+            ExperimentConfig::load(&[&child], &["train.lr=0.01".into(), "data.task=dtd".into()]).unwrap();
         assert_eq!(cfg.train.epochs, 7);
         assert_eq!(cfg.train.lr, 0.01);
         assert_eq!(cfg.train.batch_size, 64, "unset keys keep the paper's defaults");
@@ -468,20 +539,35 @@ lr = 1e-3
     fn unknown_keys_and_bad_values_name_the_file_and_key() {
         let tmp = tempfile::tempdir().unwrap();
         let p = write(tmp.path(), "c.toml", &format!("{BASE}\nlearning_rat = 3\n"));
-        let err = ExperimentConfig::load(&p, &[]).unwrap_err().to_string();
+        let err = ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string();
         assert!(err.contains("c.toml") && err.contains("learning_rat"), "{err}");
 
         let p = write(tmp.path(), "d.toml", &BASE.replace("epochs = 3", "epochs = \"three\""));
-        let err = ExperimentConfig::load(&p, &[]).unwrap_err().to_string();
+        let err = ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string();
         assert!(err.contains("d.toml") && err.contains("train.epochs"), "{err}");
 
         let p = write(tmp.path(), "e.toml", BASE);
-        let err = ExperimentConfig::load(&p, &["train.label_smoothing=1.5".into()]).unwrap_err().to_string();
+        let err =
+            ExperimentConfig::load(&[&p], &["train.label_smoothing=1.5".into()]).unwrap_err().to_string();
         assert!(err.contains("train.label_smoothing"), "{err}");
-        let err = ExperimentConfig::load(&p, &["train.device=tpu".into()]).unwrap_err().to_string();
+        let err = ExperimentConfig::load(&[&p], &["train.device=tpu".into()]).unwrap_err().to_string();
         assert!(err.contains("train.device"), "{err}");
-        let err = ExperimentConfig::load(&p, &["adapter.dropout=1.5".into()]).unwrap_err().to_string();
+        let err = ExperimentConfig::load(&[&p], &["adapter.dropout=1.5".into()]).unwrap_err().to_string();
         assert!(err.contains("dropout"), "{err}");
+    }
+
+    #[test]
+    fn later_config_files_win_over_earlier_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = write(tmp.path(), "task.toml", BASE);
+        let frag = write(
+            tmp.path(),
+            "frag.toml",
+            "[adapter]\ndropout = 0.0\n[adapter.mask]\nstrategy = \"fixed\"\n",
+        );
+        let cfg = ExperimentConfig::load(&[&base, &frag], &[]).unwrap();
+        assert_eq!(cfg.adapter.dropout, 0.0);
+        assert_eq!(cfg.train.epochs, 3);
     }
 
     #[test]
@@ -489,7 +575,7 @@ lr = 1e-3
         let tmp = tempfile::tempdir().unwrap();
         let a = write(tmp.path(), "a.toml", "extends = \"b.toml\"\n");
         write(tmp.path(), "b.toml", "extends = \"a.toml\"\n");
-        let err = ExperimentConfig::load(&a, &[]).unwrap_err().to_string();
+        let err = ExperimentConfig::load(&[&a], &[]).unwrap_err().to_string();
         assert!(err.contains("cycle"), "{err}");
     }
 
@@ -497,9 +583,10 @@ lr = 1e-3
     fn run_names_tell_runs_apart() {
         let tmp = tempfile::tempdir().unwrap();
         let p = write(tmp.path(), "c.toml", BASE);
-        let a = ExperimentConfig::load(&p, &["adapter.dropout=0.5".into()]).unwrap();
-        let b = ExperimentConfig::load(&p, &["adapter.dropout=0.7".into()]).unwrap();
-        let c = ExperimentConfig::load(&p, &["train.seed=1".into(), "adapter.dropout=0.5".into()]).unwrap();
+        let a = ExperimentConfig::load(&[&p], &["adapter.dropout=0.5".into()]).unwrap();
+        let b = ExperimentConfig::load(&[&p], &["adapter.dropout=0.7".into()]).unwrap();
+        let c =
+            ExperimentConfig::load(&[&p], &["train.seed=1".into(), "adapter.dropout=0.5".into()]).unwrap();
         let names = [a.default_run_name(), b.default_run_name(), c.default_run_name()];
         assert!(names[0] != names[1] && names[0] != names[2], "{names:?}");
         assert!(names[0].starts_with("cifar-mlae-"), "{}", names[0]);

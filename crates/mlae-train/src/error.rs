@@ -27,7 +27,15 @@ pub enum TrainError {
     Interrupted { step: u64, checkpoint: PathBuf },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
-    // PENDING-MERGE: Core / Data / Model variants
+    /// A dataset problem (names the list file, line or image).
+    #[error(transparent)]
+    Data(#[from] mlae_data::DataError),
+    /// A model or checkpoint problem (names the file, key or shapes).
+    #[error(transparent)]
+    Model(#[from] mlae_vit::VitError),
+    /// An adapter-spec problem (names the config field).
+    #[error(transparent)]
+    Spec(#[from] mlae_core::SpecError),
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -5,12 +5,16 @@
 //! run leaves behind (see [`rundir`]).
 
 pub mod checkpoint;
+pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
+#[path = "../../../build-support/plot_font.rs"]
+mod plot_font;
 pub mod progress;
 pub mod rundir;
 pub mod schedule;
+pub mod trainer;
 
 pub use error::{Result, TrainError};

@@ -50,18 +50,8 @@ impl RunDir {
     /// it): a finished run must not be overwritten by accident, and an unfinished one should
     /// be resumed instead.
     pub fn create(path: &Path, force: bool) -> Result<Self> {
+        Self::check_new(path, force)?;
         if path.exists() && std::fs::read_dir(path).map_err(io_err(path))?.next().is_some() {
-            if !force {
-                let state = read_status(path).map(|s| s.state);
-                let hint = match state {
-                    Some(RunState::Finished) => "it holds a finished run; pass --force to overwrite it",
-                    Some(_) => {
-                        "it holds an unfinished run; resume it with --resume, or pass --force to start over"
-                    }
-                    None => "it is not empty; pass --force to overwrite it or choose another output",
-                };
-                return Err(TrainError::RunDir { path: path.to_path_buf(), message: hint.into() });
-            }
             let dir = Self::lock(path)?;
             for entry in std::fs::read_dir(path).map_err(io_err(path))? {
                 let entry = entry.map_err(io_err(path))?;
@@ -77,6 +67,20 @@ impl RunDir {
         }
         std::fs::create_dir_all(path.join("checkpoints")).map_err(io_err(path))?;
         Self::lock(path)
+    }
+
+    /// Whether [`RunDir::create`] would accept `path`: it is absent or empty, or `force` is
+    /// set. Writes nothing, so it can run before the expensive part of a run's set-up.
+    pub fn check_new(path: &Path, force: bool) -> Result<()> {
+        if force || !path.exists() || std::fs::read_dir(path).map_err(io_err(path))?.next().is_none() {
+            return Ok(());
+        }
+        let hint = match read_status(path).map(|s| s.state) {
+            Some(RunState::Finished) => "it holds a finished run; pass --force to overwrite it",
+            Some(_) => "it holds an unfinished run; resume it with --resume, or pass --force to start over",
+            None => "it is not empty; pass --force to overwrite it or choose another output",
+        };
+        Err(TrainError::RunDir { path: path.to_path_buf(), message: hint.into() })
     }
 
     /// Opens an existing run directory to resume it.

@@ -1,0 +1,106 @@
+//! `mlae-cli finetune`: train one run from a config, or resume one.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use mlae_train::TrainError;
+use mlae_train::config::ExperimentConfig;
+use mlae_train::trainer::{self, RunOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// Experiment config (TOML). Repeat to layer fragments on a task config; later files win.
+    #[arg(long = "config", value_name = "FILE")]
+    pub configs: Vec<PathBuf>,
+    /// Override a config key, e.g. --set train.lr=1e-3 --set adapter.dropout=0.7.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Continue the run in DIR from its last checkpoint (its config.toml is used as is).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["configs", "set"])]
+    pub resume: Option<PathBuf>,
+    /// Overwrite an existing run directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Plain log lines instead of a progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Act as if Ctrl-C came once N optimizer steps are done (checkpoint, exit 130); for
+    /// testing resume deterministically.
+    #[arg(long, value_name = "N", hide = true)]
+    pub interrupt_at_step: Option<u64>,
+}
+
+const HOW_TO_START: &str = "\
+nothing to run: give a config or a run to resume.
+
+  cargo xtask quickstart                                  # MLAE on a real pretrained ViT, a few minutes on CPU
+  mlae-cli finetune --config configs/quickstart.toml      # the same, once `cargo xtask fetch-demo` has run
+  mlae-cli finetune --config configs/vtab/cifar.toml --set data.root=DIR --set model.checkpoint=ViT-B_16.npz
+  mlae-cli finetune --resume runs/quickstart              # continue an interrupted run
+
+Configs live in configs/ (see configs/base/vtab.toml for every key).";
+
+pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
+    if args.configs.is_empty() && args.resume.is_none() {
+        eprintln!("{HOW_TO_START}");
+        return Ok(ExitCode::from(2));
+    }
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = interrupt.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("interrupt: finishing the step and writing a checkpoint (Ctrl-C again to abort)");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    let opts = RunOptions {
+        force: args.force,
+        progress: !args.no_progress,
+        interrupt: Some(interrupt),
+        interrupt_at_step: args.interrupt_at_step,
+    };
+    let result = match &args.resume {
+        Some(dir) => trainer::resume(dir, &opts),
+        None => {
+            let cfg = ExperimentConfig::load(&args.configs, &args.set)?;
+            println!("run directory: {}", cfg.run_dir().display());
+            trainer::finetune(cfg, &opts)
+        }
+    };
+    match result {
+        Ok(s) => {
+            if let Some(dir) = &args.resume {
+                println!("run directory: {}", dir.display());
+            }
+            println!(
+                "trainable parameters: {} (adapter {}, head {}) of {}",
+                s.trainable_params, s.adapter_params, s.head_params, s.total_params
+            );
+            println!(
+                "{} epochs, {} steps in {:.1}s ({:.1} train img/s, peak memory {:.0} MiB, {})",
+                s.epochs, s.steps, s.wall_seconds, s.train_images_per_s, s.peak_mem_mb, s.device
+            );
+            if let Some(b) = s.best_test_acc {
+                println!(
+                    "best test accuracy seen: {b:.4} at epoch {} (test-set selection, not an honest estimate)",
+                    s.best_test_epoch.unwrap_or(0)
+                );
+            }
+            if let (Some(v), Some(e)) = (s.best_val_acc, s.selected_epoch) {
+                println!("selected epoch {e} on validation accuracy {v:.4}");
+            }
+            println!("test accuracy: {:.4}", s.test_acc);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ TrainError::Interrupted { .. }) => {
+            eprintln!("{e}; resume with: mlae-cli finetune --resume <run directory>");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

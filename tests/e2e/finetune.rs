@@ -1,0 +1,249 @@
+//! `mlae-cli finetune`, `eval` and `export` on a tiny generated task and a tiny random ViT.
+
+use crate::support::*;
+use std::path::Path;
+
+const MLAE: &str = "kind = \"mlae\"\nexperts = 4\ndropout = 0.5\ncoeff_init = 1.0";
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn finetune_writes_a_complete_run_directory() {
+    let (tmp, cfg) = setup(MLAE, 3);
+    let stdout = run_ok(&["finetune", "--config", s(&cfg), "--no-progress"]);
+    let run = tmp.path().join("runs/run");
+    for f in [
+        "config.toml",
+        "config.hash",
+        "metrics.jsonl",
+        "summary.json",
+        "status.json",
+        "curves.png",
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "{f} is missing from the run directory");
+    }
+    // The resolved config is complete: it loads on its own and names the absolute data root.
+    let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(resolved.contains(&tmp.path().join("data").display().to_string()), "{resolved}");
+    assert!(resolved.contains("batch_size = 8") && resolved.contains("weight_decay"), "{resolved}");
+
+    let m = metrics(&run);
+    assert_eq!(m.len(), 3, "one metrics line per epoch");
+    for (i, line) in m.iter().enumerate() {
+        assert_eq!(line["epoch"], (i + 1) as u64);
+        assert_eq!(line["step"], ((i + 1) * 6) as u64, "48 images / batch 8 = 6 steps per epoch");
+        for key in ["lr", "train_loss", "train_acc", "images_per_s", "seconds", "peak_mem_mb"] {
+            assert!(line[key].is_number(), "{key} missing in {line}");
+        }
+        let test = &line["eval"]["test"];
+        assert_eq!(test["n"], 24);
+        assert!((0.0..=1.0).contains(&test["acc"].as_f64().unwrap()));
+    }
+
+    let summary = json(&run.join("summary.json"));
+    assert_eq!(summary["protocol"], "paper");
+    assert_eq!(summary["method"], "mlae");
+    assert_eq!(summary["epochs"], 3);
+    assert_eq!(summary["steps"], 18);
+    // 2 blocks x 4 experts x (32 + 96 + 1) on qkv, head 32 x 4 + 4
+    assert_eq!(summary["adapter_params"], 2 * 4 * (32 + 96 + 1));
+    assert_eq!(summary["head_params"], 32 * 4 + 4);
+    assert_eq!(summary["trainable_params"], 2 * 4 * 129 + 132);
+    let final_acc = m[2]["eval"]["test"]["acc"].as_f64().unwrap();
+    assert_eq!(summary["test_acc"].as_f64().unwrap(), final_acc, "paper protocol: the last epoch's test");
+    let best = m.iter().map(|l| l["eval"]["test"]["acc"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert_eq!(summary["best_test_acc"].as_f64().unwrap(), best);
+    assert!(summary["notes"].to_string().contains("test-set selection"));
+    assert_eq!(json(&run.join("status.json"))["state"], "finished");
+    assert!((printed_accuracy(&stdout) - final_acc).abs() < 5e-5, "{stdout}");
+    assert!(stdout.contains("trainable parameters: "), "{stdout}");
+
+    // A finished run is not overwritten by accident...
+    let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--no-progress"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("finished run") && stderr.contains("--force"), "{stderr}");
+    assert_eq!(json(&run.join("summary.json")), summary, "the refused run changed the directory");
+    // ...and resuming it only reports it.
+    let again = run_ok(&["finetune", "--resume", s(&run), "--no-progress"]);
+    assert!((printed_accuracy(&again) - final_acc).abs() < 5e-5, "{again}");
+}
+
+#[test]
+fn eval_and_exports_reproduce_the_summary() {
+    let (tmp, cfg) = setup(MLAE, 2);
+    run_ok(&["finetune", "--config", s(&cfg), "--no-progress"]);
+    let run = tmp.path().join("runs/run");
+    let summary = json(&run.join("summary.json"));
+    let want = summary["test_acc"].as_f64().unwrap();
+    let accuracy = |stdout: &str| -> f64 {
+        let line = stdout.lines().find(|l| l.starts_with("accuracy: ")).expect("an accuracy line");
+        line["accuracy: ".len()..].parse().unwrap()
+    };
+
+    let logits = tmp.path().join("logits.npy");
+    let out = run_ok(&["eval", "--run", s(&run), "--dump-logits", s(&logits)]);
+    assert!((accuracy(&out) - want).abs() < 5e-5, "{out}");
+    let t = tch::Tensor::read_npy(&logits).unwrap();
+    assert_eq!(t.size(), [24, CLASSES as i64]);
+    assert_eq!(t.kind(), tch::Kind::Float);
+
+    // The adapter export, loaded back onto the backbone, gives the same logits.
+    let adapter = tmp.path().join("adapter.safetensors");
+    run_ok(&["export", "--run", s(&run), "--format", "adapter", "--out", s(&adapter)]);
+    let logits2 = tmp.path().join("logits2.npy");
+    let out = run_ok(&["eval", "--run", s(&run), "--adapter", s(&adapter), "--dump-logits", s(&logits2)]);
+    assert!((accuracy(&out) - want).abs() < 5e-5, "{out}");
+    assert!(t.equal(&tch::Tensor::read_npy(&logits2).unwrap()), "adapter round trip changed the logits");
+
+    // The merged model (timm layout, no adapter) gives the same logits within fp32 rounding.
+    let merged = tmp.path().join("merged.safetensors");
+    run_ok(&["export", "--run", s(&run), "--format", "merged", "--out", s(&merged)]);
+    let logits3 = tmp.path().join("logits3.npy");
+    let out = run_ok(&["eval", "--run", s(&run), "--merged", s(&merged), "--dump-logits", s(&logits3)]);
+    let diff = (&t - tch::Tensor::read_npy(&logits3).unwrap()).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged logits differ by {diff}");
+    assert!((accuracy(&out) - want).abs() < 5e-5, "{out}");
+    let keys: Vec<String> =
+        tch::Tensor::read_safetensors(&merged).unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(
+        keys.contains(&"blocks.1.attn.qkv.weight".to_string()) && keys.contains(&"head.weight".to_string())
+    );
+    assert!(!keys.iter().any(|k| k.contains("mlae")), "the merged model still holds adapter tensors");
+
+    // The PEFT export is a LoRA adapter directory with the head carried along.
+    let peft = tmp.path().join("peft");
+    run_ok(&["export", "--run", s(&run), "--format", "peft", "--out", s(&peft)]);
+    let config = json(&peft.join("adapter_config.json"));
+    assert_eq!(config["peft_type"], "LORA");
+    let keys: Vec<String> = tch::Tensor::read_safetensors(peft.join("adapter_model.safetensors"))
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(keys.contains(&"base_model.model.blocks.0.attn.qkv.lora_A.weight".to_string()), "{keys:?}");
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_result() {
+    // Uninterrupted reference.
+    let (tmp, cfg) = setup(MLAE, 4);
+    run_ok(&["finetune", "--config", s(&cfg), "--no-progress"]);
+    let reference = tmp.path().join("runs/run");
+
+    // The same run, stopped mid-epoch twice (as Ctrl-C would) and resumed each time.
+    let (tmp2, cfg2) = setup(MLAE, 4);
+    let run = tmp2.path().join("runs/run");
+    let (code, _, stderr) =
+        cli_run(&["finetune", "--config", s(&cfg2), "--no-progress", "--interrupt-at-step", "9"]);
+    assert_eq!(code, 130, "an interrupted run exits 130: {stderr}");
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let status = json(&run.join("status.json"));
+    assert_eq!((status["state"].as_str(), status["step"].as_u64()), (Some("interrupted"), Some(9)));
+    assert!(!run.join("summary.json").exists());
+    let (code, _, _) =
+        cli_run(&["finetune", "--resume", s(&run), "--no-progress", "--interrupt-at-step", "16"]);
+    assert_eq!(code, 130);
+    let stdout = run_ok(&["finetune", "--resume", s(&run), "--no-progress"]);
+
+    assert_eq!(
+        learning_curve(&run),
+        learning_curve(&reference),
+        "resumed run diverged from the uninterrupted one"
+    );
+    let (a, b) = (json(&run.join("summary.json")), json(&reference.join("summary.json")));
+    for key in ["test_acc", "best_test_acc", "best_test_epoch", "steps", "epochs"] {
+        assert_eq!(a[key], b[key], "{key}");
+    }
+    assert!((printed_accuracy(&stdout) - b["test_acc"].as_f64().unwrap()).abs() < 5e-5);
+    // Same weights at the end, bit for bit.
+    let (wa, wb) = (
+        tch::Tensor::read_safetensors(run.join("checkpoints/last.safetensors")).unwrap(),
+        tch::Tensor::read_safetensors(reference.join("checkpoints/last.safetensors")).unwrap(),
+    );
+    let wb: std::collections::HashMap<String, tch::Tensor> = wb.into_iter().collect();
+    for (k, t) in &wa {
+        if k.starts_with("model.") {
+            assert!(t.equal(&wb[k]), "{k} differs after resume");
+        }
+    }
+}
+
+#[test]
+fn a_real_interrupt_signal_writes_a_checkpoint_and_the_run_resumes() {
+    let (tmp, cfg) = setup(MLAE, 60);
+    let run = tmp.path().join("runs/run");
+    let mut child = cli().args(["finetune", "--config", s(&cfg), "--no-progress"]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !run.join("metrics.jsonl").is_file() {
+        assert!(std::time::Instant::now() < deadline, "no epoch finished in time");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(130), "SIGINT should stop the run cleanly");
+    let status = json(&run.join("status.json"));
+    assert_eq!(status["state"], "interrupted");
+    let step = status["step"].as_u64().unwrap();
+    assert!(step >= 6 && run.join("checkpoints/last.safetensors").is_file());
+    run_ok(&["finetune", "--resume", s(&run), "--no-progress"]);
+    let summary = json(&run.join("summary.json"));
+    assert_eq!((summary["epochs"].as_u64(), summary["steps"].as_u64()), (Some(60), Some(360)));
+}
+
+#[test]
+fn a_diverging_run_stops_at_the_step_and_keeps_its_checkpoint() {
+    let (tmp, cfg) = setup("kind = \"full\"", 3);
+    let (code, _, stderr) = cli_run(&[
+        "finetune",
+        "--config",
+        s(&cfg),
+        "--no-progress",
+        "--set",
+        "train.lr=1e30",
+        "--set",
+        "train.warmup_epochs=0",
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("the loss became") && stderr.contains("at step"), "{stderr}");
+    let status = json(&tmp.path().join("runs/run/status.json"));
+    assert_eq!(status["state"], "failed");
+    assert!(status["message"].as_str().unwrap().contains("non-finite"), "{status}");
+}
+
+#[test]
+fn configs_that_do_not_fit_are_rejected_before_training() {
+    let (tmp, cfg) = setup(MLAE, 1);
+    let runs = tmp.path().join("runs");
+    // An unknown key names the file and the key.
+    let text =
+        std::fs::read_to_string(&cfg).unwrap().replace("batch_size = 8", "batch_size = 8\nbatch_szie = 4");
+    std::fs::write(&cfg, text).unwrap();
+    let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg)]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("config.toml") && stderr.contains("batch_szie"), "{stderr}");
+    assert!(!runs.exists(), "a rejected config left a run directory");
+
+    // A class count that does not fit the task fails before any run directory exists.
+    let (tmp, cfg) = setup(MLAE, 1);
+    let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--set", "model.num_classes=7"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("model.num_classes") && stderr.contains('4') && stderr.contains('7'), "{stderr}");
+    assert!(!tmp.path().join("runs").exists(), "a rejected config left a run directory");
+
+    // So does an adapter value out of range, naming the field.
+    let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--set", "adapter.dropout=1.5"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("adapter.dropout"), "{stderr}");
+}
+
+#[test]
+fn finetune_without_arguments_says_how_to_start() {
+    let (code, _, stderr) = cli_run(&["finetune"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cargo xtask quickstart") && stderr.contains("--config"), "{stderr}");
+}
