@@ -1,24 +1,37 @@
 //! DMLoRA's pure math: branch weights, the gradual branch-dropout schedule and the two stages.
 //!
-//! Only the abstract of the DMLoRA paper (Fang et al., ECCV 2024) is known: several up/down
-//! branch pairs per layer, branches gradually dropped out as training proceeds, a 2-stage
-//! learning scalar for each layer's scale, reparameterisable at inference. Everything below is
-//! **this project's reading** of that abstract, not the authors' code:
+//! Only the abstract of the DMLoRA paper (Fang et al., ECCV 2024) is known, and no public code.
+//! **Taken from the abstract:** several up/down branch pairs per adapted layer; branches
+//! gradually dropped out as training proceeds; a 2-stage learning scalar, i.e. a learned scale
+//! factor for each layer's DMLoRA module; reparameterisable, so no cost at inference.
+//! **Everything else is this project's reading** of it, not the authors' design:
 //!
-//! - A layer holds K branches `(A_k, B_k)` of rank r and one learnable scale `s_l`
-//!   (initialised to `scale_init`). Stacked, `A` is `(K r, in)` and `B` `(K r, out)` with branch
-//!   k in rows `k r .. (k + 1) r`: the MLAE layout with K "experts" of rank r.
-//! - Output: `base(x) + s_l * mean of the surviving branches`, rescaled so the expectation is
-//!   the mean of all K: during training branch k is weighted `m_k / (K (1 - p))` with
-//!   `m_k ~ Bernoulli(1 - p)`, at inference every branch gets `1 / K`. So the merged update is
-//!   `dW = s_l / K * sum_k B_k^T A_k` ([`branch_coefficients`] + [`crate::merge_delta`]).
-//! - Gradual dropout: the drop probability p follows a ramp from `p_start` to `p_end` between
-//!   the training fractions `ramp_start` and `ramp_end` (linear or half-cosine), constant
-//!   outside it. Branch masks are drawn like MLAE's: one per layer per step, shared by the
-//!   batch, a pure function of (seed, step, layer) from a stream separate from MLAE's.
-//! - Two stages: from the fraction `stage2_start` on, the branches are frozen and all on
-//!   (p = 0, the inference form), and only the per-layer scales and the head train, at
-//!   `stage2_lr` (or the main learning rate when unset). Stage 1 trains everything.
+//! - A layer holds K branches `(A_k, B_k)` of rank r (`adapter.dmlora.branches`,
+//!   `adapter.experts`), each initialised like a LoRA on its own (A Kaiming-uniform with
+//!   a = sqrt 5, B zero), and one learnable scale `s_l` (initialised to `scale_init`, 1).
+//!   Stacked, `A` is `(K r, in)` and `B` `(K r, out)` with branch k in rows `k r .. (k + 1) r`:
+//!   the MLAE layout with K "experts" of rank r.
+//! - Output: `base(x) + s_l * sum_k w_k B_k^T A_k x`. During training branch k is weighted
+//!   `w_k = m_k / (K (1 - p))` with `m_k ~ Bernoulli(1 - p)`: the surviving branches summed
+//!   and divided by the expected number of survivors (inverted dropout), so the expectation
+//!   is the mean of all K branches. If every branch happens to drop, the update is zero that
+//!   step. At inference (and in stage 2) every branch gets `1 / K`, the plain mean. So the
+//!   merged update is `dW = s_l / K * sum_k B_k^T A_k` ([`branch_coefficients`] +
+//!   [`crate::merge_delta`]), and the PEFT export is one LoRA of rank `K r`.
+//! - Gradual dropout: the drop probability p follows a ramp from `p_start` (default 0, all
+//!   branches) to `p_end` (default 0.5) between the training fractions `ramp_start` (0) and
+//!   `ramp_end` (0.7), linear or half-cosine, constant outside it. The schedule sets a
+//!   probability, not a number of branches: the survivors vary from step to step around
+//!   `K (1 - p)`. Masks are drawn like MLAE's: one per layer per step, shared by the
+//!   batch, a pure function of (seed, step, layer) from a stream separate from MLAE's (its
+//!   own domain tag in the counter-based RNG), so a resumed run replays them.
+//! - Two stages: from the fraction `stage2_start` on (default 0.8), the branches are frozen
+//!   (no gradient, no optimizer update, no weight decay) and all on (p = 0, the inference
+//!   form); the per-layer scales train, and the head keeps training on the main schedule.
+//!   Stage 1 trains branches, scales and head together at the main learning rate. The
+//!   scales' rate in stage 2 is `stage2_lr` at the first step of stage 2, then decays with
+//!   the main schedule's shape; unset, it is the main rate (the training loop's
+//!   `group_lrs`). The stage is a function of the step alone, so it survives resume.
 //!
 //! Progress is measured as `step / total_steps` (the fraction of training done before the step),
 //! the convention of learning-rate schedules.

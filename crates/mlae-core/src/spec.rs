@@ -270,10 +270,14 @@ pub struct DmloraSpec {
     /// Fraction of training where stage 2 starts (branches frozen and all on; only the
     /// per-layer scales and the head train). 1.0 = never. Default 0.8.
     pub stage2_start: f64,
-    /// Learning rate of stage 2; `None` keeps the main learning rate.
+    /// The per-layer scales' learning rate at the first step of stage 2, decaying from there
+    /// with the main schedule's shape (the head stays on the main schedule); `None` keeps the
+    /// main learning rate.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage2_lr: Option<f64>,
-    /// Initial per-layer scale s_l. Default 1.
+    /// Initial per-layer scale s_l, finite and non-zero (zero would leave the branches and
+    /// the scale without gradient). Default 1: the update starts as the plain mean of the
+    /// branches.
     pub scale_init: f64,
 }
 
@@ -640,8 +644,14 @@ impl AdapterSpec {
         {
             return Err(SpecError::out_of_range("adapter.dmlora.stage2_lr", lr, "(0, inf)"));
         }
-        if !d.scale_init.is_finite() {
-            return Err(SpecError::out_of_range("adapter.dmlora.scale_init", d.scale_init, "finite values"));
+        // Zero would be a dead adapter: with s_l = 0 and B = 0 at the start, s_l, A and B all
+        // get zero gradients forever (MLAE's coeff_init has the same rule).
+        if !d.scale_init.is_finite() || d.scale_init == 0.0 {
+            return Err(SpecError::out_of_range(
+                "adapter.dmlora.scale_init",
+                d.scale_init,
+                "finite, non-zero",
+            ));
         }
         Ok(())
     }
@@ -971,6 +981,8 @@ mod tests {
         assert_eq!(with(&|d| d.stage2_start = 0.0).as_deref(), Some("adapter.dmlora.stage2_start"));
         assert_eq!(with(&|d| d.stage2_lr = Some(0.0)).as_deref(), Some("adapter.dmlora.stage2_lr"));
         assert_eq!(with(&|d| d.scale_init = f64::INFINITY).as_deref(), Some("adapter.dmlora.scale_init"));
+        assert_eq!(with(&|d| d.scale_init = 0.0).as_deref(), Some("adapter.dmlora.scale_init"));
+        assert_eq!(with(&|d| d.scale_init = -0.5), None, "a negative scale still trains");
     }
 
     #[test]

@@ -103,11 +103,22 @@ impl AdamW {
         }
     }
 
-    /// Total L2 norm of all gradients; when above `max_norm`, scales them down to it
-    /// (PyTorch's `clip_grad_norm_`). Returns the norm before clipping.
+    /// Total L2 norm of the gradients of the parameters being trained; when above
+    /// `max_norm`, scales them down to it (PyTorch's `clip_grad_norm_`). Returns the norm
+    /// before clipping.
+    ///
+    /// Frozen parameters are left out, as PyTorch leaves out parameters whose gradient is
+    /// `None`: their stale (zeroed) gradients would otherwise join the reduction in one
+    /// process and not in another (a run resumed after DMLoRA's stage switch has none), and
+    /// the norm could differ in its last bits.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> =
-            self.params.iter().map(|p| p.tensor.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .filter(|p| !p.frozen)
+            .map(|p| p.tensor.grad())
+            .filter(|g| g.defined())
+            .collect();
         if grads.is_empty() {
             return 0.0;
         }
@@ -260,6 +271,27 @@ mod tests {
         opt.step(&[0.1]);
         assert_eq!(a.double_value(&[0]), 1.0);
         assert_ne!(b.double_value(&[0]), 2.0);
+    }
+
+    #[test]
+    fn clipping_ignores_frozen_parameters() {
+        let a = param(&[0.0, 0.0]);
+        let b = param(&[0.0]);
+        let mut opt = AdamW::new(
+            AdamWConfig::default(),
+            vec![ParamGroup { name: "all".into(), weight_decay: 0.0 }],
+            vec![("a".into(), a.shallow_clone(), 0), ("b".into(), b.shallow_clone(), 0)],
+        );
+        let loss = |a: &Tensor, b: &Tensor| {
+            (a * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float) + (b * 12.0).sum(Kind::Float)
+        };
+        loss(&a, &b).backward();
+        assert!((opt.clip_grad_norm(100.0) - 13.0).abs() < 1e-5, "both count while trained");
+        opt.zero_grad();
+        opt.set_frozen(true, |n| n == "b");
+        loss(&a, &b).backward();
+        assert!((opt.clip_grad_norm(1.0) - 5.0).abs() < 1e-5, "a frozen gradient is not in the norm");
+        assert!((a.grad().double_value(&[0]) - 0.6).abs() < 1e-5);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::optim::{AdamW, AdamWConfig, ParamGroup};
 use crate::progress::Progress;
 use crate::rundir::{RunDir, RunState, Status, read_jsonl};
 use crate::schedule::LrSchedule;
-use mlae_core::AdapterKind;
+use mlae_core::{AdapterKind, DmloraSpec};
 use mlae_data::{Benchmark, ImageSet, Transform};
 use mlae_vit::{AdaptedVit, ForwardCtx, ParamRole};
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,10 @@ pub struct Summary {
     pub config_hash: String,
     pub versions: BTreeMap<String, String>,
     pub notes: Vec<String>,
+    /// DMLoRA: the first step of stage 2 (branches frozen, only the per-layer scales and the
+    /// head trained from there on); absent for other kinds and for runs that ended before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmlora_stage2_step: Option<u64>,
 }
 
 /// Loop state saved in every checkpoint's metadata.
@@ -444,32 +448,44 @@ impl Session {
         EvalResult { acc: correct as f64 / n, loss: loss_sum / n, n: set.len }
     }
 
+    /// DMLoRA's settings when this run trains a dmlora adapter.
+    fn dmlora(&self) -> Option<&DmloraSpec> {
+        (self.cfg.adapter.kind == AdapterKind::Dmlora).then_some(&self.cfg.adapter.dmlora)
+    }
+
     fn is_stage2(&self, step: u64) -> bool {
-        self.cfg.adapter.kind == AdapterKind::Dmlora
-            && mlae_core::dmlora::in_stage2(&self.cfg.adapter.dmlora, step, self.total_steps)
+        self.dmlora().is_some_and(|d| mlae_core::dmlora::in_stage2(d, step, self.total_steps))
     }
 
-    /// Learning rates of the two groups at `step`.
-    fn lrs(&self, step: u64) -> [f64; 2] {
-        let lr = self.schedule.lr_at(step);
-        if self.is_stage2(step) {
-            let scale_lr = self.cfg.adapter.dmlora.stage2_lr.map_or(lr, |s| s * lr / self.schedule.peak);
-            [lr, scale_lr]
-        } else {
-            [lr, lr]
-        }
-    }
-
-    /// DMLoRA stage 2: branches frozen (no gradient, no update), scales and head train on.
+    /// Puts the model and optimizer in the stage of `step`. Both derive from the step alone,
+    /// so a resumed run re-applies them here (the loop calls this at its first step) and
+    /// crosses the switch at the same step as an uninterrupted one.
+    ///
+    /// Stage 2 freezes the branches twice over: `requires_grad` off, so autograd computes no
+    /// gradient for them (the scales' and earlier layers' gradients still flow through), and
+    /// the optimizer's frozen flag, so AdamW neither decays them nor moves their moments
+    /// (tch cannot unset a gradient left over from stage 1; see [`AdamW::set_frozen`]).
     fn apply_stage(&mut self, step: u64) {
         let stage2 = self.is_stage2(step);
         let roles = &self.roles;
-        self.opt.set_frozen(stage2, |name| roles.get(name) == Some(&ParamRole::Adapter));
-        for (name, t, role) in self.model.trainable() {
+        let frozen = self.opt.set_frozen(stage2, |name| roles.get(name) == Some(&ParamRole::Adapter));
+        for (_, t, role) in self.model.trainable() {
             if role == ParamRole::Adapter {
                 let _ = t.set_requires_grad(!stage2);
-                let _ = name;
             }
+        }
+        if stage2 {
+            let start = self.dmlora().and_then(|d| mlae_core::dmlora::stage2_start_step(d, self.total_steps));
+            let when = if start == Some(step) {
+                format!("begins at step {step}")
+            } else {
+                format!("since step {} (resumed at step {step})", start.unwrap_or(step))
+            };
+            tracing::info!(
+                "DMLoRA stage 2 {when} of {}: {frozen} branch tensors frozen, all branches on; the \
+                 per-layer scales and the head train on",
+                self.total_steps
+            );
         }
     }
 
@@ -492,6 +508,29 @@ impl Session {
             message: None,
         })?;
         let n = self.train.len();
+        if let Some(d) = self.dmlora() {
+            let p = |step| mlae_core::branch_drop_prob(d, step, self.total_steps);
+            match mlae_core::dmlora::stage2_start_step(d, self.total_steps) {
+                Some(s) => tracing::info!(
+                    "DMLoRA: {} branches per layer, drop probability {:.3} at step 0 -> {:.3} at step {}; \
+                     stage 2 (branches frozen, scales and head train) from step {s} of {}",
+                    d.branches,
+                    p(0),
+                    p(s - 1),
+                    s - 1,
+                    self.total_steps
+                ),
+                None => tracing::info!(
+                    "DMLoRA: {} branches per layer, drop probability {:.3} at step 0 -> {:.3} at the end; \
+                     no stage 2 in {} steps",
+                    d.branches,
+                    p(0),
+                    p(self.total_steps.saturating_sub(1)),
+                    self.total_steps
+                ),
+            }
+        }
+        // The stage in force; `None` makes the first step of this process apply its stage.
         let mut stage2 = None;
 
         while self.state.epoch < t.epochs && self.state.step < max_steps {
@@ -542,7 +581,7 @@ impl Session {
                 if let Some(c) = t.grad_clip {
                     self.opt.clip_grad_norm(c);
                 }
-                self.opt.step(&self.lrs(step));
+                self.opt.step(&group_lrs(&self.schedule, self.dmlora(), step));
                 let correct =
                     tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
                 let secs = step_start.elapsed().as_secs_f64();
@@ -742,6 +781,10 @@ impl Session {
             config_hash: self.state.config_hash.clone(),
             versions,
             notes,
+            dmlora_stage2_step: self
+                .dmlora()
+                .and_then(|d| mlae_core::dmlora::stage2_start_step(d, self.total_steps))
+                .filter(|&s| s < self.state.step),
         };
         self.run.write_json(&self.run.summary_path(), &summary)?;
         self.write_plot();
@@ -793,6 +836,33 @@ fn copy_params(model: &AdaptedVit, loaded: &checkpoint::Loaded, path: &Path) -> 
         }
         Ok(())
     })
+}
+
+/// Learning rates of the optimizer's groups at `step`: `[main, scales]`, where "main" holds
+/// the head and the adapter factors (DMLoRA's branches) and "scales" DMLoRA's per-layer
+/// scales.
+///
+/// Both follow `schedule` except in DMLoRA's stage 2, where the branches are frozen, the head
+/// stays on the main schedule, and the scales get their own rate: `stage2_lr` at the first
+/// step of stage 2, then decaying with the main schedule's shape,
+/// `stage2_lr * lr(step) / lr(stage2 start)`. So `stage2_lr` is the rate the scales have when
+/// stage 2 begins (not a peak to be rescaled by how far the cosine has already decayed), and
+/// leaving it unset is the same as setting it to the main rate at that step.
+fn group_lrs(schedule: &LrSchedule, dmlora: Option<&DmloraSpec>, step: u64) -> [f64; 2] {
+    let lr = schedule.lr_at(step);
+    let scales = match dmlora {
+        Some(d) if mlae_core::in_stage2(d, step, schedule.total_steps) => {
+            let start = mlae_core::dmlora::stage2_start_step(d, schedule.total_steps).unwrap_or(step);
+            let at_start = schedule.lr_at(start);
+            match d.stage2_lr {
+                Some(s2) if at_start > 0.0 => s2 * lr / at_start,
+                Some(s2) => s2,
+                None => lr,
+            }
+        }
+        _ => lr,
+    };
+    [lr, scales]
 }
 
 /// The transforms for a benchmark: (train, eval). FGVC trains on random resized crops with
@@ -923,6 +993,36 @@ pub fn load_run_model(run_dir: &Path, which: WhichCheckpoint) -> Result<(Experim
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stage2_lr_is_the_scales_rate_when_stage_2_begins_then_decays_with_the_schedule() {
+        let schedule = LrSchedule {
+            kind: crate::schedule::ScheduleKind::Cosine,
+            peak: 1e-3,
+            min_lr: 1e-8,
+            warmup_steps: 10,
+            warmup_start: 1e-7,
+            total_steps: 100,
+        };
+        let d = DmloraSpec { stage2_start: 0.8, stage2_lr: Some(0.05), ..Default::default() };
+        let unset = DmloraSpec { stage2_lr: None, ..d.clone() };
+        for step in 0..100 {
+            let lr = schedule.lr_at(step);
+            assert_eq!(group_lrs(&schedule, None, step), [lr, lr], "other kinds: one schedule");
+            assert_eq!(group_lrs(&schedule, Some(&unset), step), [lr, lr], "stage2_lr unset: the main rate");
+            let [main, scales] = group_lrs(&schedule, Some(&d), step);
+            assert_eq!(main, lr, "the head and branches stay on the main schedule");
+            if step < 80 {
+                assert_eq!(scales, lr, "stage 1: the scales train with everything else");
+            } else {
+                // 0.05 at the switch, then the main schedule's decay
+                let want = 0.05 * lr / schedule.lr_at(80);
+                assert!((scales - want).abs() < 1e-15, "step {step}: {scales} vs {want}");
+            }
+        }
+        assert!((group_lrs(&schedule, Some(&d), 80)[1] - 0.05).abs() < 1e-15);
+        assert!(group_lrs(&schedule, Some(&d), 99)[1] < 0.05 * 0.01, "annealed by the end");
+    }
 
     #[test]
     fn permutations_are_seeded_and_complete() {

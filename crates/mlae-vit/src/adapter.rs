@@ -366,10 +366,15 @@ impl AdapterLayer for MlaeLayer {
     }
 }
 
-/// DMLoRA as this project reads its abstract (see `mlae_core::dmlora`): K branches of rank r
-/// stacked in MLAE's layout and one learnable per-layer scale s_l;
-/// `base(x) + s_l * ((x A^T) * repeat_r(w)) B` with branch weights w from
-/// [`mlae_core::dmlora::branch_weights`] during training and 1/K at inference.
+/// DMLoRA as this project reads its abstract (`mlae_core::dmlora` lists what comes from the
+/// paper and what is our choice): K branches of rank r stacked in MLAE's layout, each
+/// initialised like a LoRA, and one learnable per-layer scale s_l;
+/// `base(x) + s_l * ((x A^T) * repeat_r(w)) B`. The branch weights w come from
+/// [`mlae_core::dmlora::branch_weights`] during training (`m_k / (K (1 - p))`, p from the
+/// gradual-dropout schedule, 0 in stage 2) and are 1/K at inference, so the merged update is
+/// `s_l / K * sum_k B_k^T A_k` and the PEFT export one LoRA of rank K r. Freezing the branches
+/// in stage 2 is the training loop's job (their role is [`ParamRole::Adapter`], the scale's
+/// [`ParamRole::BranchScale`]).
 pub struct DmloraLayer {
     plan: LayerPlan,
     spec: DmloraSpec,
