@@ -184,6 +184,20 @@ pub fn load_published(path: &Path) -> Result<Published> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let p: Published = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
     for (name, b) in [("vtab", &p.vtab), ("fgvc", &p.fgvc)] {
+        // The published values are labelled by task name; the names must be the manifest's.
+        let mut known = Benchmark::by_name(name)?.tasks();
+        let mut listed = b.tasks.clone();
+        known.sort();
+        listed.sort();
+        if listed != known {
+            bail!(
+                "{}: {name}.tasks must name each task of data-manifests' {name} benchmark once; \
+                 it lists {:?}, the manifest has {:?}",
+                path.display(),
+                b.tasks,
+                known
+            );
+        }
         for r in &b.rows {
             if !r.acc.is_empty() && r.acc.len() != b.tasks.len() {
                 bail!(
@@ -421,7 +435,7 @@ fn vtab_tables(
     csv: &mut String,
 ) -> Chart {
     let tasks = bench.tasks();
-    let groups: Vec<&str> = bench.groups.iter().map(|g| g.0).collect();
+    let groups: Vec<&str> = bench.groups.iter().map(|g| g.0.as_str()).collect();
     let mut chart = Chart {
         title: "Domain means, VTAB-1k (%)".into(),
         categories: groups.iter().map(|g| g.to_string()).chain(["Average".to_string()]).collect(),
@@ -771,10 +785,19 @@ mod tests {
         }
     }
 
-    const SMALL: Benchmark = Benchmark {
-        name: "small",
-        groups: &[("Natural", &["a", "b"]), ("Specialized", &["c"]), ("Structured", &["d", "e", "f"])],
-    };
+    fn small() -> Benchmark {
+        let group =
+            |name: &str, tasks: &[&str]| (name.to_string(), tasks.iter().map(|t| t.to_string()).collect());
+        Benchmark {
+            name: "small",
+            groups: vec![
+                group("Natural", &["a", "b"]),
+                group("Specialized", &["c"]),
+                group("Structured", &["d", "e", "f"]),
+            ],
+            domains: true,
+        }
+    }
 
     #[test]
     fn the_vtab_average_is_the_mean_of_group_means() {
@@ -784,7 +807,7 @@ mod tests {
                 .map(|(t, a)| r(t, "mlae", 0, a))
                 .collect();
         let t = Table::new(&results);
-        let (gm, avg) = group_means(|task| t.cell("mlae", task), &SMALL);
+        let (gm, avg) = group_means(|task| t.cell("mlae", task), &small());
         assert_eq!(gm, vec![Some(85.0), Some(70.0), Some(40.0)]);
         // (85 + 70 + 40) / 3 = 65, where the plain mean over the six tasks would be 60.
         assert!((avg.unwrap() - 65.0).abs() < 1e-12);
@@ -796,18 +819,33 @@ mod tests {
         let t = Table::new(&results);
         assert!((t.cell("mlae", "a").unwrap() - 90.166_666_666_666_67).abs() < 1e-9);
         assert_eq!(t.spread("mlae", "a"), Some((89.0, 91.5, 3)));
-        let (gm, avg) = group_means(|task| t.cell("mlae", task), &SMALL);
+        let (gm, avg) = group_means(|task| t.cell("mlae", task), &small());
         assert_eq!(gm, vec![None, None, None], "a group with a missing task has no mean");
         assert_eq!(avg, None);
     }
 
     #[test]
+    fn published_task_names_must_be_the_manifests() {
+        let real = util::root().join("configs/published/mlae-paper.toml");
+        let text = std::fs::read_to_string(&real).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = tmp.path().join("published.toml");
+        std::fs::write(&bad, text.replacen("\"smallnorb_ele\"]", "\"smallnorb_elevation\"]", 1)).unwrap();
+        let err = load_published(&bad).unwrap_err().to_string();
+        assert!(err.contains("vtab.tasks") && err.contains("published.toml"), "{err}");
+    }
+
+    #[test]
     fn the_published_rows_match_their_printed_averages() {
         let p = load_published(&util::root().join("configs/published/mlae-paper.toml")).unwrap();
-        assert_eq!(p.vtab.tasks, crate::sweep::bench::VTAB.tasks());
+        // The published file lists the tasks in the paper's column order (Tables 1 and 2);
+        // the manifests must list them in the same order, which is the report's.
+        let vtab = Benchmark::by_name("vtab").unwrap();
+        assert_eq!(p.vtab.tasks, vtab.tasks());
+        assert_eq!(p.fgvc.tasks, Benchmark::by_name("fgvc").unwrap().tasks());
         for row in &p.vtab.rows {
             let by = row.by_task(&p.vtab.tasks);
-            let (_, avg) = group_means(|t| by.get(t).copied(), &crate::sweep::bench::VTAB);
+            let (_, avg) = group_means(|t| by.get(t).copied(), &vtab);
             let avg = avg.unwrap();
             // The paper rounds or truncates its group means, so its averages may sit up to
             // 0.1 below the exact mean of group means.

@@ -82,6 +82,10 @@ fn dry_run_of_the_vtab_paper_grid_uses_table_10() {
     assert_eq!(out.lines().last(), Some("runs: 19"), "{out}");
     let lines = plan_lines(&out);
     assert_eq!(lines.len(), 19);
+    // Runs come in the paper's column order (Tables 1 and 10), the order of mlae-data's manifest.
+    let order: Vec<&str> = lines.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    let expected: Vec<String> = TABLE_10.iter().map(|(t, _, _)| format!("{t}.mlae.s0")).collect();
+    assert_eq!(order, expected);
     for (task, p, init) in TABLE_10 {
         let line = lines
             .iter()
