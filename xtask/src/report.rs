@@ -824,6 +824,85 @@ mod tests {
         assert_eq!(avg, None);
     }
 
+    /// Chosen accuracies whose means are easy to check by hand, through the report's tables.
+    #[test]
+    fn the_tables_print_vtab_group_means_and_fgvc_seed_spreads() {
+        let published = load_published(&util::root().join("configs/published/mlae-paper.toml")).unwrap();
+        let run = |task: &str, seed: u64, acc: f64| RunResult {
+            backbone_params: Some(295_008.0),
+            ..r(task, "mlae", seed, acc)
+        };
+        // VTAB-1k: Natural 490 / 7 = 70.0, Specialized 300 / 4 = 75.0, Structured 360 / 8 = 45.0.
+        let vtab_acc = [
+            ("cifar", 70.0),
+            ("caltech101", 80.0),
+            ("dtd", 90.0),
+            ("oxford_flowers102", 60.0),
+            ("oxford_iiit_pet", 50.0),
+            ("svhn", 40.0),
+            ("sun397", 100.0),
+            ("patch_camelyon", 80.0),
+            ("eurosat", 90.0),
+            ("resisc45", 70.0),
+            ("diabetic_retinopathy", 60.0),
+            ("clevr_count", 10.0),
+            ("clevr_dist", 20.0),
+            ("dmlab", 30.0),
+            ("kitti", 40.0),
+            ("dsprites_loc", 50.0),
+            ("dsprites_ori", 60.0),
+            ("smallnorb_azi", 70.0),
+            ("smallnorb_ele", 80.0),
+        ];
+        let vtab = Benchmark::by_name("vtab").unwrap();
+        let table = Table::new(&vtab_acc.iter().map(|(t, a)| run(t, 0, *a)).collect::<Vec<_>>());
+        let (mut md, mut csv) = (String::new(), String::new());
+        vtab_tables(&table, &vtab, Some(&published.vtab), &mut md, &mut csv);
+        let row = md.lines().find(|l| l.starts_with("| mlae |")).unwrap();
+        // The average is the mean of the group means, 63.3 (the mean over the 19 tasks: 60.5).
+        assert!(row.ends_with("| 70.0 | 75.0 | 45.0 | 63.3 |"), "{row}");
+        assert!(row.starts_with("| mlae | paper | 0.30 | 1.0 | 70.0 | 80.0 |"), "{row}");
+        assert!(md.contains("| MLAE **(published)** | paper (published) | 0.30 | - | 77.8 |"), "{md}");
+        assert!(md.contains("| 84.0 | 87.5 | 64.8 | 78.8 |"), "published MLAE group means and average: {md}");
+        assert!(
+            md.contains("| LoRA **(published)** |") && md.contains("74.6\\*"),
+            "a computed average is marked"
+        );
+        assert!(csv.contains("ours,mlae,paper,average,average,,63.3333,"), "{csv}");
+        assert!(csv.contains("ours,mlae,paper,Structured,group,,45.0000,"), "{csv}");
+        assert!(csv.contains("ours,mlae,paper,sun397,task,1,100.0000,100.0000,100.0000,"), "{csv}");
+        assert!(csv.contains("published,MLAE,paper,average,average,,78.8000,"), "{csv}");
+
+        // FGVC over seeds 0, 1, 42. Per dataset: cub 82, nabirds 71, flowers 98, dogs 90,
+        // cars 85 -> mean 426 / 5 = 85.20; seed means 424 / 5 = 84.80, 426 / 5 = 85.20,
+        // 428 / 5 = 85.60.
+        let fgvc_acc = [
+            ("cub", [80.0, 82.0, 84.0]),
+            ("nabirds", [70.0, 70.0, 73.0]),
+            ("oxford_flowers", [99.0, 98.0, 97.0]),
+            ("stanford_dogs", [90.0, 91.0, 89.0]),
+            ("stanford_cars", [85.0, 85.0, 85.0]),
+        ];
+        let results: Vec<RunResult> = fgvc_acc
+            .iter()
+            .flat_map(|(t, accs)| [0, 1, 42].into_iter().zip(accs).map(|(s, a)| run(t, s, *a)))
+            .collect();
+        let fgvc = Benchmark::by_name("fgvc").unwrap();
+        let (mut md, mut csv) = (String::new(), String::new());
+        flat_tables(&Table::new(&results), &fgvc, Some(&published.fgvc), &mut md, &mut csv);
+        let row = md.lines().find(|l| l.starts_with("| mlae |")).unwrap();
+        assert!(
+            row.contains("| 82.00 (80.0-84.0, n=3) | 71.00 (70.0-73.0, n=3) | 98.00 (97.0-99.0, n=3) |"),
+            "{row}"
+        );
+        assert!(row.ends_with("| 85.20 (84.80-85.60, n=3) |"), "{row}");
+        assert!(md.contains(
+            "| MLAE **(published)** | paper (published) | 0.29 | - | 89.6 (89.6-89.6, n=3) | 85.0 (84.5-85.3, n=3)"
+        ));
+        assert!(md.contains("| 90.86 (90.78-90.94, n=3) |"), "{md}");
+        assert!(csv.contains("ours,mlae,paper,cub,task,3,82.0000,80.0000,84.0000,"), "{csv}");
+    }
+
     #[test]
     fn published_task_names_must_be_the_manifests() {
         let real = util::root().join("configs/published/mlae-paper.toml");
