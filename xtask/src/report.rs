@@ -917,7 +917,7 @@ mod tests {
     #[test]
     fn the_published_rows_match_their_printed_averages() {
         let p = load_published(&util::root().join("configs/published/mlae-paper.toml")).unwrap();
-        // The published file lists the tasks in the paper's column order (Tables 1 and 2);
+        // The published file lists the tasks in the paper's column order (Tables 1 and 11);
         // the manifests must list them in the same order, which is the report's.
         let vtab = Benchmark::by_name("vtab").unwrap();
         assert_eq!(p.vtab.tasks, vtab.tasks());

@@ -1,6 +1,6 @@
 //! The benchmarks a sweep can run and how their tasks group, read from mlae-data's manifests
 //! (`data-manifests/*.toml`), so that the task lists and their order are written down once.
-//! The manifests list tasks in the paper's column order (Table 1 for VTAB-1k, Table 2 for
+//! The manifests list tasks in the paper's column order (Table 1 for VTAB-1k, Table 11 for
 //! FGVC), which is the order of the plan and of the report's columns.
 
 use anyhow::{Context, Result, bail};
