@@ -184,6 +184,20 @@ pub fn load_published(path: &Path) -> Result<Published> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let p: Published = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
     for (name, b) in [("vtab", &p.vtab), ("fgvc", &p.fgvc)] {
+        // The published values are labelled by task name; the names must be the manifest's.
+        let mut known = Benchmark::by_name(name)?.tasks();
+        let mut listed = b.tasks.clone();
+        known.sort();
+        listed.sort();
+        if listed != known {
+            bail!(
+                "{}: {name}.tasks must name each task of data-manifests' {name} benchmark once; \
+                 it lists {:?}, the manifest has {:?}",
+                path.display(),
+                b.tasks,
+                known
+            );
+        }
         for r in &b.rows {
             if !r.acc.is_empty() && r.acc.len() != b.tasks.len() {
                 bail!(
@@ -421,7 +435,7 @@ fn vtab_tables(
     csv: &mut String,
 ) -> Chart {
     let tasks = bench.tasks();
-    let groups: Vec<&str> = bench.groups.iter().map(|g| g.0).collect();
+    let groups: Vec<&str> = bench.groups.iter().map(|g| g.0.as_str()).collect();
     let mut chart = Chart {
         title: "Domain means, VTAB-1k (%)".into(),
         categories: groups.iter().map(|g| g.to_string()).chain(["Average".to_string()]).collect(),
@@ -771,10 +785,19 @@ mod tests {
         }
     }
 
-    const SMALL: Benchmark = Benchmark {
-        name: "small",
-        groups: &[("Natural", &["a", "b"]), ("Specialized", &["c"]), ("Structured", &["d", "e", "f"])],
-    };
+    fn small() -> Benchmark {
+        let group =
+            |name: &str, tasks: &[&str]| (name.to_string(), tasks.iter().map(|t| t.to_string()).collect());
+        Benchmark {
+            name: "small",
+            groups: vec![
+                group("Natural", &["a", "b"]),
+                group("Specialized", &["c"]),
+                group("Structured", &["d", "e", "f"]),
+            ],
+            domains: true,
+        }
+    }
 
     #[test]
     fn the_vtab_average_is_the_mean_of_group_means() {
@@ -784,7 +807,7 @@ mod tests {
                 .map(|(t, a)| r(t, "mlae", 0, a))
                 .collect();
         let t = Table::new(&results);
-        let (gm, avg) = group_means(|task| t.cell("mlae", task), &SMALL);
+        let (gm, avg) = group_means(|task| t.cell("mlae", task), &small());
         assert_eq!(gm, vec![Some(85.0), Some(70.0), Some(40.0)]);
         // (85 + 70 + 40) / 3 = 65, where the plain mean over the six tasks would be 60.
         assert!((avg.unwrap() - 65.0).abs() < 1e-12);
@@ -796,18 +819,112 @@ mod tests {
         let t = Table::new(&results);
         assert!((t.cell("mlae", "a").unwrap() - 90.166_666_666_666_67).abs() < 1e-9);
         assert_eq!(t.spread("mlae", "a"), Some((89.0, 91.5, 3)));
-        let (gm, avg) = group_means(|task| t.cell("mlae", task), &SMALL);
+        let (gm, avg) = group_means(|task| t.cell("mlae", task), &small());
         assert_eq!(gm, vec![None, None, None], "a group with a missing task has no mean");
         assert_eq!(avg, None);
+    }
+
+    /// Chosen accuracies whose means are easy to check by hand, through the report's tables.
+    #[test]
+    fn the_tables_print_vtab_group_means_and_fgvc_seed_spreads() {
+        let published = load_published(&util::root().join("configs/published/mlae-paper.toml")).unwrap();
+        let run = |task: &str, seed: u64, acc: f64| RunResult {
+            backbone_params: Some(295_008.0),
+            ..r(task, "mlae", seed, acc)
+        };
+        // VTAB-1k: Natural 490 / 7 = 70.0, Specialized 300 / 4 = 75.0, Structured 360 / 8 = 45.0.
+        let vtab_acc = [
+            ("cifar", 70.0),
+            ("caltech101", 80.0),
+            ("dtd", 90.0),
+            ("oxford_flowers102", 60.0),
+            ("oxford_iiit_pet", 50.0),
+            ("svhn", 40.0),
+            ("sun397", 100.0),
+            ("patch_camelyon", 80.0),
+            ("eurosat", 90.0),
+            ("resisc45", 70.0),
+            ("diabetic_retinopathy", 60.0),
+            ("clevr_count", 10.0),
+            ("clevr_dist", 20.0),
+            ("dmlab", 30.0),
+            ("kitti", 40.0),
+            ("dsprites_loc", 50.0),
+            ("dsprites_ori", 60.0),
+            ("smallnorb_azi", 70.0),
+            ("smallnorb_ele", 80.0),
+        ];
+        let vtab = Benchmark::by_name("vtab").unwrap();
+        let table = Table::new(&vtab_acc.iter().map(|(t, a)| run(t, 0, *a)).collect::<Vec<_>>());
+        let (mut md, mut csv) = (String::new(), String::new());
+        vtab_tables(&table, &vtab, Some(&published.vtab), &mut md, &mut csv);
+        let row = md.lines().find(|l| l.starts_with("| mlae |")).unwrap();
+        // The average is the mean of the group means, 63.3 (the mean over the 19 tasks: 60.5).
+        assert!(row.ends_with("| 70.0 | 75.0 | 45.0 | 63.3 |"), "{row}");
+        assert!(row.starts_with("| mlae | paper | 0.30 | 1.0 | 70.0 | 80.0 |"), "{row}");
+        assert!(md.contains("| MLAE **(published)** | paper (published) | 0.30 | - | 77.8 |"), "{md}");
+        assert!(md.contains("| 84.0 | 87.5 | 64.8 | 78.8 |"), "published MLAE group means and average: {md}");
+        assert!(
+            md.contains("| LoRA **(published)** |") && md.contains("74.6\\*"),
+            "a computed average is marked"
+        );
+        assert!(csv.contains("ours,mlae,paper,average,average,,63.3333,"), "{csv}");
+        assert!(csv.contains("ours,mlae,paper,Structured,group,,45.0000,"), "{csv}");
+        assert!(csv.contains("ours,mlae,paper,sun397,task,1,100.0000,100.0000,100.0000,"), "{csv}");
+        assert!(csv.contains("published,MLAE,paper,average,average,,78.8000,"), "{csv}");
+
+        // FGVC over seeds 0, 1, 42. Per dataset: cub 82, nabirds 71, flowers 98, dogs 90,
+        // cars 85 -> mean 426 / 5 = 85.20; seed means 424 / 5 = 84.80, 426 / 5 = 85.20,
+        // 428 / 5 = 85.60.
+        let fgvc_acc = [
+            ("cub", [80.0, 82.0, 84.0]),
+            ("nabirds", [70.0, 70.0, 73.0]),
+            ("oxford_flowers", [99.0, 98.0, 97.0]),
+            ("stanford_dogs", [90.0, 91.0, 89.0]),
+            ("stanford_cars", [85.0, 85.0, 85.0]),
+        ];
+        let results: Vec<RunResult> = fgvc_acc
+            .iter()
+            .flat_map(|(t, accs)| [0, 1, 42].into_iter().zip(accs).map(|(s, a)| run(t, s, *a)))
+            .collect();
+        let fgvc = Benchmark::by_name("fgvc").unwrap();
+        let (mut md, mut csv) = (String::new(), String::new());
+        flat_tables(&Table::new(&results), &fgvc, Some(&published.fgvc), &mut md, &mut csv);
+        let row = md.lines().find(|l| l.starts_with("| mlae |")).unwrap();
+        assert!(
+            row.contains("| 82.00 (80.0-84.0, n=3) | 71.00 (70.0-73.0, n=3) | 98.00 (97.0-99.0, n=3) |"),
+            "{row}"
+        );
+        assert!(row.ends_with("| 85.20 (84.80-85.60, n=3) |"), "{row}");
+        assert!(md.contains(
+            "| MLAE **(published)** | paper (published) | 0.29 | - | 89.6 (89.6-89.6, n=3) | 85.0 (84.5-85.3, n=3)"
+        ));
+        assert!(md.contains("| 90.86 (90.78-90.94, n=3) |"), "{md}");
+        assert!(csv.contains("ours,mlae,paper,cub,task,3,82.0000,80.0000,84.0000,"), "{csv}");
+    }
+
+    #[test]
+    fn published_task_names_must_be_the_manifests() {
+        let real = util::root().join("configs/published/mlae-paper.toml");
+        let text = std::fs::read_to_string(&real).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = tmp.path().join("published.toml");
+        std::fs::write(&bad, text.replacen("\"smallnorb_ele\"]", "\"smallnorb_elevation\"]", 1)).unwrap();
+        let err = load_published(&bad).unwrap_err().to_string();
+        assert!(err.contains("vtab.tasks") && err.contains("published.toml"), "{err}");
     }
 
     #[test]
     fn the_published_rows_match_their_printed_averages() {
         let p = load_published(&util::root().join("configs/published/mlae-paper.toml")).unwrap();
-        assert_eq!(p.vtab.tasks, crate::sweep::bench::VTAB.tasks());
+        // The published file lists the tasks in the paper's column order (Tables 1 and 11);
+        // the manifests must list them in the same order, which is the report's.
+        let vtab = Benchmark::by_name("vtab").unwrap();
+        assert_eq!(p.vtab.tasks, vtab.tasks());
+        assert_eq!(p.fgvc.tasks, Benchmark::by_name("fgvc").unwrap().tasks());
         for row in &p.vtab.rows {
             let by = row.by_task(&p.vtab.tasks);
-            let (_, avg) = group_means(|t| by.get(t).copied(), &crate::sweep::bench::VTAB);
+            let (_, avg) = group_means(|t| by.get(t).copied(), &vtab);
             let avg = avg.unwrap();
             // The paper rounds or truncates its group means, so its averages may sit up to
             // 0.1 below the exact mean of group means.

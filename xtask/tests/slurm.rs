@@ -1,10 +1,12 @@
-//! `cargo xtask sweep --executor slurm` against a real one-node Slurm on localhost.
+//! `cargo xtask sweep --executor slurm` against a real one-node Slurm on localhost, running
+//! the real mlae-cli on tiny generated demo tasks with a tiny random ViT.
 //!
 //! The test installs Debian's `slurm-wlm` and `munge` with apt-get when they are missing,
 //! starts munged, slurmctld and slurmd with a slurm.conf written into a temp dir (all state
 //! there too), submits a small sweep as a job array, cancels one array task mid-run with
-//! scancel, resubmits, and checks that only the unfinished run ran again and that the report
-//! reads the results. Every daemon it started is stopped by a guard, also when it fails.
+//! scancel (mlae-cli checkpoints on its SIGTERM), resubmits, and checks that only the
+//! unfinished run ran again, that it resumed from its checkpoint, and that the report reads
+//! the results. Every daemon it started is stopped by a guard, also when it fails.
 //!
 //! It is skipped, saying why, where the machine cannot run it: not root, no apt-get, or the
 //! packages cannot be installed. Set MLAE_REQUIRE_SLURM_TEST=1 to turn a skip into a failure.
@@ -288,6 +290,9 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Epochs of each run: long enough (a few seconds) to cancel the target run mid-way.
+const EPOCHS: u64 = 100;
+
 #[test]
 fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmission() {
     let started = Instant::now();
@@ -299,24 +304,31 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
         return skip(&why);
     }
     eprintln!("slurm installed after {:?}", started.elapsed());
+    let cli = mlae_cli();
     let cluster = Cluster::start();
     eprintln!("cluster up after {:?}", started.elapsed());
 
+    // The real mlae-cli on the demo tasks, generated tiny, with a tiny random ViT.
     let tmp = tempfile::tempdir().unwrap();
-    // The per-run program. The stand-in for now; once training lands this becomes the real
-    // mlae-cli on a tiny demo task (it ignores the FAKE_* variables).
-    let cli = fake_cli(tmp.path());
+    let data = tmp.path().join("data");
+    let tasks = write_demo_tasks(&data, [2, 1, 1]);
+    let template = tiny_configs(tmp.path(), "demo");
     let grid = grid_file(
         tmp.path(),
         "slurm-test",
-        "configs/demo/{task}.toml",
+        &template,
         "protocol = \"paper\"\n[axes]\n\"adapter.dropout\" = [0.1, 0.5]\n",
     );
     let sweep = tmp.path().join("sweep");
-    let log = tmp.path().join("events.log");
+    let cache = tmp.path().join("cache");
+    let runs: Vec<String> =
+        tasks.iter().flat_map(|t| ["0.1", "0.5"].map(|p| format!("{t}.mlae.dropout={p}.s0"))).collect();
+    let names: Vec<&str> = runs.iter().map(String::as_str).collect();
     let target = "digits.mlae.dropout=0.5.s0";
-    let submit = |block: bool| {
-        let mut c = xtask();
+    assert_eq!(names.last(), Some(&target));
+    let others: Vec<&str> = names.iter().copied().filter(|r| *r != target).collect();
+    let submit = || {
+        let mut c = xtask_real(&cache);
         c.args([
             "sweep",
             "--executor",
@@ -327,25 +339,25 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
             "00:10:00",
             "--array-limit",
             "4",
+            "--grid",
         ])
-        .args(["--set", "train.epochs=3", "--grid"])
         .arg(&grid)
         .arg("--out")
         .arg(&sweep)
         .arg("--cli")
         .arg(&cli)
-        .env("SLURM_CONF", &cluster.conf)
-        .env("FAKE_LOG", &log)
-        .env("FAKE_EPOCH_SECONDS", "0.1");
-        if block {
-            // The target run holds after its first epoch, until it is cancelled.
-            c.env("FAKE_BLOCK", format!("^{}$", target.replace('.', r"\.")))
-                .env("FAKE_UNBLOCK", tmp.path().join("never"));
-        }
+        .arg("--data-root")
+        .arg(&data)
+        .args(quick_train_sets(EPOCHS))
+        .env("SLURM_CONF", &cluster.conf);
         stdout(&run_ok(&mut c))
     };
+    let status_of =
+        || stdout(&run_ok(xtask().arg("sweep").arg("--status").arg(&sweep).env("SLURM_CONF", &cluster.conf)));
+    let state = |r: &str| run_status(&sweep, r).and_then(|s| s["state"].as_str().map(String::from));
+    let timeout = Duration::from_secs(180);
 
-    let out = submit(true);
+    let out = submit();
     assert!(out.contains("submitted Slurm job array") && out.contains(": 4 runs"), "{out}");
     let jobs = json(&sweep.join("slurm/jobs.json"));
     let job = jobs[0]["job_id"].as_str().unwrap().to_string();
@@ -356,70 +368,96 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
         "{script}"
     );
 
-    let others: Vec<String> =
-        ["mnist5k.mlae.dropout=0.1.s0", "mnist5k.mlae.dropout=0.5.s0", "digits.mlae.dropout=0.1.s0"]
-            .map(String::from)
-            .to_vec();
-    cluster.wait("three finished runs and the held one past its first epoch", || {
-        others.iter().all(|r| run_state(&sweep, r).as_deref() == Some("finished"))
-            && sweep.join("runs").join(target).join("checkpoints/last.safetensors").is_file()
+    // Cancel the target's array task once it is well into training and far from its end.
+    wait_for_runs(&sweep, &names, "the target run to be a few epochs in", timeout, || {
+        let s = run_status(&sweep, target);
+        let epoch = s.as_ref().and_then(|s| s["epoch"].as_u64()).unwrap_or(0);
+        assert!(
+            epoch <= EPOCHS / 2,
+            "the target run got too far to be cancelled mid-way:\n{}",
+            diagnose(&sweep, &names)
+        );
+        s.is_some_and(|s| s["state"] == "running") && epoch >= 1
     });
-    let status =
-        stdout(&run_ok(xtask().arg("sweep").arg("--status").arg(&sweep).env("SLURM_CONF", &cluster.conf)));
+    let status = status_of();
     assert!(status.contains(&format!("running      {target}")), "{status}");
     assert!(status.contains(&format!("slurm {job}_{index} RUNNING")), "{status}");
-    assert!(status.contains("done         digits.mlae.dropout=0.1.s0"), "{status}");
-
-    // Cancel the held run mid-run; mlae-cli (here its stand-in) checkpoints on SIGTERM.
+    let run_dir = sweep.join("runs").join(target);
+    let checkpoint = run_dir.join("checkpoints/last.safetensors");
+    let before = std::fs::metadata(&checkpoint).unwrap().modified().unwrap();
     run_ok(cluster.cmd("scancel").arg(format!("{job}_{index}")));
-    cluster.wait("the cancelled task to leave the queue", || cluster.active(&job).is_empty());
-    cluster.wait("the cancelled run to record its interruption", || {
-        run_state(&sweep, target).as_deref() == Some("interrupted")
+    // scancel's SIGTERM makes mlae-cli finish its step, write a checkpoint and stop.
+    wait_for_runs(&sweep, &names, "the cancelled run to checkpoint and stop", timeout, || {
+        state(target).as_deref() == Some("interrupted")
     });
-    let status =
-        stdout(&run_ok(xtask().arg("sweep").arg("--status").arg(&sweep).env("SLURM_CONF", &cluster.conf)));
+    let log = std::fs::read_to_string(sweep.join("logs").join(format!("{target}.log"))).unwrap();
+    assert!(log.contains("interrupt: finishing the step and writing a checkpoint"), "{log}");
+    assert!(std::fs::metadata(&checkpoint).unwrap().modified().unwrap() > before, "a checkpoint on SIGTERM");
+    let epoch = run_status(&sweep, target).unwrap()["epoch"].as_u64().unwrap();
+    assert!((1..EPOCHS).contains(&epoch), "stopped mid-run at epoch {epoch}");
+    assert_eq!(metric_epochs(&run_dir), (1..=epoch).collect::<Vec<_>>());
+    let metrics_before = lines(&run_dir.join("metrics.jsonl"));
+    wait_for_runs(&sweep, &names, "the other runs to finish", timeout, || {
+        cluster.active(&job).is_empty() && others.iter().all(|r| state(r).as_deref() == Some("finished"))
+    });
+    let status = status_of();
     assert!(status.contains(&format!("interrupted  {target}")) && status.contains("CANCELLED"), "{status}");
+    for r in &others {
+        assert!(status.contains(&format!("done         {r}")), "{status}");
+    }
+    let file = |r: &str, f: &str| std::fs::read(sweep.join("runs").join(r).join(f)).unwrap();
+    let finished: Vec<Vec<u8>> = others.iter().map(|r| file(r, "summary.json")).collect();
 
     // Resubmit the same sweep: only the unfinished run goes to Slurm, and it resumes.
-    let out = submit(false);
+    let out = submit();
     assert!(out.contains("submitted Slurm job array") && out.contains(": 1 runs"), "{out}");
     let jobs = json(&sweep.join("slurm/jobs.json"));
     let job2 = jobs[1]["job_id"].as_str().unwrap().to_string();
     assert_eq!(jobs[1]["runs"], serde_json::json!([target]));
-    cluster.wait("the resubmitted run to finish", || {
-        cluster.active(&job2).is_empty() && run_state(&sweep, target).as_deref() == Some("finished")
+    wait_for_runs(&sweep, &names, "the resubmitted run to finish", timeout, || {
+        cluster.active(&job2).is_empty() && state(target).as_deref() == Some("finished")
     });
-    let starts = starts(&log);
-    for r in &others {
-        assert_eq!(starts[r], ["fresh"], "{r} finished in the first job and must not run again");
+    for (r, s) in others.iter().zip(&finished) {
+        assert_eq!(launches(&sweep, r).len(), 1, "{r} finished in the first job and must not run again");
+        assert!(file(r, "summary.json") == *s, "{r} was rewritten");
     }
-    assert_eq!(starts[target], ["fresh", "resume"], "the cancelled run resumes from its checkpoint");
-    let status =
-        stdout(&run_ok(xtask().arg("sweep").arg("--status").arg(&sweep).env("SLURM_CONF", &cluster.conf)));
+    let l = launches(&sweep, target);
+    assert!(l.len() == 2 && l.iter().all(|l| l.starts_with("=== slurm ")), "{l:?}");
+    assert!(l[1].contains(" finetune --resume "), "the second attempt resumes: {l:?}");
+    let log = std::fs::read_to_string(sweep.join("logs").join(format!("{target}.log"))).unwrap();
+    assert!(log.contains(&format!("(epoch {epoch})")) && log.contains("resuming"), "{log}");
+    // The epochs before the cancel are kept as written; the rest follow once.
+    assert_eq!(metric_epochs(&run_dir), (1..=EPOCHS).collect::<Vec<_>>());
+    for (a, b) in lines(&run_dir.join("metrics.jsonl")).iter().zip(&metrics_before) {
+        assert!(same_record(&parse(a), &parse(b)), "an epoch before the cancel changed:\n{b}\n{a}");
+    }
+    let s = summary(&sweep, target);
+    assert_eq!(s["epochs"], EPOCHS);
+    assert_eq!(s["steps"], EPOCHS * steps_per_epoch(&data, "digits", "train800val200"));
+    let status = status_of();
     assert!(status.trim_end().ends_with("runs: 4 (done 4)"), "{status}");
 
     // A third submission has nothing to do.
-    let out = submit(false);
+    let out = submit();
     assert!(!out.contains("submitted"), "{out}");
     assert_eq!(json(&sweep.join("slurm/jobs.json")).as_array().unwrap().len(), 2);
 
-    // The same report as for a local sweep.
+    // The same report as for a local sweep, from the runs' summaries.
     let md = stdout(&run_ok(xtask().args(["report", "--sweep"]).arg(&sweep)));
     for p in ["0.1", "0.5"] {
         let row = md
             .lines()
             .find(|l| l.starts_with(&format!("| mlae (dropout={p}) |")))
             .unwrap_or_else(|| panic!("{md}"));
-        let acc = |t: &str| {
-            100.0
-                * json(&sweep.join(format!("runs/{t}.mlae.dropout={p}.s0/summary.json")))["test_acc"]
-                    .as_f64()
-                    .unwrap()
-        };
-        let (a, b) = (acc("mnist5k"), acc("digits"));
-        assert!(row.ends_with(&format!("| {a:.2} | {b:.2} | {:.2} |", (a + b) / 2.0)), "{row}");
+        let acc: Vec<f64> = tasks
+            .iter()
+            .map(|t| {
+                100.0 * summary(&sweep, &format!("{t}.mlae.dropout={p}.s0"))["test_acc"].as_f64().unwrap()
+            })
+            .collect();
+        let cells: Vec<String> = acc.iter().map(|a| format!("{a:.2}")).collect();
+        let mean = acc.iter().sum::<f64>() / acc.len() as f64;
+        assert!(row.ends_with(&format!("| {} | {mean:.2} |", cells.join(" | "))), "{row}");
     }
-    let slurm_log = std::fs::read_to_string(sweep.join(format!("logs/{target}.log"))).unwrap();
-    assert_eq!(slurm_log.matches("=== slurm ").count(), 2, "both attempts logged: {slurm_log}");
     eprintln!("Slurm test done after {:?}", started.elapsed());
 }

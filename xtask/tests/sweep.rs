@@ -1,6 +1,9 @@
-//! `cargo xtask sweep` end to end: plans of the real grids, and the local executor driving a
-//! stand-in for mlae-cli (tests/support/fake-mlae-cli.sh, a test double of the process
-//! protocol) through crashes, kills, resumes and changed configs.
+//! `cargo xtask sweep` without training: plans of the project's real grids (dry runs), and
+//! the sweep's own process protocol driven by a stand-in for mlae-cli
+//! (support/fake-mlae-cli.sh, a test double that only creates run directories the way
+//! mlae-cli does): forwarding Ctrl-C, reporting a crashed run, moving aside the runs of a
+//! changed config, spreading runs over GPUs. Runs of the real mlae-cli (kill and resume,
+//! search and selection, the reports' numbers, Slurm) are in sweep_e2e.rs and slurm.rs.
 
 mod support;
 
@@ -8,29 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 use support::*;
-
-/// Table 10 of the paper: (task, dropout p, coefficient init).
-const TABLE_10: [(&str, f64, f64); 19] = [
-    ("cifar", 0.7, 2.0),
-    ("caltech101", 0.1, 0.5),
-    ("dtd", 0.7, 0.25),
-    ("oxford_flowers102", 0.7, 1.0),
-    ("oxford_iiit_pet", 0.7, 2.0),
-    ("svhn", 0.5, 4.0),
-    ("sun397", 0.7, 4.0),
-    ("patch_camelyon", 0.7, 1.0),
-    ("eurosat", 0.5, 4.0),
-    ("resisc45", 0.5, 2.0),
-    ("diabetic_retinopathy", 0.7, 0.25),
-    ("clevr_count", 0.0, 0.125),
-    ("clevr_dist", 0.0, 0.125),
-    ("dmlab", 0.5, 2.0),
-    ("kitti", 0.5, 1.0),
-    ("dsprites_loc", 0.5, 1.0),
-    ("dsprites_ori", 0.7, 4.0),
-    ("smallnorb_azi", 0.0, 1.0),
-    ("smallnorb_ele", 0.0, 0.25),
-];
 
 /// `key=value` from a plan line.
 fn field(line: &str, key: &str) -> Option<String> {
@@ -82,6 +62,10 @@ fn dry_run_of_the_vtab_paper_grid_uses_table_10() {
     assert_eq!(out.lines().last(), Some("runs: 19"), "{out}");
     let lines = plan_lines(&out);
     assert_eq!(lines.len(), 19);
+    // Runs come in the paper's column order (Tables 1 and 10), the order of mlae-data's manifest.
+    let order: Vec<&str> = lines.iter().map(|l| l.split_whitespace().next().unwrap()).collect();
+    let expected: Vec<String> = TABLE_10.iter().map(|(t, _, _)| format!("{t}.mlae.s0")).collect();
+    assert_eq!(order, expected);
     for (task, p, init) in TABLE_10 {
         let line = lines
             .iter()
@@ -152,136 +136,6 @@ fn bad_requests_are_refused_with_the_reason() {
         .contains("is an axis")
     );
     assert!(err(&["sweep", "--dry-run", "--benchmark", "vtab", "--set", "train.seed=1"]).contains("--seeds"));
-}
-
-/// A small search grid on the demo tasks: 2 tasks x 2 x 2 settings, then 2 finals.
-fn small_search_grid(dir: &Path) -> std::path::PathBuf {
-    grid_file(
-        dir,
-        "small-search",
-        "configs/demo/{task}.toml",
-        "protocol = \"val\"\n[axes]\n\"adapter.dropout\" = [0.1, 0.5]\n\"adapter.coeff_init\" = [1.0, 2.0]\n\
-         [select]\nmetric = \"best_val_acc\"\nfinal_protocol = \"paper\"\n",
-    )
-}
-
-#[test]
-fn a_killed_sweep_resumes_interrupted_runs_and_never_repeats_finished_ones() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cli = fake_cli(tmp.path());
-    let grid = small_search_grid(tmp.path());
-    let sweep = tmp.path().join("sweep");
-    let log = tmp.path().join("events.log");
-    let sweep_cmd = || {
-        let mut c = xtask();
-        c.args(["sweep", "--benchmark", "demo", "--jobs", "2", "--set", "train.epochs=3", "--grid"])
-            .arg(&grid)
-            .arg("--out")
-            .arg(&sweep)
-            .arg("--cli")
-            .arg(&cli)
-            .env("FAKE_LOG", &log);
-        c
-    };
-    // First attempt: the two mnist5k runs with dropout 0.5 hang after their first epoch, so
-    // that both slots hold a half-done run when the sweep is killed.
-    let mut child = sweep_cmd()
-        .env("FAKE_BLOCK", r"^search\.mnist5k\..*dropout=0\.5")
-        .env("FAKE_UNBLOCK", tmp.path().join("never"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let blocked = [
-        "search.mnist5k.mlae.coeff_init=1.0,dropout=0.5.s0",
-        "search.mnist5k.mlae.coeff_init=2.0,dropout=0.5.s0",
-    ];
-    let first_done = [
-        "search.mnist5k.mlae.coeff_init=1.0,dropout=0.1.s0",
-        "search.mnist5k.mlae.coeff_init=2.0,dropout=0.1.s0",
-    ];
-    wait_for("two finished runs and two half-done ones", Duration::from_secs(60), || {
-        first_done.iter().all(|r| run_state(&sweep, r).as_deref() == Some("finished"))
-            && blocked
-                .iter()
-                .all(|r| sweep.join("runs").join(r).join("checkpoints/last.safetensors").is_file())
-    });
-    // SIGKILL: the sweep gets no chance to clean up; its runs are told by the kernel
-    // (parent-death signal) and checkpoint.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    wait_for("the orphaned runs to stop", Duration::from_secs(20), || {
-        blocked.iter().all(|r| run_state(&sweep, r).as_deref() == Some("interrupted"))
-    });
-    let status = stdout(&run_ok(xtask().arg("sweep").arg("--status").arg(&sweep)));
-    assert!(status.contains("interrupted  search.mnist5k.mlae.coeff_init=1.0,dropout=0.5.s0"), "{status}");
-    assert!(status.contains("done         search.mnist5k.mlae.coeff_init=1.0,dropout=0.1.s0"), "{status}");
-    assert!(status.contains("pending      search.digits."), "{status}");
-
-    // Second attempt: everything finishes; nothing finished before runs again.
-    run_ok(&mut sweep_cmd());
-    let starts = starts(&log);
-    for r in first_done {
-        assert_eq!(starts[r], ["fresh"], "{r} finished before the kill and must not run again");
-    }
-    for r in blocked {
-        assert_eq!(starts[r], ["fresh", "resume"], "{r} resumes from its checkpoint");
-    }
-    let resumed_from: Vec<String> = events(&log)
-        .into_iter()
-        .filter(|e| e.kind == "start" && e.rest[0] == "resume")
-        .map(|e| e.rest[1].clone())
-        .collect();
-    assert_eq!(resumed_from, ["1", "1"], "resumed at the epoch of the checkpoint");
-    assert_eq!(starts.len(), 10, "8 search runs and 2 finals: {starts:?}");
-    assert!(starts.values().filter(|s| s.len() == 1).count() == 8);
-
-    // The finals train the setting with the best validation accuracy, under the paper protocol.
-    for task in ["mnist5k", "digits"] {
-        let mut best: Option<(f64, String)> = None;
-        for name in run_names(&sweep).iter().filter(|n| n.starts_with(&format!("search.{task}."))) {
-            let v =
-                json(&sweep.join("runs").join(name).join("summary.json"))["best_val_acc"].as_f64().unwrap();
-            if best.as_ref().is_none_or(|(b, _)| v > *b) {
-                best = Some((v, name.clone()));
-            }
-        }
-        let (_, best) = best.unwrap();
-        let final_cfg =
-            std::fs::read_to_string(sweep.join(format!("runs/final.{task}.mlae.s0/config.toml"))).unwrap();
-        let table: toml::Table = final_cfg.parse().unwrap();
-        let (p, init) = (&table["adapter"]["dropout"], &table["adapter"]["coeff_init"]);
-        assert!(
-            best.contains(&format!("coeff_init={init},dropout={p}")),
-            "{task}: final has p={p} init={init}, best was {best}"
-        );
-        assert_eq!(table["data"]["protocol"].as_str(), Some("paper"));
-        let summary = json(&sweep.join(format!("runs/final.{task}.mlae.s0/summary.json")));
-        assert_eq!(summary["protocol"], "paper");
-    }
-    let selection = json(&sweep.join("selection.json"));
-    assert_eq!(selection["final.digits.mlae.s0"]["candidates"].as_array().unwrap().len(), 4);
-
-    // Third attempt: nothing left to do, nothing runs.
-    let before = events(&log).len();
-    run_ok(&mut sweep_cmd());
-    assert_eq!(events(&log).len(), before, "a finished sweep starts no run");
-    let status = stdout(&run_ok(xtask().arg("sweep").arg("--status").arg(&sweep)));
-    assert!(status.trim_end().ends_with("runs: 10 (done 10)"), "{status}");
-
-    // The report on the finals: the demo mean is the mean of the two finals' test accuracy.
-    let out = stdout(&run_ok(xtask().args(["report", "--sweep"]).arg(&sweep)));
-    let acc = |t: &str| {
-        100.0
-            * json(&sweep.join(format!("runs/final.{t}.mlae.s0/summary.json")))["test_acc"].as_f64().unwrap()
-    };
-    let row = out.lines().find(|l| l.starts_with("| mlae |")).unwrap_or_else(|| panic!("{out}"));
-    assert!(row.contains("paper (selected on val)"), "{row}");
-    let mean = (acc("mnist5k") + acc("digits")) / 2.0;
-    assert!(row.ends_with(&format!("| {mean:.2} |")), "{row} vs {mean:.2}");
-    assert!(out.contains("## Selected settings"), "{out}");
-    let png = std::fs::read(sweep.join("report/domains.png")).unwrap();
-    assert_eq!(&png[..4], b"\x89PNG");
 }
 
 #[test]
@@ -447,105 +301,6 @@ fn runs_spread_over_the_listed_gpus_one_at_a_time_each() {
             assert!(w[1].0 >= w[0].1, "two runs at once on GPU {gpu}: {w:?}");
         }
     }
-}
-
-#[test]
-fn the_report_computes_vtab_group_means_and_fgvc_seed_spreads() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cli = fake_cli(tmp.path());
-    // VTAB: test accuracies chosen so the means are easy to check by hand.
-    let natural = [("cifar", 70.0), ("caltech101", 80.0), ("dtd", 90.0), ("oxford_flowers102", 60.0)];
-    let natural2 = [("oxford_iiit_pet", 50.0), ("svhn", 40.0), ("sun397", 100.0)]; // Natural sum 490 -> 70.0
-    let specialized =
-        [("patch_camelyon", 80.0), ("eurosat", 90.0), ("resisc45", 70.0), ("diabetic_retinopathy", 60.0)]; // 75.0
-    let structured = [
-        ("clevr_count", 10.0),
-        ("clevr_dist", 20.0),
-        ("dmlab", 30.0),
-        ("kitti", 40.0),
-        ("dsprites_loc", 50.0),
-        ("dsprites_ori", 60.0),
-        ("smallnorb_azi", 70.0),
-        ("smallnorb_ele", 80.0),
-    ]; // 45.0
-    let acc_file = tmp.path().join("acc.txt");
-    let mut lines = String::new();
-    for (t, a) in natural.iter().chain(&natural2).chain(&specialized).chain(&structured) {
-        lines.push_str(&format!("{t} 0 {}\n", a / 100.0));
-    }
-    // FGVC, seeds 0, 1, 42.
-    let fgvc = [
-        ("cub", [80.0, 82.0, 84.0]),
-        ("nabirds", [70.0, 70.0, 73.0]),
-        ("oxford_flowers", [99.0, 98.0, 97.0]),
-        ("stanford_dogs", [90.0, 91.0, 89.0]),
-        ("stanford_cars", [85.0, 85.0, 85.0]),
-    ];
-    for (t, accs) in &fgvc {
-        for (s, a) in [0, 1, 42].iter().zip(accs) {
-            lines.push_str(&format!("{t} {s} {}\n", a / 100.0));
-        }
-    }
-    std::fs::write(&acc_file, lines).unwrap();
-    let sweep_of = |bench: &str| {
-        let sweep = tmp.path().join(bench);
-        run_ok(
-            xtask()
-                .args([
-                    "sweep",
-                    "--benchmark",
-                    bench,
-                    "--grid",
-                    "paper",
-                    "--jobs",
-                    "2",
-                    "--set",
-                    "train.epochs=1",
-                    "--out",
-                ])
-                .arg(&sweep)
-                .arg("--cli")
-                .arg(&cli)
-                .env("FAKE_ACC_FILE", &acc_file)
-                .env("FAKE_EPOCH_SECONDS", "0"),
-        );
-        sweep
-    };
-    let vtab = sweep_of("vtab");
-    let md = stdout(&run_ok(xtask().args(["report", "--sweep"]).arg(&vtab)));
-    let row = md.lines().find(|l| l.starts_with("| mlae |")).unwrap_or_else(|| panic!("{md}"));
-    // Natural 70.0, Specialized 75.0, Structured 45.0; the average is their mean, 63.3 (the
-    // mean over the 19 tasks would be 60.5).
-    assert!(row.ends_with("| 70.0 | 75.0 | 45.0 | 63.3 |"), "{row}");
-    assert!(row.contains("| paper |"), "protocol stated: {row}");
-    assert!(row.contains("| 0.30 |"), "backbone params (trainable minus head), in M: {row}");
-    assert!(md.contains("| MLAE **(published)** | paper (published) | 0.30 | - | 77.8 |"), "{md}");
-    assert!(md.contains("| 84.0 | 87.5 | 64.8 | 78.8 |"), "published MLAE group means and average: {md}");
-    assert!(
-        md.contains("| LoRA **(published)** |") && md.contains("74.6\\*"),
-        "LoRA's average is marked computed"
-    );
-    let csv = std::fs::read_to_string(vtab.join("report/report.csv")).unwrap();
-    assert!(csv.contains("ours,mlae,paper,average,average,,63.3333,"), "{csv}");
-    assert!(csv.contains("ours,mlae,paper,Structured,group,,45.0000,"), "{csv}");
-    assert!(csv.contains("ours,mlae,paper,sun397,task,1,100.0000,100.0000,100.0000,"), "{csv}");
-    assert!(csv.contains("published,MLAE,paper,average,average,,78.8000,"), "{csv}");
-
-    let fg = sweep_of("fgvc");
-    let md = stdout(&run_ok(xtask().args(["report", "--sweep"]).arg(&fg)));
-    let row = md.lines().find(|l| l.starts_with("| mlae |")).unwrap_or_else(|| panic!("{md}"));
-    // Per dataset: mean (min-max, n); the mean over datasets is 84.80 (seed means: 84.80,
-    // 85.20, 85.60 -> spread 84.80-85.60). Hand-computed:
-    //   cub 82, nabirds 71, flowers 98, dogs 90, cars 85 -> 426 / 5 = 85.20
-    //   seed 0: 80+70+99+90+85 = 424 -> 84.80; seed 1: 82+70+98+91+85 = 426 -> 85.20;
-    //   seed 42: 84+73+97+89+85 = 428 -> 85.60.
-    assert!(
-        row.contains("| 82.00 (80.0-84.0, n=3) | 71.00 (70.0-73.0, n=3) | 98.00 (97.0-99.0, n=3) |"),
-        "{row}"
-    );
-    assert!(row.ends_with("| 85.20 (84.80-85.60, n=3) |"), "{row}");
-    assert!(md.contains("| MLAE **(published)** | paper (published) | 0.29 | - | 89.6 (89.6-89.6, n=3) | 85.0 (84.5-85.3, n=3)"), "{md}");
-    assert!(md.contains("| 90.86 (90.78-90.94, n=3) |"), "{md}");
 }
 
 #[test]

@@ -200,14 +200,36 @@ impl Outcome {
 
 /// Ctrl-C / SIGTERM count. The first stops launching and asks every run to checkpoint and
 /// stop (one SIGINT each); a second is passed on too, which makes mlae-cli stop at once.
+///
+/// A plain signal handler, not a handler thread (the `ctrlc` crate's): the runs' parent-death
+/// signal is tied to the thread that started them, and when the sweep is killed the kernel may
+/// first hand them to another live thread of this process and signal them again as that thread
+/// exits. With a second thread, a killed sweep sent most runs two SIGINTs (seen under load),
+/// and mlae-cli takes the second as "stop now, without a checkpoint".
 fn interrupts() -> &'static AtomicUsize {
     static COUNT: AtomicUsize = AtomicUsize::new(0);
     static INSTALLED: std::sync::Once = std::sync::Once::new();
+    extern "C" fn on_signal(_: libc::c_int) {
+        // Async-signal-safe: one atomic add.
+        COUNT.fetch_add(1, Ordering::SeqCst);
+    }
     INSTALLED.call_once(|| {
-        if let Err(e) = ctrlc::set_handler(|| {
-            COUNT.fetch_add(1, Ordering::SeqCst);
-        }) {
-            eprintln!("warning: cannot install the interrupt handler: {e}");
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: a zeroed sigaction whose handler only touches an atomic; SA_RESTART keeps
+            // the sweep's blocking calls (reading a child's output) going.
+            let failed = unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(sig, &action, std::ptr::null_mut()) != 0
+            };
+            if failed {
+                eprintln!(
+                    "warning: cannot install the interrupt handler: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
         }
     });
     &COUNT

@@ -194,8 +194,9 @@ impl Grid {
             }
         }
         for b in self.benchmark_seeds.keys() {
-            if !super::bench::ALL.iter().any(|x| x.name == b) {
-                bail!("benchmark_seeds.{b}: not a benchmark (vtab, fgvc, demo)");
+            let known = super::bench::names();
+            if !known.contains(&b.as_str()) {
+                bail!("benchmark_seeds.{b}: not a benchmark ({})", known.join(", "));
             }
         }
         if self.select.is_some() {

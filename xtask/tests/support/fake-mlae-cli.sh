@@ -1,10 +1,12 @@
 #!/bin/bash
-# TEST DOUBLE for mlae-cli's process protocol, not a trainer: the sweep tests run it in place
-# of `mlae-cli finetune` to exercise planning, scheduling, kill-and-resume and reports
-# without libtorch. It reads the generated config, creates the run directory the way
-# mlae-cli does (config.toml, status.json, metrics.jsonl, checkpoints/last.safetensors,
-# summary.json), "trains" one short sleep per epoch, checkpoints every epoch, and on
-# SIGINT/SIGTERM records `interrupted` and exits 130 like mlae-cli. Accuracies are made up.
+# TEST DOUBLE for mlae-cli's process protocol, not a trainer. tests/sweep.rs runs it in place of
+# `mlae-cli finetune` where only the sweep's side of the protocol is tested (forwarding Ctrl-C,
+# a crashed run, a changed config, GPU slots). It reads the generated config, creates the run
+# directory the way mlae-cli does (config.toml, status.json, metrics.jsonl,
+# checkpoints/last.safetensors, summary.json), "trains" one short sleep per epoch, checkpoints
+# every epoch, and on SIGINT/SIGTERM records `interrupted` and exits 130 like mlae-cli.
+# Accuracies are made up. Everything the sweep claims about real runs is tested with the real
+# mlae-cli in tests/sweep_e2e.rs and tests/slurm.rs.
 #
 # Knobs (environment):
 #   FAKE_LOG            append one line per event: start/end/interrupted/failed
