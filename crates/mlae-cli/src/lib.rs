@@ -30,6 +30,10 @@ pub enum Command {
     Eval(commands::eval::EvalArgs),
     /// Export a run: adapter checkpoint, merged timm model, or PEFT LoRA adapter.
     Export(commands::export::ExportArgs),
+    /// Analyse trained adapters: expert similarity (paper A.4) and per-expert feature maps.
+    Analyze(commands::analyze::AnalyzeArgs),
+    /// Training and inference throughput and peak memory (paper Table 3).
+    Bench(commands::bench::BenchArgs),
 }
 
 /// Parses arguments, installs the log subscriber and runs the command.
@@ -42,6 +46,8 @@ pub fn main_entry() -> ExitCode {
         Command::Finetune(args) => commands::finetune::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Export(args) => commands::export::run(&args),
+        Command::Analyze(args) => commands::analyze::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
     };
     match result {
         Ok(code) => code,
