@@ -307,18 +307,15 @@ fn fmt(v: f64) -> String {
 fn table(rust: &Side, torch: &Side, against: bool) -> String {
     let mut names: Vec<&String> = rust.figures.keys().collect();
     let order = |n: &str| -> (usize, usize, String) {
-        let group = if n.starts_with("train") {
-            0
-        } else if n.ends_with("_mem_mb") {
-            1
-        } else if n.starts_with("infer_base") {
-            2
-        } else if n.starts_with("infer_unmerged") {
-            3
-        } else if n.starts_with("infer_merged") {
-            4
-        } else {
-            5
+        let group = match n {
+            "train_img_per_s" => 0,
+            "peak_mem_mb" => 1,
+            "setup_mem_mb" => 2,
+            "train_delta_mem_mb" => 3,
+            _ if n.starts_with("infer_base") => 4,
+            _ if n.starts_with("infer_unmerged") => 5,
+            _ if n.starts_with("infer_merged") => 6,
+            _ => 7,
         };
         let bs = n.rsplit("_bs").next().and_then(|b| b.parse().ok()).unwrap_or(0);
         (group, bs, n.to_string())
@@ -390,6 +387,8 @@ mod tests {
         assert!(t.contains("| inference img/s, merged, bs 16 | 39.00 | 19.50 | 2.000 |"), "{t}");
         let rows: Vec<&str> = t.lines().skip(2).collect();
         assert!(rows[0].starts_with("| train img/s"), "{t}");
+        assert!(rows[1].starts_with("| peak memory"), "{t}");
+        assert!(rows.last().unwrap().contains("infer_img_per_s_bs16"), "{t}");
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
     }
 

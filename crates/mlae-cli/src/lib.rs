@@ -38,8 +38,11 @@ pub enum Command {
 
 /// Parses arguments, installs the log subscriber and runs the command.
 pub fn main_entry() -> ExitCode {
+    // Before any tensor exists: large freed buffers stay in the process (see the function).
+    let tuned = mlae_vit::runtime::tune_allocator();
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    tracing::debug!("allocator tuned for tensor reuse: {tuned}");
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(&args),
         Command::Data(args) => commands::data::run(&args),

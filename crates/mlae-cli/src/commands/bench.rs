@@ -157,6 +157,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         "threads": tch::get_num_threads(),
         "device": info.device_label(device),
         "libtorch": info.libtorch_version,
+        "onednn_linear": mlae_vit::runtime::onednn_linear_enabled(),
+        "allocator_tuned": mlae_vit::runtime::allocator_tuned(),
     });
     if matches!(args.mode, Mode::Train | Mode::All) {
         let t = bench::bench_train(&cfg)?;
