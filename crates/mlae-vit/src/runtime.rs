@@ -59,10 +59,10 @@ impl RuntimeInfo {
 /// Whether frozen fp32 linear layers on the CPU run through oneDNN ([`set_onednn_linear`]).
 static ONEDNN_LINEAR: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Fewest rows (tokens times batch) for which the oneDNN path is used: below it the BLAS
-/// `linear` was as fast or faster (measured on ViT-S shapes, see the bench section of the
-/// README).
-pub const ONEDNN_LINEAR_MIN_ROWS: i64 = 1024;
+/// Fewest rows (tokens times batch) for which the oneDNN path is used. On ViT-S shapes it was
+/// as fast as BLAS at 197 rows (one 224 px image) and faster from a few hundred rows on; tiny
+/// inputs such as the head's class-token rows stay on BLAS.
+pub const ONEDNN_LINEAR_MIN_ROWS: i64 = 128;
 
 /// Chooses how fp32 linear layers run on the CPU: through oneDNN as a 1x1 convolution on a
 /// channels-last view (default; `MLAE_ONEDNN_LINEAR=0` in the environment turns it off at
