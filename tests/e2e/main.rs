@@ -1,5 +1,7 @@
 //! End-to-end tests: the `mlae-cli` binaries driven as a user would.
 
+mod analyze;
+mod bench;
 mod data;
 mod dmlora;
 mod doctor;

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bench;
 mod bench_data;
 mod fetch_demo;
 mod quickstart;
@@ -40,6 +41,9 @@ enum Cmd {
     Quickstart(quickstart::QuickstartArgs),
     /// Benchmark image decode + resize: mlae-data against PIL + torchvision, same JPEGs.
     BenchData(bench_data::BenchDataArgs),
+    /// Training and inference throughput and peak memory of `mlae-cli bench` (release), with
+    /// `--against pytorch` beside timm + an MLAE layer (or PEFT LoRA), interleaved.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +55,7 @@ fn main() -> ExitCode {
         Cmd::Report(args) => report::run(&args),
         Cmd::FetchDemo(args) => fetch_demo::run(&args),
         Cmd::BenchData(args) => bench_data::run(&args),
+        Cmd::Bench(args) => bench::run(&args),
         Cmd::Quickstart(args) => quickstart::run(&args),
     };
     match result {

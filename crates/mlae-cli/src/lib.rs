@@ -30,18 +30,27 @@ pub enum Command {
     Eval(commands::eval::EvalArgs),
     /// Export a run: adapter checkpoint, merged timm model, or PEFT LoRA adapter.
     Export(commands::export::ExportArgs),
+    /// Analyse trained adapters: expert similarity (paper A.4) and per-expert feature maps.
+    Analyze(commands::analyze::AnalyzeArgs),
+    /// Training and inference throughput and peak memory (paper Table 3).
+    Bench(commands::bench::BenchArgs),
 }
 
 /// Parses arguments, installs the log subscriber and runs the command.
 pub fn main_entry() -> ExitCode {
+    // Before any tensor exists: large freed buffers stay in the process (see the function).
+    let tuned = mlae_vit::runtime::tune_allocator();
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    tracing::debug!("allocator tuned for tensor reuse: {tuned}");
     let result = match cli.command {
         Command::Doctor(args) => commands::doctor::run(&args),
         Command::Data(args) => commands::data::run(&args),
         Command::Finetune(args) => commands::finetune::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
         Command::Export(args) => commands::export::run(&args),
+        Command::Analyze(args) => commands::analyze::run(&args),
+        Command::Bench(args) => commands::bench::run(&args),
     };
     match result {
         Ok(code) => code,

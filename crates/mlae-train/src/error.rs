@@ -36,6 +36,18 @@ pub enum TrainError {
     /// An adapter-spec problem (names the config field).
     #[error(transparent)]
     Spec(#[from] mlae_core::SpecError),
+    /// A problem of mlae-core's math (mismatched factor shapes, naming the layer).
+    #[error(transparent)]
+    Core(#[from] mlae_core::CoreError),
+    /// An analysis that cannot run on the given run or inputs.
+    #[error("{0}")]
+    Analysis(String),
+    /// A plot that could not be drawn or written.
+    #[error("plot {path}: {message}")]
+    Plot { path: PathBuf, message: String },
+    /// A benchmark that cannot run as asked.
+    #[error("bench: {0}")]
+    Bench(String),
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

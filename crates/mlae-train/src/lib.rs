@@ -4,6 +4,8 @@
 //! optimizer and schedule, the loop with evaluation and checkpoints, resume, and the files a
 //! run leaves behind (see [`rundir`]).
 
+pub mod analysis;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

@@ -867,7 +867,7 @@ fn group_lrs(schedule: &LrSchedule, dmlora: Option<&DmloraSpec>, step: u64) -> [
 
 /// The transforms for a benchmark: (train, eval). FGVC trains on random resized crops with
 /// flips and evaluates on a centre crop (VPT); everything else is VTAB's direct resize.
-fn transforms(benchmark: Benchmark, size: u32) -> (Transform, Transform) {
+pub(crate) fn transforms(benchmark: Benchmark, size: u32) -> (Transform, Transform) {
     match benchmark {
         Benchmark::Fgvc => (Transform::fgvc_train(size), Transform::fgvc_eval(size)),
         _ => (Transform::vtab(size), Transform::vtab(size)),

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod analyze;
+pub mod bench;
 pub mod data;
 pub mod doctor;
 pub mod eval;

@@ -1,0 +1,400 @@
+//! `cargo xtask bench [--against pytorch]`: training and inference throughput and peak memory
+//! of the Rust path (`mlae-cli bench`, release build), optionally beside the PyTorch reference
+//! `xtask/python/bench_pytorch.py` (timm eager + MLAE from the paper's formula, or PEFT's
+//! LoRA; same shapes, same optimizer, same step).
+//!
+//! Every measurement is a fresh child process, so each side's peak memory is its own; xtask
+//! itself never links libtorch. Rounds interleave the two sides (training: Rust then Python,
+//! then Python then Rust, ...; inference likewise), and the table shows medians over rounds of
+//! each round's median, because the machine may be shared and noisy. It is a benchmark, not a
+//! test: it fails only when a side fails.
+
+use crate::{setup, util};
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The reference's packages, pinned (torchvision must stay 0.26.0: another version would
+/// replace torch 2.11.0, which the build links).
+const PY_PACKAGES: [&str; 4] = ["torch==2.11.0", "torchvision==0.26.0", "timm==1.0.31", "peft==0.21.2"];
+
+/// The figures that get a `<figure>: rust=<x> pytorch=<y> ratio=<rust/pytorch>` line.
+const RATIO_FIGURES: [&str; 3] = ["train_img_per_s", "peak_mem_mb", "infer_img_per_s_bs16"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Against {
+    /// timm's ViT in eager PyTorch with an MLAE layer written from the paper (PEFT for LoRA).
+    Pytorch,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Also run the reference implementation, interleaved, and print ratios.
+    #[arg(long, value_enum)]
+    pub against: Option<Against>,
+    #[arg(long, default_value = "vit-s16")]
+    pub preset: String,
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// mlae or lora (the reference has both); the Rust side alone takes any adapter kind.
+    #[arg(long, default_value = "mlae")]
+    pub adapter: String,
+    #[arg(long, default_value_t = 8)]
+    pub experts: usize,
+    #[arg(long, default_value_t = 1)]
+    pub expert_rank: usize,
+    #[arg(long, default_value_t = 0.5)]
+    pub dropout: f64,
+    #[arg(long, default_value = "qkv")]
+    pub targets: String,
+    #[arg(long, default_value_t = 100)]
+    pub classes: usize,
+    /// Timed training steps per process (and forward passes per variant and batch size).
+    #[arg(long, default_value_t = 8)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Processes per side and mode; the sides alternate.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[arg(long, default_value = "1,4,16")]
+    pub infer_batches: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// CPU threads for both sides (default: each library's default, one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Skip the inference part.
+    #[arg(long)]
+    pub no_infer: bool,
+}
+
+/// One side's results, figure -> value per round.
+#[derive(Debug, Default)]
+struct Side {
+    figures: std::collections::BTreeMap<String, Vec<f64>>,
+}
+
+impl Side {
+    fn push(&mut self, name: &str, v: Option<f64>) {
+        if let Some(v) = v.filter(|v| v.is_finite()) {
+            self.figures.entry(name.to_string()).or_default().push(v);
+        }
+    }
+
+    fn median(&self, name: &str) -> Option<f64> {
+        self.figures.get(name).map(|v| median(v))
+    }
+
+    /// The figures of one process's JSON report (train or infer).
+    fn add_report(&mut self, v: &Value) {
+        if let Some(t) = v.get("train") {
+            self.push("train_img_per_s", t["train_img_per_s"].as_f64());
+            self.push("peak_mem_mb", t["peak_mem_mb"].as_f64());
+            self.push("setup_mem_mb", t["setup_mem_mb"].as_f64());
+            self.push("train_delta_mem_mb", diff(t["peak_mem_mb"].as_f64(), t["setup_mem_mb"].as_f64()));
+        }
+        if let Some(Value::Object(variants)) = v.get("infer").and_then(|i| i.get("img_per_s")) {
+            for (variant, by_batch) in variants {
+                if let Value::Object(by_batch) = by_batch {
+                    for (bs, ips) in by_batch {
+                        self.push(&format!("infer_{variant}_img_per_s_bs{bs}"), ips.as_f64());
+                    }
+                }
+            }
+            self.push("infer_img_per_s_bs16", v["infer_img_per_s_bs16"].as_f64());
+        }
+    }
+}
+
+fn diff(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? - b?)
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// The last line of a child's stdout, parsed as JSON.
+fn last_json(out: &str, what: &str) -> Result<Value> {
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .with_context(|| format!("{what} printed no JSON report; its output was:\n{out}"))
+}
+
+fn run_rust(engine: &Path, args: &BenchArgs, mode: &str) -> Result<Value> {
+    let mut cmd = Command::new(engine);
+    cmd.args(["bench", "--json", "--mode", mode, "--preset", &args.preset])
+        .args(["--image-size", &args.image_size.to_string(), "--batch", &args.batch.to_string()])
+        .args(["--adapter", &args.adapter, "--experts", &args.experts.to_string()])
+        .args(["--expert-rank", &args.expert_rank.to_string(), "--dropout", &args.dropout.to_string()])
+        .args(["--targets", &args.targets, "--classes", &args.classes.to_string()])
+        .args(["--steps", &args.steps.to_string(), "--warmup", &args.warmup.to_string(), "--rounds", "1"])
+        .args(["--infer-batches", &args.infer_batches, "--device", &args.device])
+        .env("MLAE_LOG", "warn");
+    if let Some(t) = args.threads {
+        cmd.args(["--threads", &t.to_string()]);
+    }
+    last_json(&util::output(&mut cmd)?, "mlae-cli bench")
+}
+
+fn run_python(python: &Path, script: &Path, arch: &Value, args: &BenchArgs, mode: &str) -> Result<Value> {
+    let int = |k: &str| arch[k].as_i64().map(|v| v.to_string()).with_context(|| format!("arch.{k} missing"));
+    let flag = |k: &str| if arch[k].as_bool().unwrap_or(false) { "1" } else { "0" };
+    let mut cmd = Command::new(python);
+    cmd.arg(script)
+        .args(["--mode", mode, "--image-size", &int("image_size")?, "--patch-size", &int("patch_size")?])
+        .args(["--dim", &int("dim")?, "--depth", &int("depth")?, "--heads", &int("heads")?])
+        .args(["--mlp-dim", &int("mlp_dim")?, "--classes", &int("num_classes")?])
+        .args(["--qkv-bias", flag("qkv_bias"), "--layer-scale", flag("layer_scale")])
+        .args(["--layer-scale-init", &arch["layer_scale_init"].as_f64().unwrap_or(1e-5).to_string()])
+        .args(["--batch", &args.batch.to_string(), "--infer-batches", &args.infer_batches])
+        .args(["--adapter", &args.adapter, "--targets", &args.targets])
+        .args(["--experts", &args.experts.to_string(), "--expert-rank", &args.expert_rank.to_string()])
+        .args(["--dropout", &args.dropout.to_string(), "--steps", &args.steps.to_string()])
+        .args(["--warmup", &args.warmup.to_string(), "--rounds", "1", "--device", &args.device]);
+    if let Some(t) = args.threads {
+        cmd.args(["--threads", &t.to_string()]);
+    }
+    last_json(&util::output(&mut cmd)?, "bench_pytorch.py")
+}
+
+/// Builds the release `mlae-cli` (the launcher and the engine) and returns the engine.
+fn build_release() -> Result<PathBuf> {
+    util::step("release build of mlae-cli");
+    util::run(util::cargo().args(["build", "--release", "--package", "mlae-cli"]))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| util::root().join("target"));
+    // The engine directly: the launcher only checks libtorch and execs it.
+    Ok(target.join("release").join("mlae-engine"))
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.rounds == 0 || args.steps == 0 {
+        bail!("--rounds and --steps must be at least 1");
+    }
+    let against = args.against.is_some();
+    if against && !["mlae", "lora"].contains(&args.adapter.as_str()) {
+        bail!("--against pytorch compares mlae or lora; `{}` has no reference", args.adapter);
+    }
+    setup::ensure()?;
+    let engine = build_release()?;
+    let python = if against {
+        let py = setup::ensure_python()?;
+        setup::pip_install(&py, &PY_PACKAGES)?;
+        Some(py)
+    } else {
+        None
+    };
+    let script = util::root().join("xtask/python/bench_pytorch.py");
+    let (mut rust, mut torch) = (Side::default(), Side::default());
+    let mut arch = Value::Null;
+    let mut modes = vec!["train"];
+    if !args.no_infer {
+        modes.push("infer");
+    }
+    let mut rust_meta = Value::Null;
+    let mut py_meta = Value::Null;
+    for mode in modes {
+        for round in 0..args.rounds {
+            // Rust first in even rounds (the reference needs the architecture Rust reports).
+            let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+            for is_rust in order {
+                if is_rust {
+                    util::step(&format!("{mode} round {}/{}: rust", round + 1, args.rounds));
+                    let v = run_rust(&engine, args, mode)?;
+                    arch = v["arch"].clone();
+                    report_line("rust", mode, &v);
+                    rust.add_report(&v);
+                    rust_meta = v;
+                } else if let Some(py) = &python {
+                    util::step(&format!("{mode} round {}/{}: pytorch", round + 1, args.rounds));
+                    let v = run_python(py, &script, &arch, args, mode)?;
+                    report_line("pytorch", mode, &v);
+                    torch.add_report(&v);
+                    py_meta = v;
+                }
+            }
+        }
+    }
+    println!();
+    println!(
+        "{} at {} px, batch {}, {} r={} (rank {} each) on {}, dropout {}, {} device, threads rust={} pytorch={}",
+        args.preset,
+        args.image_size,
+        args.batch,
+        args.adapter,
+        args.experts,
+        args.expert_rank,
+        args.targets,
+        args.dropout,
+        args.device,
+        rust_meta["threads"],
+        py_meta["threads"]
+    );
+    println!(
+        "rust: mlae-cli bench (release, libtorch {}); pytorch: {}",
+        rust_meta["libtorch"].as_str().unwrap_or("?"),
+        if against {
+            format!(
+                "torch {} + timm {} eager{}",
+                py_meta["torch"].as_str().unwrap_or("?"),
+                py_meta["timm"].as_str().unwrap_or("?"),
+                if args.adapter == "lora" { " + PEFT LoRA" } else { ", MLAE layer from the paper's formula" }
+            )
+        } else {
+            "not run".into()
+        }
+    );
+    println!("medians over {} processes per side; memory: {}", args.rounds, mem_note(&args.device));
+    println!();
+    print!("{}", table(&rust, &torch, against));
+    if against {
+        println!();
+        for f in RATIO_FIGURES {
+            if let (Some(r), Some(p)) = (rust.median(f), torch.median(f)) {
+                println!("{f}: rust={} pytorch={} ratio={:.3}", fmt(r), fmt(p), r / p);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mem_note(device: &str) -> &'static str {
+    if device == "cpu" {
+        "peak resident set size (VmHWM / ru_maxrss) of a fresh process per side that only trains; \
+         `set-up` is the resident set before the first step, `growth` the peak minus it"
+    } else {
+        "peak device memory in use (cuMemGetInfo: CUDA context + caching allocator), sampled after every \
+         step in a fresh process per side"
+    }
+}
+
+fn report_line(side: &str, mode: &str, v: &Value) {
+    match mode {
+        "train" => eprintln!(
+            "{side}: train {} img/s, peak memory {} MiB",
+            v["train_img_per_s"].as_f64().map_or("?".into(), fmt),
+            v["peak_mem_mb"].as_f64().map_or("?".into(), fmt)
+        ),
+        _ => eprintln!(
+            "{side}: merged inference at batch 16 {} img/s",
+            v["infer_img_per_s_bs16"].as_f64().map_or("-".into(), fmt)
+        ),
+    }
+}
+
+fn fmt(v: f64) -> String {
+    if v.abs() >= 100.0 { format!("{v:.1}") } else { format!("{v:.2}") }
+}
+
+/// The Markdown table: one row per figure, both sides and their ratio.
+fn table(rust: &Side, torch: &Side, against: bool) -> String {
+    let mut names: Vec<&String> = rust.figures.keys().collect();
+    let order = |n: &str| -> (usize, usize, String) {
+        let group = match n {
+            "train_img_per_s" => 0,
+            "peak_mem_mb" => 1,
+            "setup_mem_mb" => 2,
+            "train_delta_mem_mb" => 3,
+            _ if n.starts_with("infer_base") => 4,
+            _ if n.starts_with("infer_unmerged") => 5,
+            _ if n.starts_with("infer_merged") => 6,
+            _ => 7,
+        };
+        let bs = n.rsplit("_bs").next().and_then(|b| b.parse().ok()).unwrap_or(0);
+        (group, bs, n.to_string())
+    };
+    names.sort_by_key(|n| order(n));
+    let mut s = String::new();
+    if against {
+        s.push_str("| figure | rust | pytorch | rust/pytorch |\n|---|---|---|---|\n");
+    } else {
+        s.push_str("| figure | rust |\n|---|---|\n");
+    }
+    for n in names {
+        let r = rust.median(n).unwrap_or(f64::NAN);
+        let label = describe(n);
+        if against {
+            let p = torch.median(n).unwrap_or(f64::NAN);
+            s.push_str(&format!("| {label} | {} | {} | {:.3} |\n", fmt(r), fmt(p), r / p));
+        } else {
+            s.push_str(&format!("| {label} | {} |\n", fmt(r)));
+        }
+    }
+    s
+}
+
+/// A readable name for a figure key.
+fn describe(key: &str) -> String {
+    match key {
+        "train_img_per_s" => "train img/s (`train_img_per_s`)".into(),
+        "peak_mem_mb" => "peak memory MiB (`peak_mem_mb`)".into(),
+        "setup_mem_mb" => "set-up memory MiB".into(),
+        "train_delta_mem_mb" => "training growth MiB (peak - set-up)".into(),
+        "infer_img_per_s_bs16" => "merged inference img/s bs 16 (`infer_img_per_s_bs16`)".into(),
+        k => match k.strip_prefix("infer_").and_then(|r| r.split_once("_img_per_s_bs")) {
+            Some((variant, bs)) => format!("inference img/s, {variant}, bs {bs}"),
+            None => k.into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_become_medians_ratios_and_a_table() {
+        let mut rust = Side::default();
+        let mut torch = Side::default();
+        for (ips, mem) in [(10.0, 500.0), (12.0, 520.0), (11.0, 510.0)] {
+            rust.add_report(&serde_json::json!({
+                "train": {"train_img_per_s": ips, "peak_mem_mb": mem, "setup_mem_mb": 300.0}
+            }));
+            torch.add_report(&serde_json::json!({
+                "train": {"train_img_per_s": ips / 2.0, "peak_mem_mb": mem * 2.0, "setup_mem_mb": 600.0}
+            }));
+        }
+        rust.add_report(&serde_json::json!({
+            "infer": {"img_per_s": {"base": {"16": 40.0}, "merged": {"16": 39.0}}},
+            "infer_img_per_s_bs16": 39.0
+        }));
+        torch.add_report(&serde_json::json!({
+            "infer": {"img_per_s": {"base": {"16": 20.0}, "merged": {"16": 19.5}}},
+            "infer_img_per_s_bs16": 19.5
+        }));
+        assert_eq!(rust.median("train_img_per_s"), Some(11.0));
+        assert_eq!(rust.median("train_delta_mem_mb"), Some(210.0));
+        assert_eq!(torch.median("peak_mem_mb"), Some(1020.0));
+        let t = table(&rust, &torch, true);
+        assert!(t.contains("| train img/s (`train_img_per_s`) | 11.00 | 5.50 | 2.000 |"), "{t}");
+        assert!(t.contains("| inference img/s, merged, bs 16 | 39.00 | 19.50 | 2.000 |"), "{t}");
+        let rows: Vec<&str> = t.lines().skip(2).collect();
+        assert!(rows[0].starts_with("| train img/s"), "{t}");
+        assert!(rows[1].starts_with("| peak memory"), "{t}");
+        assert!(rows.last().unwrap().contains("infer_img_per_s_bs16"), "{t}");
+        assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
+    }
+
+    #[test]
+    fn a_missing_report_is_an_error_that_shows_the_output() {
+        let err = last_json("some log\nno json here", "bench_pytorch.py").unwrap_err();
+        assert!(format!("{err:#}").contains("no json here"));
+    }
+}
