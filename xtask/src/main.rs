@@ -7,6 +7,7 @@ use std::process::ExitCode;
 mod bench;
 mod bench_data;
 mod fetch_demo;
+mod fixtures;
 mod quickstart;
 mod report;
 mod setup;
@@ -44,6 +45,9 @@ enum Cmd {
     /// Training and inference throughput and peak memory of `mlae-cli bench` (release), with
     /// `--against pytorch` beside timm + an MLAE layer (or PEFT LoRA), interleaved.
     Bench(bench::BenchArgs),
+    /// Regenerate the golden test fixtures with PyTorch, timm, PEFT, Pillow and torchvision
+    /// (pinned versions, installed into the project venv).
+    Fixtures(fixtures::FixturesArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::BenchData(args) => bench_data::run(&args),
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Quickstart(args) => quickstart::run(&args),
+        Cmd::Fixtures(args) => fixtures::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
