@@ -1,7 +1,7 @@
 //! `cargo xtask test`: the project's one test command (README and `.ci/run` call it).
 
-use crate::util::{cargo, run as sh, step};
-use anyhow::Result;
+use crate::util::{cargo, output, run as sh, step};
+use anyhow::{Result, bail};
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -26,6 +26,8 @@ pub fn run(args: &TestArgs) -> Result<()> {
         step("clippy");
         sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     }
+    step("layering: mlae-core, mlae-data and xtask build without libtorch");
+    check_no_libtorch()?;
     step("tests");
     // The timm/PEFT checks skip without a suitable Python; here they must run.
     sh(cargo()
@@ -33,5 +35,20 @@ pub fn run(args: &TestArgs) -> Result<()> {
         .env("MLAE_PYTHON", &python)
         .env("MLAE_REQUIRE_PYTHON_CHECKS", "1"))?;
     step("all checks passed");
+    Ok(())
+}
+
+/// The crates people use without libtorch must not pull in `tch`/`torch-sys`, even through a
+/// build or dev dependency of a normal build (`cargo tree` over normal and build edges).
+fn check_no_libtorch() -> Result<()> {
+    for krate in ["mlae-core", "mlae-data", "xtask"] {
+        let tree = output(cargo().args(["tree", "-p", krate, "-e", "normal,build", "--prefix", "none"]))?;
+        let torch: Vec<&str> =
+            tree.lines().filter(|l| l.starts_with("tch ") || l.starts_with("torch-sys ")).collect();
+        if !torch.is_empty() {
+            bail!("{krate} depends on libtorch through {}; it must build without it", torch.join(", "));
+        }
+        println!("{krate}: no tch / torch-sys in its dependency tree");
+    }
     Ok(())
 }
