@@ -88,9 +88,8 @@ pub fn ensure() -> Result<Env> {
     run(&SetupArgs::default())
 }
 
-// Used by the commands that run Python-side tools (fixture generator, PyTorch reference).
-#[allow(dead_code)]
-/// The venv's Python with libtorch set up; an error if libtorch comes from elsewhere.
+/// The venv's Python, for the Python-side tools (fixture generators, the PyTorch reference,
+/// the export checks); with a libtorch from elsewhere, a venv without torch checks.
 pub fn ensure_python() -> Result<PathBuf> {
     let env = ensure()?;
     match env.venv_python {
@@ -106,7 +105,6 @@ pub fn ensure_python() -> Result<PathBuf> {
     }
 }
 
-#[allow(dead_code)]
 /// Installs packages into the project venv with pip, skipping those already present at the
 /// pinned version.
 pub fn pip_install(python: &Path, packages: &[&str]) -> Result<()> {
@@ -189,34 +187,9 @@ fn install_into_venv(args: &SetupArgs) -> Result<Env> {
     if !python.is_file() {
         create_venv(&base_python(args.python.as_deref())?)?;
     }
-    let spec = format!("torch=={TORCH_VERSION}");
-    match probe_torch(&python) {
-        Some(p) if release(&p.version) == TORCH_VERSION => {}
-        Some(p) if !args.reinstall => bail!(
-            "the venv {} holds torch {}, but tch 0.24 needs exactly {TORCH_VERSION}; \
-             run `cargo xtask setup --reinstall` to replace it",
-            venv_dir().display(),
-            p.version
-        ),
-        _ => {
-            eprintln!(
-                "installing {spec} from PyPI into .venv (about 4.6 GB on disk, 1-3 minutes on a fast link; \
-                 the CUDA build, which also runs on CPU-only machines)"
-            );
-            let mut cmd = Command::new(&python);
-            cmd.args(["-m", "pip", "install", "--no-input"]);
-            if !std::io::stderr().is_terminal() {
-                cmd.args(["--progress-bar", "off"]);
-            }
-            cmd.arg(&spec);
-            util::run(&mut cmd).with_context(|| {
-                format!(
-                    "pip could not install {spec}; pip needs access to PyPI (https://pypi.org) or a \
-                     PIP_INDEX_URL / PIP_FIND_LINKS that carries {spec}, and about 5 GB free in {}",
-                    util::root().display()
-                )
-            })?;
-        }
+    let installed = probe_torch(&python).map(|p| p.version);
+    if needs_torch_install(installed.as_deref(), args.reinstall, &venv_dir())? {
+        pip_install_torch(&python)?;
     }
     let probe = probe_torch(&python).context("torch was installed but `import torch` fails in .venv")?;
     if release(&probe.version) != TORCH_VERSION {
@@ -241,6 +214,42 @@ fn install_into_venv(args: &SetupArgs) -> Result<Env> {
         size
     );
     Ok(Env { venv_python: Some(python), libtorch: probe.dir })
+}
+
+/// Whether the venv needs `torch==2.11.0` installed, given the torch it holds (if any): another
+/// version is an error unless `--reinstall`, because silently replacing a user's torch could
+/// break their other work in that venv.
+fn needs_torch_install(installed: Option<&str>, reinstall: bool, venv: &Path) -> Result<bool> {
+    match installed {
+        Some(v) if release(v) == TORCH_VERSION => Ok(false),
+        Some(v) if !reinstall => bail!(
+            "the venv {} holds torch {v}, but tch 0.24 needs exactly {TORCH_VERSION}; \
+             run `cargo xtask setup --reinstall` to replace it",
+            venv.display()
+        ),
+        _ => Ok(true),
+    }
+}
+
+fn pip_install_torch(python: &Path) -> Result<()> {
+    let spec = format!("torch=={TORCH_VERSION}");
+    eprintln!(
+        "installing {spec} from PyPI into .venv (about 4.6 GB on disk, 1-3 minutes on a fast link; \
+         the CUDA build, which also runs on CPU-only machines)"
+    );
+    let mut cmd = Command::new(python);
+    cmd.args(["-m", "pip", "install", "--no-input"]);
+    if !std::io::stderr().is_terminal() {
+        cmd.args(["--progress-bar", "off"]);
+    }
+    cmd.arg(&spec);
+    util::run(&mut cmd).with_context(|| {
+        format!(
+            "pip could not install {spec}; pip needs access to PyPI (https://pypi.org) or a \
+             PIP_INDEX_URL / PIP_FIND_LINKS that carries {spec}, and about 5 GB free in {}",
+            util::root().display()
+        )
+    })
 }
 
 fn release(version: &str) -> &str {
@@ -326,5 +335,37 @@ mod tests {
     fn a_missing_python_is_a_clear_error() {
         let err = base_python(Some(Path::new("/nonexistent/python3"))).unwrap_err().to_string();
         assert!(err.contains("no working Python 3") && err.contains("--python"), "{err}");
+    }
+
+    #[test]
+    fn a_venv_with_another_torch_is_an_error_unless_reinstall() {
+        let venv = Path::new("/x/.venv");
+        let err = needs_torch_install(Some("2.5.1+cpu"), false, venv).unwrap_err().to_string();
+        assert!(
+            err.contains("2.5.1+cpu") && err.contains(TORCH_VERSION) && err.contains("--reinstall"),
+            "{err}"
+        );
+        assert!(needs_torch_install(Some("2.5.1+cpu"), true, venv).unwrap());
+        assert!(needs_torch_install(None, false, venv).unwrap());
+        assert!(!needs_torch_install(Some("2.11.0+cu130"), false, venv).unwrap());
+    }
+
+    /// A "python" whose every command fails, as pip does without network.
+    fn failing_python() -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let py = dir.path().join("python");
+        std::fs::write(&py, "#!/bin/sh\necho 'ERROR: No matching distribution found' >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&py, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, py)
+    }
+
+    #[test]
+    fn pip_failing_is_a_clear_error() {
+        let (_dir, py) = failing_python();
+        let err = format!("{:#}", pip_install_torch(&py).unwrap_err());
+        assert!(err.contains("pip could not install torch==2.11.0") && err.contains("PyPI"), "{err}");
+        let err = format!("{:#}", pip_install(&py, &["timm==1.0.31"]).unwrap_err());
+        assert!(err.contains("pip could not install timm==1.0.31"), "{err}");
     }
 }
