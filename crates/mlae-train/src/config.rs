@@ -214,13 +214,15 @@ impl ExperimentConfig {
         let origin = first.as_ref().to_path_buf();
         let mut table = toml::Table::new();
         for path in paths {
-            merge(&mut table, load_table(path.as_ref(), &mut Vec::new())?);
+            mlae_config::merge(&mut table, mlae_config::load(path.as_ref())?);
         }
         for ov in overrides {
-            apply_override(&mut table, ov).map_err(|message| TrainError::Config {
-                path: origin.clone(),
-                message: format!("--set {ov}: {message}"),
-            })?;
+            mlae_config::parse_override(ov)
+                .and_then(|(key, value)| mlae_config::set_path(&mut table, &key, value))
+                .map_err(|message| TrainError::Config {
+                    path: origin.clone(),
+                    message: format!("--set {ov}: {message}"),
+                })?;
         }
         let mut cfg = Self::from_table(table, &origin)?;
         cfg.resolve_paths();
@@ -400,91 +402,6 @@ pub fn parse_device(s: &str) -> std::result::Result<tch::Device, String> {
             .map(tch::Device::Cuda)
             .ok_or_else(|| format!("train.device: `{s}` is not one of auto, cpu, cuda, cuda:N")),
     }
-}
-
-/// Reads a TOML file and the files it `extends`, deep-merged (the extending file wins).
-fn load_table(path: &Path, stack: &mut Vec<PathBuf>) -> Result<toml::Table> {
-    let canon = path.canonicalize().map_err(crate::error::io_err(path))?;
-    if stack.contains(&canon) {
-        return Err(TrainError::Config {
-            path: path.to_path_buf(),
-            message: "`extends` forms a cycle".into(),
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(crate::error::io_err(path))?;
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| TrainError::Config {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let bases = match table.remove("extends") {
-        None => Vec::new(),
-        Some(toml::Value::String(s)) => vec![s],
-        Some(toml::Value::Array(a)) => a
-            .into_iter()
-            .map(|v| match v {
-                toml::Value::String(s) => Ok(s),
-                other => Err(other),
-            })
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|v| TrainError::Config {
-                path: path.to_path_buf(),
-                message: format!("extends: expected file names, found {v}"),
-            })?,
-        Some(other) => {
-            return Err(TrainError::Config {
-                path: path.to_path_buf(),
-                message: format!("extends: expected a file name or a list of them, found {other}"),
-            });
-        }
-    };
-    stack.push(canon);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut merged = toml::Table::new();
-    for base in bases {
-        let base_table = load_table(&dir.join(&base), stack)?;
-        merge(&mut merged, base_table);
-    }
-    stack.pop();
-    merge(&mut merged, table);
-    Ok(merged)
-}
-
-/// Deep merge: tables merge key by key; anything else in `top` replaces `base`.
-fn merge(base: &mut toml::Table, top: toml::Table) {
-    for (k, v) in top {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
-
-/// Applies `a.b.c=value`; the value is parsed as TOML (number, bool, array, quoted string),
-/// else taken as a bare string.
-fn apply_override(table: &mut toml::Table, ov: &str) -> std::result::Result<(), String> {
-    let (key, raw) = ov.split_once('=').ok_or("expected key.path=value")?;
-    let key = key.trim();
-    if key.is_empty() {
-        return Err("empty key".into());
-    }
-    let value = format!("v = {}", raw.trim())
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
-    let parts: Vec<&str> = key.split('.').collect();
-    let mut cur = table;
-    for part in &parts[..parts.len() - 1] {
-        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = match entry {
-            toml::Value::Table(t) => t,
-            _ => return Err(format!("`{part}` is not a table")),
-        };
-    }
-    cur.insert(parts[parts.len() - 1].to_string(), value);
-    Ok(())
 }
 
 #[cfg(test)]

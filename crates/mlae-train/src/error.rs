@@ -57,3 +57,13 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
     let path = path.into();
     move |source| TrainError::Io { path, source }
 }
+
+/// Config layering errors keep their file: I/O stays I/O, the rest is a config error.
+impl From<mlae_config::ConfigError> for TrainError {
+    fn from(e: mlae_config::ConfigError) -> Self {
+        match e {
+            mlae_config::ConfigError::Io { path, source } => TrainError::Io { path, source },
+            mlae_config::ConfigError::Invalid { path, message } => TrainError::Config { path, message },
+        }
+    }
+}

@@ -7,50 +7,23 @@
 //! moving the sweep directory does not.
 
 use super::grid::{RunSpec, SECTIONS, check_key};
-use anyhow::{Context, Result, bail};
-use std::path::{Path, PathBuf};
+use anyhow::{Result, anyhow, bail};
+use std::path::Path;
 
-/// `key.path=value` from the command line; the value is TOML (number, bool, array, quoted
-/// string) or else a bare string, as `mlae-cli --set` reads it.
+/// `key.path=value` from the command line, read as `mlae-cli --set` reads it (mlae-config),
+/// with the keys a sweep sets itself refused.
 pub fn parse_override(text: &str) -> Result<(String, toml::Value)> {
-    let (key, raw) =
-        text.split_once('=').with_context(|| format!("--set {text}: expected key.path=value"))?;
-    let key = key.trim().to_string();
+    let (key, value) = mlae_config::parse_override(text).map_err(|m| anyhow!("--set {text}: {m}"))?;
     check_key(&key, &format!("--set {text}"))?;
-    let raw = raw.trim();
-    let value = format!("v = {raw}")
-        .parse::<toml::Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     Ok((key, value))
 }
 
 /// Sets `a.b.c = value`, creating tables on the way.
 pub fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<()> {
-    let parts: Vec<&str> = key.split('.').collect();
-    let (last, parents) = parts.split_last().context("empty key")?;
-    let mut cur = table;
-    for part in parents {
-        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = match entry {
-            toml::Value::Table(t) => t,
-            _ => bail!("override {key}: `{part}` is not a table"),
-        };
-    }
-    cur.insert(last.to_string(), value);
-    Ok(())
+    mlae_config::set_path(table, key, value).map_err(|m| anyhow!("override {key}: {m}"))
 }
 
-/// The value at `a.b.c`, if any.
-pub fn get_path<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
-    let mut parts = key.split('.');
-    let mut cur = table.get(parts.next()?)?;
-    for part in parts {
-        cur = cur.as_table()?.get(part)?;
-    }
-    Some(cur)
-}
+pub use mlae_config::get_path;
 
 /// The generated config of a run: `extends` its files, then every override in order, then
 /// where its run directory goes.
@@ -74,62 +47,10 @@ pub fn render(table: &toml::Table, note: &str) -> Result<String> {
     ))
 }
 
-/// Follows `extends` (relative to the extending file, later entries win, the extending file
-/// wins over all) and returns the merged table, as mlae-train's config loader does.
-/// `origin` is the file `table` came from (or would be written to).
+/// Follows `extends` exactly as mlae-cli does (the shared mlae-config crate) and returns the
+/// merged table. `origin` is the file `table` came from (or will be written to).
 pub fn merged(table: &toml::Table, origin: &Path) -> Result<toml::Table> {
-    let mut stack = vec![origin.to_path_buf()];
-    merge_from(table.clone(), origin, &mut stack)
-}
-
-fn merge_from(mut table: toml::Table, origin: &Path, stack: &mut Vec<PathBuf>) -> Result<toml::Table> {
-    let bases: Vec<String> = match table.remove("extends") {
-        None => Vec::new(),
-        Some(toml::Value::String(s)) => vec![s],
-        Some(toml::Value::Array(a)) => a
-            .into_iter()
-            .map(|v| match v {
-                toml::Value::String(s) => Ok(s),
-                other => bail!("{}: extends: expected file names, found {other}", origin.display()),
-            })
-            .collect::<Result<_>>()?,
-        Some(other) => {
-            bail!("{}: extends: expected a file name or a list of them, found {other}", origin.display())
-        }
-    };
-    let dir = origin.parent().unwrap_or(Path::new("."));
-    let mut out = toml::Table::new();
-    for base in bases {
-        let path = dir.join(&base);
-        let canon = path
-            .canonicalize()
-            .with_context(|| format!("{}: extends {base}: no such file", origin.display()))?;
-        if stack.contains(&canon) {
-            bail!("{}: `extends` forms a cycle through {}", origin.display(), canon.display());
-        }
-        let text =
-            std::fs::read_to_string(&canon).with_context(|| format!("cannot read {}", canon.display()))?;
-        let t: toml::Table =
-            text.parse().with_context(|| format!("{} is not valid TOML", canon.display()))?;
-        stack.push(canon.clone());
-        let resolved = merge_from(t, &canon, stack)?;
-        stack.pop();
-        merge(&mut out, resolved);
-    }
-    merge(&mut out, table);
-    Ok(out)
-}
-
-/// Deep merge: tables merge key by key; anything else in `top` replaces `base`.
-fn merge(base: &mut toml::Table, top: toml::Table) {
-    for (k, v) in top {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
+    Ok(mlae_config::resolve(table.clone(), origin)?)
 }
 
 /// sha256 of the merged config without `[output]`, in a canonical form (sorted keys), so that
@@ -191,6 +112,7 @@ pub fn check_merged(merged: &toml::Table, run: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
