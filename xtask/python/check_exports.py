@@ -16,36 +16,14 @@ Prints one line per check and exits 1 when any logit differs by more than the to
 Run:  .venv/bin/python xtask/python/check_exports.py DIR
 It installs its pinned packages into the running interpreter when they are missing.
 """
-import importlib.metadata
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-PINNED = {
-    "torch": "2.11.0",
-    "torchvision": "0.26.0",
-    "timm": "1.0.31",
-    "peft": "0.21.2",
-    "safetensors": "0.8.0",
-}
 
+from pins import ensure  # noqa: E402  (xtask/python/pins.py)
 
-def ensure_packages() -> None:
-    missing = []
-    for name, version in PINNED.items():
-        try:
-            have = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            have = None
-        if have is None or have.split("+")[0] != version:
-            missing.append(f"{name}=={version}")
-    if missing:
-        print("installing", " ".join(missing), file=sys.stderr)
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-input", *missing])
-
-
-ensure_packages()
+ensure("torch", "torchvision", "timm", "peft", "safetensors")
 
 import timm  # noqa: E402
 import torch  # noqa: E402

