@@ -328,28 +328,10 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
     assert_eq!(names.last(), Some(&target));
     let others: Vec<&str> = names.iter().copied().filter(|r| *r != target).collect();
     let submit = || {
-        let mut c = xtask_real(&cache);
-        c.args([
-            "sweep",
-            "--executor",
-            "slurm",
-            "--benchmark",
-            "demo",
-            "--time",
-            "00:10:00",
-            "--array-limit",
-            "4",
-            "--grid",
-        ])
-        .arg(&grid)
-        .arg("--out")
-        .arg(&sweep)
-        .arg("--cli")
-        .arg(&cli)
-        .arg("--data-root")
-        .arg(&data)
-        .args(quick_train_sets(EPOCHS))
-        .env("SLURM_CONF", &cluster.conf);
+        let flags =
+            ["--executor", "slurm", "--benchmark", "demo", "--time", "00:10:00", "--array-limit", "4"];
+        let mut c = real_sweep(&cache, &flags, &grid, &sweep, &cli, &data, EPOCHS);
+        c.env("SLURM_CONF", &cluster.conf);
         stdout(&run_ok(&mut c))
     };
     let status_of =

@@ -36,17 +36,7 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
     let sweep = tmp.path().join("sweep");
     let cache = tmp.path().join("cache");
     let sweep_cmd = || {
-        let mut c = xtask_real(&cache);
-        c.args(["sweep", "--benchmark", "demo", "--jobs", "2", "--grid"])
-            .arg(&grid)
-            .arg("--out")
-            .arg(&sweep)
-            .arg("--cli")
-            .arg(&cli)
-            .arg("--data-root")
-            .arg(&data)
-            .args(quick_train_sets(DEMO_EPOCHS));
-        c
+        real_sweep(&cache, &["--benchmark", "demo", "--jobs", "2"], &grid, &sweep, &cli, &data, DEMO_EPOCHS)
     };
     let mut search = Vec::new();
     for task in &tasks {
@@ -306,18 +296,9 @@ fn the_vtab_paper_grid_trains_every_task_with_table_10_and_reports_the_domain_me
     std::fs::write(&grid, paper.replace(original, &format!("config = \"{template}\""))).unwrap();
     let sweep = tmp.path().join("sweep");
     let epochs = 2;
-    run_ok(
-        xtask_real(&tmp.path().join("cache"))
-            .args(["sweep", "--benchmark", "vtab", "--jobs", "2", "--grid"])
-            .arg(&grid)
-            .arg("--out")
-            .arg(&sweep)
-            .arg("--cli")
-            .arg(&cli)
-            .arg("--data-root")
-            .arg(&data)
-            .args(quick_train_sets(epochs)),
-    );
+    let cache = tmp.path().join("cache");
+    let flags = ["--benchmark", "vtab", "--jobs", "2"];
+    run_ok(&mut real_sweep(&cache, &flags, &grid, &sweep, &cli, &data, epochs));
     let mut acc: BTreeMap<String, f64> = BTreeMap::new();
     for (task, p, init) in TABLE_10 {
         let run = format!("{task}.mlae.s0");

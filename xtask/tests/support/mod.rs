@@ -183,6 +183,33 @@ pub fn xtask_real(cache: &Path) -> Command {
     cmd
 }
 
+/// `xtask sweep` of the real mlae-cli on generated data: `flags` first (benchmark, executor,
+/// jobs, ...), then the grid, the sweep directory, the CLI, the data root and
+/// [`quick_train_sets`] for `epochs`.
+pub fn real_sweep(
+    cache: &Path,
+    flags: &[&str],
+    grid: &Path,
+    sweep: &Path,
+    cli: &Path,
+    data: &Path,
+    epochs: u64,
+) -> Command {
+    let mut cmd = xtask_real(cache);
+    cmd.arg("sweep")
+        .args(flags)
+        .arg("--grid")
+        .arg(grid)
+        .arg("--out")
+        .arg(sweep)
+        .arg("--cli")
+        .arg(cli)
+        .arg("--data-root")
+        .arg(data)
+        .args(quick_train_sets(epochs));
+    cmd
+}
+
 /// A greyscale 12x12 image of class `label`: a bright 3x3 cell whose place depends on the
 /// class, on a noisy background, so that a tiny ViT has something to learn.
 fn class_image(label: usize, seed: u64) -> image::GrayImage {
