@@ -5,65 +5,14 @@ use crate::adapter::ParamRole;
 use crate::config::VitConfig;
 use crate::error::{Result, VitError};
 use crate::model::AdaptedVit;
+use crate::tensor_io::{read_safetensors, write_safetensors};
 use mlae_core::{AdapterKind, AdapterSpec};
-use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
-
-type NamedTensors = Vec<(String, Tensor)>;
+use tch::{Kind, Tensor};
 
 /// Marks adapter checkpoints, so other safetensors files are rejected clearly.
 pub const ADAPTER_FORMAT: &str = "mlae-adapter/1";
-
-/// Writes f32 tensors (copied to the CPU) and metadata as safetensors, atomically (temp file
-/// and rename), so a reader never sees half a file.
-pub(crate) fn write_safetensors(
-    path: &Path,
-    tensors: &[(String, Tensor)],
-    metadata: HashMap<String, String>,
-) -> Result<()> {
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
-    for (name, t) in tensors {
-        let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-        let mut bytes = vec![0u8; t.numel() * 4];
-        t.copy_data_u8(&mut bytes, t.numel());
-        owned.push((name.clone(), t.size().iter().map(|&d| d as usize).collect(), bytes));
-    }
-    let views = owned
-        .iter()
-        .map(|(n, s, b)| Ok((n.as_str(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
-        .map_err(|e| VitError::Format { path: path.into(), message: e.to_string() })?;
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| VitError::Format { path: path.into(), message: e.to_string() })?;
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, bytes).map_err(VitError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(VitError::io(path))
-}
-
-/// Reads every tensor of a safetensors file (any float kind, returned as stored) and its
-/// metadata.
-pub(crate) fn read_safetensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).map_err(VitError::io(path))?;
-    let err = |m: String| VitError::Format { path: path.into(), message: m };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
-    let metadata = header.metadata().clone().unwrap_or_default();
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
-    let mut out = Vec::new();
-    for (name, view) in st.iter() {
-        let kind = match view.dtype() {
-            Dtype::F32 => Kind::Float,
-            Dtype::F64 => Kind::Double,
-            Dtype::BF16 => Kind::BFloat16,
-            Dtype::F16 => Kind::Half,
-            other => return Err(err(format!("tensor `{name}` has unsupported dtype {other:?}"))),
-        };
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        out.push((name.to_string(), Tensor::from_data_size(view.data(), &shape, kind)));
-    }
-    Ok((out, metadata))
-}
 
 impl AdaptedVit {
     /// Writes the trainable tensors (adapters and head; everything for `full`) as safetensors,
@@ -84,7 +33,7 @@ impl AdaptedVit {
     /// from the file's spec first. A file made for another backbone shape (width, depth, MLP
     /// width, class count; for `full` the whole architecture) is an error naming both.
     pub fn load_adapter(&mut self, path: &Path) -> Result<()> {
-        if self.merged {
+        if self.is_merged() {
             return Err(VitError::Config("unmerge the adapters before loading others".into()));
         }
         let (tensors, meta) = read_safetensors(path)?;
@@ -187,24 +136,21 @@ impl AdaptedVit {
     }
 
     /// The backbone and head as timm names them, with every adapter merged into its weight
-    /// (computed on the fly unless the model is merged), f32 on the CPU.
+    /// (each layer computes its merged weight, on the fly unless it is merged), f32 on the CPU.
     fn merged_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut deltas: HashMap<String, Tensor> = HashMap::new();
-        if !self.merged {
-            for a in &self.adapters {
-                deltas.insert(format!("{}.weight", a.layer_plan().name()), a.merged_delta());
-            }
-        }
+        let merged: HashMap<String, Tensor> = self
+            .adapted_layers()
+            .filter_map(|l| Some((format!("{}.weight", l.adapter()?.layer_plan().name()), l.merged_weight())))
+            .collect();
         tch::no_grad(|| {
             let mut out: Vec<(String, Tensor)> = self
                 .backbone
                 .tensors()
                 .into_iter()
                 .map(|(name, t)| {
-                    let t = t.to_kind(Kind::Float);
-                    let t = match deltas.get(&name) {
-                        Some(d) => t + d,
-                        None => t,
+                    let t = match merged.get(&name) {
+                        Some(w) => w.shallow_clone(),
+                        None => t.to_kind(Kind::Float),
                     };
                     (name, t)
                 })
@@ -240,7 +186,7 @@ impl AdaptedVit {
     /// (PEFT saves it as `base_model.model.head.weight`), so
     /// `PeftModel.from_pretrained(timm_model, dir)` reproduces this model's logits.
     pub fn export_peft(&self, dir: &Path) -> Result<()> {
-        if self.adapters.is_empty() {
+        if self.adapters().next().is_none() {
             return Err(VitError::Config(format!(
                 "adapter kind {} has no low-rank adapter to export as PEFT LoRA; export the merged timm model",
                 self.plan.kind
@@ -249,17 +195,29 @@ impl AdaptedVit {
         std::fs::create_dir_all(dir).map_err(VitError::io(dir))?;
         let mut tensors = Vec::new();
         let mut layers: Vec<(String, usize, f64)> = Vec::new();
-        for a in &self.adapters {
+        // Model-wide config fields the layers set, with the layer that set each first.
+        let mut fields: BTreeMap<String, (serde_json::Value, String)> = BTreeMap::new();
+        for a in self.adapters() {
             let name = a.layer_plan().name();
-            let lora = a.to_peft()?;
-            let to_tensor = |m: &ndarray::Array2<f32>| {
-                let (r, c) = m.dim();
-                Tensor::from_slice(m.as_standard_layout().as_slice().expect("standard layout"))
-                    .view([r as i64, c as i64])
-            };
-            tensors.push((format!("base_model.model.{name}.lora_A.weight"), to_tensor(&lora.lora_a)));
-            tensors.push((format!("base_model.model.{name}.lora_B.weight"), to_tensor(&lora.lora_b)));
-            layers.push((name, lora.rank, lora.alpha));
+            let peft = a.peft_layer()?;
+            for (suffix, t) in peft.tensors {
+                tensors.push((format!("base_model.model.{name}.{suffix}"), t));
+            }
+            for (key, value) in peft.config {
+                match fields.get(&key) {
+                    Some((v, first)) if *v != value => {
+                        return Err(VitError::Config(format!(
+                            "PEFT's `{key}` is one value for the whole adapter, but {first} has {v} and \
+                             {name} has {value}"
+                        )));
+                    }
+                    Some(_) => {}
+                    None => {
+                        fields.insert(key, (value, name.clone()));
+                    }
+                }
+            }
+            layers.push((name, peft.rank, peft.alpha));
         }
         for (name, t, role) in self.trainable() {
             if role == ParamRole::Head {
@@ -287,8 +245,7 @@ impl AdaptedVit {
                 alpha_pattern.insert(name.clone(), (*la).into());
             }
         }
-        let dropout = if self.plan.kind == AdapterKind::Lora { self.plan.lora_dropout } else { 0.0 };
-        let config = serde_json::json!({
+        let mut config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": null,
             "base_model_name_or_path": self.cfg.timm_model().0,
@@ -298,7 +255,7 @@ impl AdaptedVit {
             },
             "r": r,
             "lora_alpha": alpha,
-            "lora_dropout": dropout,
+            "lora_dropout": 0.0,
             "target_modules": layers.iter().map(|(n, _, _)| n.clone()).collect::<Vec<_>>(),
             "rank_pattern": rank_pattern,
             "alpha_pattern": alpha_pattern,
@@ -310,6 +267,9 @@ impl AdaptedVit {
             "use_dora": false,
             "inference_mode": true,
         });
+        for (key, (value, _)) in fields {
+            config[key] = value;
+        }
         let text = serde_json::to_string_pretty(&config).expect("JSON values serialise");
         let cfg_path = dir.join("adapter_config.json");
         std::fs::write(&cfg_path, text + "\n").map_err(VitError::io(&cfg_path))?;

@@ -4,8 +4,12 @@
 //! - [`AdaptedVit`]: timm's ViT (names, init, numerics) with LoRA, LoRA+dropout, MLAE or
 //!   DMLoRA adapters on any of `qkv`, `proj`, `fc1`, `fc2`, or a linear probe / full
 //!   fine-tuning; merge/unmerge; adapter checkpoints; merged timm and PEFT LoRA exports;
-//! - [`adapter`]: the adapter layers behind one trait, [`AdapterLayer`];
-//! - [`import`]: readers of foreign checkpoint formats into timm naming.
+//! - [`adapter`]: the adapter layers behind one trait, [`AdapterLayer`], one module per kind
+//!   and the registry that builds them;
+//! - [`linear`]: the frozen linear layer and [`AdaptedLinear`], which owns a frozen layer, its
+//!   adapter and its merge state;
+//! - [`import`]: readers of foreign checkpoint formats into timm naming;
+//! - [`tensor_io`]: the safetensors dtype table and tensor <-> ndarray copies.
 
 pub mod adapter;
 pub mod config;
@@ -13,18 +17,22 @@ pub mod error;
 pub mod export;
 pub mod import;
 mod init;
+pub mod linear;
 pub mod load;
 pub mod model;
 pub mod pos_embed;
 pub mod runtime;
+pub mod tensor_io;
 
 pub use adapter::{
     AdapterCtx, AdapterLayer, DmloraLayer, ExpertFactors, LoraDropoutLayer, LoraLayer, MlaeLayer, ParamRole,
+    PeftLayer,
 };
 pub use config::{Preset, VitConfig};
 pub use error::{Result, VitError};
 pub use import::{CheckpointFormat, StateDict, infer_format, read_checkpoint};
+pub use linear::{AdaptedLinear, Linear};
 pub use load::{HeadLoad, LoadReport};
 pub use mlae_core::TargetLayer;
-pub use model::{AdaptedVit, ForwardCtx};
+pub use model::{AdaptedVit, ForwardCtx, LayerHook, LayerId};
 pub use pos_embed::{PosResample, resample_pos_embed};

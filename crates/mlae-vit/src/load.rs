@@ -86,7 +86,7 @@ impl AdaptedVit {
     }
 
     fn load_from(&mut self, sd: &StateDict, origin: &Path) -> Result<LoadReport> {
-        if self.merged {
+        if self.is_merged() {
             return Err(VitError::Config("unmerge the adapters before loading a backbone".into()));
         }
         let src: HashMap<&str, &Tensor> = sd.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();

@@ -154,7 +154,7 @@ fn safetensors_keys(path: &Path) -> Result<Vec<String>> {
 
 /// All tensors of a safetensors file, f32, in the order of their data in the file.
 pub(crate) fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    use safetensors::{Dtype, SafeTensors};
+    use safetensors::SafeTensors;
     let bytes = std::fs::read(path).map_err(VitError::io(path))?;
     let (n, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| VitError::Format {
         path: path.into(),
@@ -164,22 +164,10 @@ pub(crate) fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::new();
     for name in meta.offset_keys() {
         let info = meta.info(&name).expect("offset_keys lists known tensors");
-        let kind = match info.dtype {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            Dtype::F64 => Kind::Double,
-            Dtype::I64 => Kind::Int64,
-            Dtype::I32 => Kind::Int,
-            Dtype::U8 => Kind::Uint8,
-            Dtype::BOOL => Kind::Bool,
-            other => {
-                return Err(VitError::Format {
-                    path: path.into(),
-                    message: format!("`{name}` has dtype {other:?}, which the importer does not read"),
-                });
-            }
-        };
+        let kind = crate::tensor_io::kind_of_dtype(info.dtype).ok_or_else(|| VitError::Format {
+            path: path.into(),
+            message: format!("`{name}` has dtype {:?}, which the importer does not read", info.dtype),
+        })?;
         let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         let (start, end) = info.data_offsets;
         let t = Tensor::f_from_data_size(&data[start..end], &shape, kind)?;

@@ -1,0 +1,108 @@
+//! DMLoRA as this project reads its abstract (`mlae_core::dmlora` lists what comes from the
+//! paper and what is our choice).
+
+use super::stacked_delta;
+use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, cast, kaiming_a, param, repeat_rows};
+use crate::error::{Result, VitError};
+use crate::init;
+use crate::tensor_io::to_array2;
+use mlae_core::{AdapterKind, AdapterPlan, DmloraSpec, LayerPlan, PeftLora};
+use tch::{Kind, Tensor};
+
+/// K branches of rank r stacked in MLAE's layout, each initialised like a LoRA, and one
+/// learnable per-layer scale s_l;
+/// `base(x) + s_l * ((x A^T) * repeat_r(w)) B`. The branch weights w come from
+/// [`mlae_core::dmlora::branch_weights`] during training (`m_k / (K (1 - p))`, p from the
+/// gradual-dropout schedule, 0 in stage 2) and are 1/K at inference, so the merged update is
+/// `s_l / K * sum_k B_k^T A_k` and the PEFT export one LoRA of rank K r. Freezing the branches
+/// in stage 2 is the training loop's job (their role is [`ParamRole::Adapter`], the scale's
+/// [`ParamRole::BranchScale`]).
+pub struct DmloraLayer {
+    plan: LayerPlan,
+    spec: DmloraSpec,
+    a: Tensor,
+    b: Tensor,
+    scale: Tensor,
+}
+
+impl DmloraLayer {
+    /// The layer of a `dmlora` plan, with its branch schedule and scale init.
+    pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Self> {
+        let spec = plan
+            .dmlora
+            .as_ref()
+            .ok_or_else(|| VitError::Config("a dmlora plan without adapter.dmlora settings".into()))?;
+        Ok(Self::new(init, spec))
+    }
+
+    /// A: Kaiming-uniform(a = sqrt 5) (each branch its own rows), B: zero, s_l: `scale_init`.
+    pub(crate) fn new(init: &Init<'_>, spec: &DmloraSpec) -> Self {
+        let r = init.plan.rank() as i64;
+        DmloraLayer {
+            plan: init.plan.clone(),
+            spec: spec.clone(),
+            a: param(kaiming_a(init.seed, &format!("{}.dmlora_A", init.name), r, init.in_dim, init.device)),
+            b: param(Tensor::zeros([r, init.out_dim], (Kind::Float, init.device))),
+            scale: param(init::full(&[1], spec.scale_init, init.device)),
+        }
+    }
+
+    fn branch_coefficients(&self, weights: &[f32]) -> Tensor {
+        let w = Tensor::from_slice(weights).to_device(self.scale.device());
+        repeat_rows(&self.scale * w, self.plan.expert_rank)
+    }
+}
+
+impl AdapterLayer for DmloraLayer {
+    fn kind(&self) -> AdapterKind {
+        AdapterKind::Dmlora
+    }
+
+    fn layer_plan(&self) -> &LayerPlan {
+        &self.plan
+    }
+
+    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+        let kind = x.kind();
+        let w = if ctx.train {
+            mlae_core::dmlora::branch_weights(ctx.sampler, &self.spec, ctx.step, ctx.total_steps, ctx.layer)
+        } else {
+            mlae_core::dmlora::branch_weights_inference(self.plan.experts)
+        };
+        let h = x.mm(&cast(&self.a, kind).tr()) * cast(&self.branch_coefficients(&w), kind);
+        base.addmm(&h, &cast(&self.b, kind))
+    }
+
+    fn merged_delta(&self) -> Tensor {
+        let w = mlae_core::dmlora::branch_weights_inference(self.plan.experts);
+        let c = tch::no_grad(|| self.branch_coefficients(&w).to_kind(Kind::Float));
+        stacked_delta(&self.a, &self.b, &c)
+    }
+
+    fn params(&self) -> Vec<(&'static str, &Tensor, ParamRole)> {
+        vec![
+            ("dmlora_A", &self.a, ParamRole::Adapter),
+            ("dmlora_B", &self.b, ParamRole::Adapter),
+            ("dmlora_scale", &self.scale, ParamRole::BranchScale),
+        ]
+    }
+
+    fn factors(&self) -> ExpertFactors {
+        let s = self.scale.double_value(&[0]) as f32;
+        let c = mlae_core::dmlora::branch_coefficients(self.plan.experts, s);
+        ExpertFactors {
+            a: self.a.detach().copy(),
+            b: self.b.detach().copy(),
+            coefficients: Tensor::from_slice(c.as_slice().expect("contiguous")).to_device(self.a.device()),
+            expert_rank: self.plan.expert_rank,
+        }
+    }
+
+    fn to_peft(&self) -> Result<PeftLora> {
+        let s = self.scale.double_value(&[0]) as f32;
+        let c = mlae_core::dmlora::branch_coefficients(self.plan.experts, s);
+        let (a, b) = (to_array2(&self.a)?, to_array2(&self.b)?);
+        mlae_core::check_expert_shapes(a.view(), b.view(), Some(c.len()), None, self.plan.expert_rank)?;
+        Ok(mlae_core::to_peft_lora(a.view(), b.view(), c.view(), self.plan.expert_rank))
+    }
+}

@@ -1,0 +1,60 @@
+//! LoRA with dropout on the update's output: the paper's "LoRA+Dropout" baseline (Fig. 4).
+
+use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, LoraLayer, ParamRole, cast};
+use crate::error::Result;
+use mlae_core::{AdapterKind, AdapterPlan, LayerPlan, PeftLora};
+use tch::Tensor;
+
+/// `base(x) + dropout(scale * B A x)`: a [`LoraLayer`] without input dropout whose update is
+/// dropped as a whole output; at inference (and in its merge and export) exactly a LoRA.
+pub struct LoraDropoutLayer {
+    inner: LoraLayer,
+    dropout: f64,
+}
+
+impl LoraDropoutLayer {
+    /// The layer of a `lora-dropout` plan: scale alpha / r, dropout on the update.
+    pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Self> {
+        Ok(Self::new(init, plan.lora_scale, plan.lora_dropout))
+    }
+
+    /// Initialised as [`LoraLayer`].
+    pub(crate) fn new(init: &Init<'_>, scale: f64, dropout: f64) -> Self {
+        LoraDropoutLayer { inner: LoraLayer::new(init, scale, 0.0), dropout }
+    }
+}
+
+impl AdapterLayer for LoraDropoutLayer {
+    fn kind(&self) -> AdapterKind {
+        AdapterKind::LoraDropout
+    }
+
+    fn layer_plan(&self) -> &LayerPlan {
+        &self.inner.plan
+    }
+
+    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+        if !(ctx.train && self.dropout > 0.0) {
+            return self.inner.forward(x, base, ctx);
+        }
+        let kind = x.kind();
+        let l = &self.inner;
+        base + l.hidden(x, kind).mm(&cast(&l.b, kind).tr()).dropout(self.dropout, true)
+    }
+
+    fn merged_delta(&self) -> Tensor {
+        self.inner.merged_delta()
+    }
+
+    fn params(&self) -> Vec<(&'static str, &Tensor, ParamRole)> {
+        self.inner.params()
+    }
+
+    fn factors(&self) -> ExpertFactors {
+        self.inner.factors()
+    }
+
+    fn to_peft(&self) -> Result<PeftLora> {
+        self.inner.to_peft()
+    }
+}

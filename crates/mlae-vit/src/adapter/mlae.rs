@@ -1,0 +1,120 @@
+//! Masked LoRA experts, the paper's method, with the official layer's semantics.
+
+use super::stacked_delta;
+use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, cast, kaiming_a, param, repeat_rows};
+use crate::error::{Result, VitError};
+use crate::init;
+use crate::tensor_io::{to_array1, to_array2};
+use mlae_core::{AdapterKind, AdapterPlan, LayerPlan, PeftLora};
+use tch::{Kind, Tensor};
+
+/// `base(x) + ((x A^T) * repeat_k(lambda * s)) B`, with `s` the expert mask scales of
+/// [`mlae_core::MaskSampler`] for (seed, step, layer) during training and all ones at inference.
+pub struct MlaeLayer {
+    plan: LayerPlan,
+    a: Tensor,
+    b: Tensor,
+    lambda: Tensor,
+}
+
+impl MlaeLayer {
+    /// The layer of an `mlae` plan: lambda starts at the plan's coefficient init.
+    pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Self> {
+        Ok(Self::new(init, plan.coeff_init))
+    }
+
+    /// A: Kaiming-uniform(a = sqrt 5) per row (every expert its own initial state), B: zero,
+    /// lambda: `coeff_init`.
+    pub(crate) fn new(init: &Init<'_>, coeff_init: f64) -> Self {
+        let (n, r) = (init.plan.experts as i64, init.plan.rank() as i64);
+        MlaeLayer {
+            plan: init.plan.clone(),
+            a: param(kaiming_a(init.seed, &format!("{}.mlae_A", init.name), r, init.in_dim, init.device)),
+            b: param(Tensor::zeros([r, init.out_dim], (Kind::Float, init.device))),
+            lambda: param(init::full(&[n], coeff_init, init.device)),
+        }
+    }
+
+    /// A layer from given tensors, `a: (n k, in)`, `b: (n k, out)`, `lambda: (n,)` with n and k
+    /// from `plan` (copied, f32, trainable). For tests and tools that need an MLAE layer
+    /// outside a model.
+    pub fn from_tensors(plan: &LayerPlan, a: &Tensor, b: &Tensor, lambda: &Tensor) -> Result<Self> {
+        let (n, r) = (plan.experts as i64, plan.rank() as i64);
+        let ok = a.dim() == 2 && b.dim() == 2 && a.size()[0] == r && b.size()[0] == r && lambda.size() == [n];
+        if !ok {
+            return Err(VitError::Config(format!(
+                "MLAE layer of {n} experts of rank {}: A {:?}, B {:?}, lambda {:?} do not fit (n k, in), \
+                 (n k, out), (n,)",
+                plan.expert_rank,
+                a.size(),
+                b.size(),
+                lambda.size()
+            )));
+        }
+        let p = |t: &Tensor| param(t.detach().to_kind(Kind::Float).copy());
+        Ok(MlaeLayer { plan: plan.clone(), a: p(a), b: p(b), lambda: p(lambda) })
+    }
+
+    /// The forward with explicit per-expert mask scales (`None`: all on, unscaled). The model
+    /// passes [`mlae_core::MaskSampler::layer_scales`]; tests pass their own.
+    pub fn forward_with_scales(&self, x: &Tensor, base: Tensor, scales: Option<&[f32]>) -> Tensor {
+        let kind = x.kind();
+        let coeff = match scales {
+            Some(s) => {
+                assert_eq!(s.len(), self.plan.experts, "one mask scale per expert");
+                &self.lambda * Tensor::from_slice(s).to_device(self.lambda.device())
+            }
+            None => self.lambda.shallow_clone(),
+        };
+        let coeff = repeat_rows(coeff, self.plan.expert_rank);
+        let h = x.mm(&cast(&self.a, kind).tr()) * cast(&coeff, kind);
+        base.addmm(&h, &cast(&self.b, kind))
+    }
+}
+
+impl AdapterLayer for MlaeLayer {
+    fn kind(&self) -> AdapterKind {
+        AdapterKind::Mlae
+    }
+
+    fn layer_plan(&self) -> &LayerPlan {
+        &self.plan
+    }
+
+    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+        if ctx.train && self.plan.p > 0.0 {
+            let s = ctx.sampler.layer_scales(ctx.step, ctx.layer, self.plan.experts, self.plan.p);
+            self.forward_with_scales(x, base, Some(&s))
+        } else {
+            self.forward_with_scales(x, base, None)
+        }
+    }
+
+    fn merged_delta(&self) -> Tensor {
+        let c = tch::no_grad(|| repeat_rows(self.lambda.to_kind(Kind::Float), self.plan.expert_rank));
+        stacked_delta(&self.a, &self.b, &c)
+    }
+
+    fn params(&self) -> Vec<(&'static str, &Tensor, ParamRole)> {
+        vec![
+            ("mlae_A", &self.a, ParamRole::Adapter),
+            ("mlae_B", &self.b, ParamRole::Adapter),
+            ("mlae_lambda", &self.lambda, ParamRole::Coefficient),
+        ]
+    }
+
+    fn factors(&self) -> ExpertFactors {
+        ExpertFactors {
+            a: self.a.detach().copy(),
+            b: self.b.detach().copy(),
+            coefficients: self.lambda.detach().copy(),
+            expert_rank: self.plan.expert_rank,
+        }
+    }
+
+    fn to_peft(&self) -> Result<PeftLora> {
+        let (a, b, l) = (to_array2(&self.a)?, to_array2(&self.b)?, to_array1(&self.lambda)?);
+        mlae_core::check_expert_shapes(a.view(), b.view(), Some(l.len()), None, self.plan.expert_rank)?;
+        Ok(mlae_core::to_peft_lora(a.view(), b.view(), l.view(), self.plan.expert_rank))
+    }
+}

@@ -1,0 +1,207 @@
+//! Adapter layers: the trainable update that sits beside a frozen linear layer.
+//!
+//! One module per adapter kind ([`lora`], [`lora_dropout`], [`mlae`], [`dmlora`]), all behind
+//! [`AdapterLayer`], and one registry, [`build`], that maps a kind to its constructor: a new
+//! kind is its module plus one line there. The frozen layer and its merge state live in
+//! [`crate::linear::AdaptedLinear`], which owns the adapter.
+//!
+//! The model computes the frozen layer's output `base = x W^T + b` and hands it to the adapter,
+//! which returns `base + update(x)`. Each update is ONE rank-r product (`x A^T`, a per-row
+//! scale, then `@ B` fused into the base output with `addmm`), never r separate products.
+//!
+//! Layouts: LoRA keeps PEFT's (`A: (r, in)`, `B: (out, r)`) so its export is a copy; MLAE and
+//! DMLoRA keep the official MLAE layer's (`A: (n k, in)`, `B: (n k, out)`, expert i in rows
+//! `i k .. (i+1) k`), the layout of mlae-core's math.
+
+pub mod dmlora;
+pub mod lora;
+pub mod lora_dropout;
+pub mod mlae;
+
+pub use dmlora::DmloraLayer;
+pub use lora::LoraLayer;
+pub use lora_dropout::LoraDropoutLayer;
+pub use mlae::MlaeLayer;
+
+use crate::error::{Result, VitError};
+use crate::init;
+use crate::linear::Linear;
+use crate::tensor_io::from_array2;
+use mlae_core::{AdapterKind, AdapterPlan, LayerPlan, MaskSampler, PeftLora};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+/// What a trainable tensor is, so the training loop can treat groups differently (DMLoRA's
+/// stage 2 freezes `Adapter` tensors and keeps training `BranchScale` and `Head`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParamRole {
+    /// The classification head.
+    Head,
+    /// Low-rank factors A and B.
+    Adapter,
+    /// MLAE's per-expert coefficients lambda.
+    Coefficient,
+    /// DMLoRA's per-layer scale s_l.
+    BranchScale,
+    /// A backbone weight (trainable only in `full` fine-tuning).
+    Backbone,
+}
+
+/// What an adapter needs to know about the current forward pass.
+#[derive(Debug, Clone, Copy)]
+pub struct AdapterCtx<'a> {
+    /// Training (masks, dropout on) or inference (all experts on, unscaled).
+    pub train: bool,
+    /// The training step, the clock of masks and schedules.
+    pub step: u64,
+    /// Total training steps, for DMLoRA's schedule.
+    pub total_steps: u64,
+    /// This layer's index in [`mlae_core::AdapterPlan::layers`] (the `layer` of the mask draws).
+    pub layer: usize,
+    /// The run's mask sampler.
+    pub sampler: &'a MaskSampler,
+}
+
+/// An adapter as experts in MLAE's layout, whatever its kind: the update at inference is
+/// `dW = b^T diag(coefficients, each repeated expert_rank times) a`. For LoRA the experts are
+/// the r rank-1 outer products with coefficient alpha / r; for DMLoRA the branches with
+/// coefficient s_l / K. Analysis tools (expert similarity) read adapters through this.
+#[derive(Debug)]
+pub struct ExpertFactors {
+    /// `(n k, in)`.
+    pub a: Tensor,
+    /// `(n k, out)`.
+    pub b: Tensor,
+    /// `(n,)`.
+    pub coefficients: Tensor,
+    /// k.
+    pub expert_rank: usize,
+}
+
+/// One adapted layer as a PEFT LoRA adapter directory stores it; the exporter writes the keys
+/// under `base_model.model.<layer name>.` and gathers the config fields.
+#[derive(Debug)]
+pub struct PeftLayer {
+    /// Tensors by their key after the layer name (`lora_A.weight` `(r, in)`, `lora_B.weight`
+    /// `(out, r)`, and whatever else the kind stores), f32.
+    pub tensors: Vec<(String, Tensor)>,
+    /// PEFT's `r` for this layer (the default, or a `rank_pattern` entry).
+    pub rank: usize,
+    /// PEFT's `lora_alpha` for this layer (the default, or an `alpha_pattern` entry).
+    pub alpha: f64,
+    /// Further `adapter_config.json` fields the kind sets (`lora_dropout`, `use_dora`, ...). They
+    /// are model-wide in PEFT, so every layer of a model must agree on them.
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+impl PeftLayer {
+    /// A plain LoRA layer (`lora_A.weight`, `lora_B.weight`) with no further config fields.
+    pub fn lora(lora: PeftLora) -> Self {
+        PeftLayer {
+            tensors: vec![
+                ("lora_A.weight".to_string(), from_array2(&lora.lora_a)),
+                ("lora_B.weight".to_string(), from_array2(&lora.lora_b)),
+            ],
+            rank: lora.rank,
+            alpha: lora.alpha,
+            config: serde_json::Map::new(),
+        }
+    }
+}
+
+/// The interface every adapter kind implements.
+pub trait AdapterLayer: Send {
+    /// The adapter kind.
+    fn kind(&self) -> AdapterKind;
+    /// The layer's plan (block, target, experts, rank, dropout).
+    fn layer_plan(&self) -> &LayerPlan;
+    /// `base + update(x)` for `x: (m, in)` and the frozen layer's output `base: (m, out)`,
+    /// computed in the kind of `x` (trainable f32 tensors are cast, so gradients reach them).
+    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor;
+    /// The adapted layer's output for `x: (m, in)` given the frozen layer itself, computing in
+    /// `kind`. The default is [`AdapterLayer::forward`] on the frozen output; a kind whose
+    /// update reads the frozen weight (DoRA's weight norm) overrides it.
+    fn forward_frozen(&self, x: &Tensor, frozen: &Linear, kind: Kind, ctx: &AdapterCtx<'_>) -> Tensor {
+        self.forward(x, frozen.forward(x, kind), ctx)
+    }
+    /// The update at inference as a weight, `dW: (out, in)`, f32, without gradient.
+    fn merged_delta(&self) -> Tensor;
+    /// The merged weight `W'` for the frozen weight `w: (out, in)` (f32), without gradient:
+    /// `W + dW` unless the kind says otherwise. Merged exports compute it on the fly.
+    fn merged_weight(&self, w: &Tensor) -> Tensor {
+        w + self.merged_delta()
+    }
+    /// Merges into `w` (f32), returning `W'`: [`AdapterLayer::merged_weight`], unless the kind
+    /// must remember what it merged (for its unmerge).
+    fn merge(&mut self, w: &Tensor) -> Tensor {
+        self.merged_weight(w)
+    }
+    /// Undoes [`AdapterLayer::merge`]: `W` from `W'` (f32), `W' - dW` with dW recomputed
+    /// bit-identically from the same factors unless the kind says otherwise.
+    fn unmerge(&mut self, merged: &Tensor) -> Tensor {
+        merged - self.merged_delta()
+    }
+    /// The trainable tensors: name suffix (e.g. `mlae_A`), tensor, role.
+    fn params(&self) -> Vec<(&'static str, &Tensor, ParamRole)>;
+    /// The adapter in MLAE's expert layout (copies, without gradient).
+    fn factors(&self) -> ExpertFactors;
+    /// The low-rank update as an exact PEFT LoRA (coefficients folded into B by mlae-core).
+    fn to_peft(&self) -> Result<PeftLora>;
+    /// The layer as PEFT stores it: by default the LoRA of [`AdapterLayer::to_peft`] and no
+    /// further config fields.
+    fn peft_layer(&self) -> Result<PeftLayer> {
+        Ok(PeftLayer::lora(self.to_peft()?))
+    }
+}
+
+/// Shared construction arguments.
+pub(crate) struct Init<'a> {
+    pub plan: &'a LayerPlan,
+    pub in_dim: i64,
+    pub out_dim: i64,
+    pub seed: u64,
+    /// Prefix of the tensor names, `blocks.N.attn.qkv`.
+    pub name: &'a str,
+    pub device: Device,
+}
+
+/// The registry: the layer of each adapter kind, built from the resolved plan (its
+/// constructor reads the plan fields it needs). A new kind is its module plus one line here.
+pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Box<dyn AdapterLayer>> {
+    Ok(match plan.kind {
+        AdapterKind::Lora => Box::new(LoraLayer::build(plan, init)?),
+        AdapterKind::LoraDropout => Box::new(LoraDropoutLayer::build(plan, init)?),
+        AdapterKind::Mlae => Box::new(MlaeLayer::build(plan, init)?),
+        AdapterKind::Dmlora => Box::new(DmloraLayer::build(plan, init)?),
+        AdapterKind::LinearProbe | AdapterKind::Full => {
+            return Err(VitError::Config(format!("adapter kind {} has no adapter layers", plan.kind)));
+        }
+    })
+}
+
+/// Casts a tensor to `kind` only when needed (a bf16 forward uses the f32 master weights).
+pub(crate) fn cast(t: &Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind { t.shallow_clone() } else { t.to_kind(kind) }
+}
+
+/// A trainable leaf tensor.
+fn param(t: Tensor) -> Tensor {
+    t.set_requires_grad(true)
+}
+
+/// PyTorch's `kaiming_uniform_(a = sqrt(5))` for a `(rows, fan_in)` weight: U(+-1/sqrt(fan_in)).
+fn kaiming_a(seed: u64, name: &str, rows: i64, fan_in: i64, device: Device) -> Tensor {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    init::uniform(seed, name, &[rows, fan_in], -bound, bound, device)
+}
+
+/// Per-row weights `c_i` repeated `k` times (`repeat_interleave`), skipped for k = 1.
+fn repeat_rows(c: Tensor, k: usize) -> Tensor {
+    if k == 1 { c } else { c.repeat_interleave_self_int(k as i64, 0, None) }
+}
+
+/// `B^T diag(c) A` for MLAE's layout: `a (rows, in)`, `b (rows, out)`, `c (rows,)`.
+fn stacked_delta(a: &Tensor, b: &Tensor, c: &Tensor) -> Tensor {
+    tch::no_grad(|| (b.to_kind(Kind::Float) * c.unsqueeze(1)).tr().mm(&a.to_kind(Kind::Float)))
+}

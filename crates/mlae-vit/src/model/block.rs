@@ -1,0 +1,187 @@
+//! One pre-norm transformer block (timm's `Block`), with its own forward, and the hook through
+//! which analysis tools observe the input of every linear layer.
+
+use crate::adapter::cast;
+use crate::config::VitConfig;
+use crate::linear::AdaptedLinear;
+use crate::model::ForwardCtx;
+use mlae_core::{MaskSampler, TargetLayer};
+use std::ops::ControlFlow;
+use tch::{Kind, Tensor};
+
+/// A linear layer of the model: block and target, e.g. block 3's `qkv`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LayerId {
+    pub block: usize,
+    pub target: TargetLayer,
+}
+
+impl LayerId {
+    /// Its timm module name, `blocks.<block>.<module path>` (as in checkpoint and PEFT keys).
+    pub fn name(&self) -> String {
+        format!("blocks.{}.{}", self.block, self.target.module_path())
+    }
+}
+
+impl std::fmt::Display for LayerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// Called with the input `(batch, tokens, in)` of every linear layer, in forward order;
+/// `ControlFlow::Break(())` stops the forward there (see [`crate::AdaptedVit::forward_with`]).
+pub type LayerHook<'a> = dyn FnMut(LayerId, &Tensor) -> ControlFlow<()> + 'a;
+
+/// Which tokens a block computes its output for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// Every token (every block but the last, and observed forwards).
+    All,
+    /// Only the class token, the only one the head reads after the last block.
+    ClassToken,
+}
+
+/// What every block of one forward pass shares.
+pub(crate) struct Pass<'a> {
+    pub cfg: &'a VitConfig,
+    pub ctx: &'a ForwardCtx,
+    /// The kind the pass computes in.
+    pub kind: Kind,
+    pub sampler: &'a MaskSampler,
+}
+
+pub(crate) struct Norm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+impl Norm {
+    pub(crate) fn forward(&self, x: &Tensor, eps: f64, kind: Kind) -> Tensor {
+        let d = self.weight.size()[0];
+        x.layer_norm([d], Some(cast(&self.weight, kind)), Some(cast(&self.bias, kind)), eps, true)
+    }
+}
+
+pub(crate) struct Block {
+    /// The block's index in the model, from 0.
+    pub index: usize,
+    pub norm1: Norm,
+    pub qkv: AdaptedLinear,
+    pub proj: AdaptedLinear,
+    pub ls1: Option<Tensor>,
+    pub norm2: Norm,
+    pub fc1: AdaptedLinear,
+    pub fc2: AdaptedLinear,
+    pub ls2: Option<Tensor>,
+}
+
+/// Lists a block's tensors with their timm names (after `blocks.N.`), by `&` or `&mut`.
+macro_rules! block_tensors {
+    ($b:expr, $($r:tt)+) => {{
+        let b = $b;
+        let mut v = Vec::with_capacity(14);
+        v.push(("norm1.weight", $($r)+ b.norm1.weight));
+        v.push(("norm1.bias", $($r)+ b.norm1.bias));
+        v.push(("attn.qkv.weight", $($r)+ b.qkv.base.weight));
+        if let Some(t) = $($r)+ b.qkv.base.bias { v.push(("attn.qkv.bias", t)); }
+        v.push(("attn.proj.weight", $($r)+ b.proj.base.weight));
+        if let Some(t) = $($r)+ b.proj.base.bias { v.push(("attn.proj.bias", t)); }
+        if let Some(t) = $($r)+ b.ls1 { v.push(("ls1.gamma", t)); }
+        v.push(("norm2.weight", $($r)+ b.norm2.weight));
+        v.push(("norm2.bias", $($r)+ b.norm2.bias));
+        v.push(("mlp.fc1.weight", $($r)+ b.fc1.base.weight));
+        if let Some(t) = $($r)+ b.fc1.base.bias { v.push(("mlp.fc1.bias", t)); }
+        v.push(("mlp.fc2.weight", $($r)+ b.fc2.base.weight));
+        if let Some(t) = $($r)+ b.fc2.base.bias { v.push(("mlp.fc2.bias", t)); }
+        if let Some(t) = $($r)+ b.ls2 { v.push(("ls2.gamma", t)); }
+        v
+    }};
+}
+pub(crate) use block_tensors;
+
+impl Block {
+    pub(crate) fn linear(&self, target: TargetLayer) -> &AdaptedLinear {
+        match target {
+            TargetLayer::Qkv => &self.qkv,
+            TargetLayer::Proj => &self.proj,
+            TargetLayer::Fc1 => &self.fc1,
+            TargetLayer::Fc2 => &self.fc2,
+        }
+    }
+
+    pub(crate) fn linear_mut(&mut self, target: TargetLayer) -> &mut AdaptedLinear {
+        match target {
+            TargetLayer::Qkv => &mut self.qkv,
+            TargetLayer::Proj => &mut self.proj,
+            TargetLayer::Fc1 => &mut self.fc1,
+            TargetLayer::Fc2 => &mut self.fc2,
+        }
+    }
+
+    /// Shows `x` to the hook as the input of `target`, then runs that layer on it.
+    fn apply(
+        &self,
+        target: TargetLayer,
+        x: &Tensor,
+        pass: &Pass<'_>,
+        hook: &mut LayerHook<'_>,
+    ) -> ControlFlow<(), Tensor> {
+        hook(LayerId { block: self.index, target }, x)?;
+        ControlFlow::Continue(self.linear(target).forward(x, pass.kind, pass.ctx, pass.sampler))
+    }
+
+    /// The block on tokens `x: (batch, tokens, dim)`. With [`Rows::ClassToken`] it returns
+    /// `(batch, 1, dim)`: the class token's output, exactly as in the full block (attention
+    /// still reads every token's keys and values).
+    pub(crate) fn forward(
+        &self,
+        x: Tensor,
+        pass: &Pass<'_>,
+        rows: Rows,
+        hook: &mut LayerHook<'_>,
+    ) -> ControlFlow<(), Tensor> {
+        let (kind, eps, train) = (pass.kind, pass.cfg.eps, pass.ctx.train);
+        let rate = pass.cfg.drop_path_at(self.index);
+        let (b, n, d) = x.size3().expect("tokens are (batch, tokens, dim)");
+        let heads = pass.cfg.heads;
+
+        let y = self.norm1.forward(&x, eps, kind);
+        let qkv = self.apply(TargetLayer::Qkv, &y, pass, hook)?;
+        let qkv = qkv.view([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
+        // `unbind`, not three `select`s: its backward stacks the three gradients into one
+        // tensor, where each select's backward would fill a zero tensor of qkv's full size.
+        let qkv = qkv.unbind(0);
+        let (k, v) = (&qkv[1], &qkv[2]);
+        let (q, x, n) = match rows {
+            Rows::All => (qkv[0].shallow_clone(), x, n),
+            Rows::ClassToken => (qkv[0].narrow(2, 0, 1), x.narrow(1, 0, 1), 1),
+        };
+        let o = Tensor::scaled_dot_product_attention(&q, k, v, None::<Tensor>, 0.0, false, None, false);
+        let o = o.transpose(1, 2).reshape([b, n, d]);
+        let mut o = self.apply(TargetLayer::Proj, &o, pass, hook)?;
+        if let Some(g) = &self.ls1 {
+            o = o.g_mul(&cast(g, kind));
+        }
+        let x = x + drop_path(o, rate, train);
+
+        let y = self.norm2.forward(&x, eps, kind);
+        let hdn = self.apply(TargetLayer::Fc1, &y, pass, hook)?.gelu("none");
+        let mut o = self.apply(TargetLayer::Fc2, &hdn, pass, hook)?;
+        if let Some(g) = &self.ls2 {
+            o = o.g_mul(&cast(g, kind));
+        }
+        ControlFlow::Continue(x + drop_path(o, rate, train))
+    }
+}
+
+/// Per-sample stochastic depth (timm's `drop_path`, scaled by 1/keep).
+fn drop_path(x: Tensor, rate: f64, train: bool) -> Tensor {
+    if !train || rate == 0.0 {
+        return x;
+    }
+    let keep = 1.0 - rate;
+    let mut mask = Tensor::empty([x.size()[0], 1, 1], (x.kind(), x.device()));
+    let mask = mask.bernoulli_float_(keep) / keep;
+    x * mask
+}
