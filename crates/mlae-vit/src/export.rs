@@ -182,8 +182,9 @@ impl AdaptedVit {
     /// for the timm model: keys `base_model.model.blocks.N.attn.qkv.lora_A.weight` `(r, in)` and
     /// `lora_B.weight` `(out, r)`. MLAE's lambda and DMLoRA's s_l / K are folded into B by
     /// mlae-core, so each layer is an exact LoRA with alpha = r; layers of other ranks or alphas go
-    /// to `rank_pattern` / `alpha_pattern`. The head travels as `modules_to_save = ["head"]`
-    /// (PEFT saves it as `base_model.model.head.weight`), so
+    /// to `rank_pattern` / `alpha_pattern`. Each layer says what it stores and which config
+    /// fields it sets ([`crate::AdapterLayer::peft_layer`]). The head travels as
+    /// `modules_to_save = ["head"]` (PEFT saves it as `base_model.model.head.weight`), so
     /// `PeftModel.from_pretrained(timm_model, dir)` reproduces this model's logits.
     pub fn export_peft(&self, dir: &Path) -> Result<()> {
         if self.adapters().next().is_none() {
@@ -195,29 +196,15 @@ impl AdaptedVit {
         std::fs::create_dir_all(dir).map_err(VitError::io(dir))?;
         let mut tensors = Vec::new();
         let mut layers: Vec<(String, usize, f64)> = Vec::new();
-        // Model-wide config fields the layers set, with the layer that set each first.
-        let mut fields: BTreeMap<String, (serde_json::Value, String)> = BTreeMap::new();
+        let mut fields = Vec::new();
         for a in self.adapters() {
             let name = a.layer_plan().name();
             let peft = a.peft_layer()?;
             for (suffix, t) in peft.tensors {
                 tensors.push((format!("base_model.model.{name}.{suffix}"), t));
             }
-            for (key, value) in peft.config {
-                match fields.get(&key) {
-                    Some((v, first)) if *v != value => {
-                        return Err(VitError::Config(format!(
-                            "PEFT's `{key}` is one value for the whole adapter, but {first} has {v} and \
-                             {name} has {value}"
-                        )));
-                    }
-                    Some(_) => {}
-                    None => {
-                        fields.insert(key, (value, name.clone()));
-                    }
-                }
-            }
-            layers.push((name, peft.rank, peft.alpha));
+            layers.push((name.clone(), peft.rank, peft.alpha));
+            fields.push((name, peft.config));
         }
         for (name, t, role) in self.trainable() {
             if role == ParamRole::Head {
@@ -267,7 +254,7 @@ impl AdaptedVit {
             "use_dora": false,
             "inference_mode": true,
         });
-        for (key, (value, _)) in fields {
+        for (key, value) in model_wide_fields(fields)? {
             config[key] = value;
         }
         let text = serde_json::to_string_pretty(&config).expect("JSON values serialise");
@@ -280,7 +267,58 @@ impl AdaptedVit {
     }
 }
 
+/// The `adapter_config.json` fields that the layers set (`(layer name, fields)`), which PEFT
+/// holds once for the whole adapter: an error names two layers that disagree.
+fn model_wide_fields(
+    layers: Vec<(String, serde_json::Map<String, serde_json::Value>)>,
+) -> Result<BTreeMap<String, serde_json::Value>> {
+    let mut out: BTreeMap<String, (serde_json::Value, String)> = BTreeMap::new();
+    for (name, fields) in layers {
+        for (key, value) in fields {
+            match out.get(&key) {
+                Some((v, first)) if *v != value => {
+                    return Err(VitError::Config(format!(
+                        "PEFT's `{key}` is one value for the whole adapter, but {first} has {v} and {name} \
+                         has {value}"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    out.insert(key, (value, name.clone()));
+                }
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(k, (v, _))| (k, v)).collect())
+}
+
 /// JSON for the metadata of our own files (these config types always serialise).
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("config types serialise to JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_must_agree_on_model_wide_peft_fields() {
+        let fields = |pairs: &[(&str, serde_json::Value)]| {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<serde_json::Map<_, _>>()
+        };
+        let a = ("blocks.0.attn.qkv".to_string(), fields(&[("lora_dropout", 0.1.into())]));
+        let b = (
+            "blocks.1.attn.qkv".to_string(),
+            fields(&[("lora_dropout", 0.1.into()), ("use_dora", true.into())]),
+        );
+        let got = model_wide_fields(vec![a.clone(), b]).unwrap();
+        assert_eq!(got["lora_dropout"], 0.1);
+        assert_eq!(got["use_dora"], true);
+        let c = ("blocks.1.mlp.fc1".to_string(), fields(&[("lora_dropout", 0.0.into())]));
+        let e = model_wide_fields(vec![a, c]).unwrap_err().to_string();
+        assert!(
+            e.contains("lora_dropout") && e.contains("blocks.0.attn.qkv") && e.contains("blocks.1.mlp.fc1"),
+            "{e}"
+        );
+    }
 }

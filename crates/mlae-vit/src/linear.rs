@@ -88,10 +88,16 @@ impl AdaptedLinear {
         self.merged
     }
 
-    /// Attaches `layer` (plan entry `index`), replacing any adapter; the base must be unmerged.
-    pub(crate) fn attach(&mut self, index: usize, layer: Option<Box<dyn AdapterLayer>>) {
+    /// Attaches `layer` as plan entry `index`, replacing any adapter; the layer must be unmerged.
+    pub(crate) fn attach(&mut self, index: usize, layer: Box<dyn AdapterLayer>) {
         debug_assert!(!self.merged, "attach to a merged layer");
-        self.adapter = layer.map(|layer| Attached { index, layer });
+        self.adapter = Some(Attached { index, layer });
+    }
+
+    /// Removes the adapter, if any; the layer must be unmerged.
+    pub(crate) fn detach(&mut self) {
+        debug_assert!(!self.merged, "detach from a merged layer");
+        self.adapter = None;
     }
 
     /// The layer on `x: (batch, tokens, in)`, computing in `kind`.

@@ -134,10 +134,10 @@ impl AdaptedVit {
             built.push((LayerId { block: layer.block, target: layer.target }, adapter::build(plan, &init)?));
         }
         for id in std::mem::take(&mut self.adapted) {
-            self.layer_mut(id).attach(0, None);
+            self.layer_mut(id).detach();
         }
         for (i, (id, a)) in built.into_iter().enumerate() {
-            self.layer_mut(id).attach(i, Some(a));
+            self.layer_mut(id).attach(i, a);
             self.adapted.push(id);
         }
         self.plan = plan.clone();
