@@ -52,6 +52,18 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Xtask::parse();
+    // The library crates (sweep, report) report progress through `tracing`: shown as plain
+    // lines on stderr, as a command's progress is.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let result = match cli.command {
         Cmd::Setup(args) => setup::run(&args).map(|_| ()),
         Cmd::Test(args) => test::run(&args),
