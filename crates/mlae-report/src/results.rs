@@ -123,9 +123,9 @@ pub fn collect(sweep: &SweepDir, notes: &mut Vec<String>) -> Result<Vec<RunResul
             notes.push(format!("{name}: left out, its config changed since it ran (run the sweep again)"));
             continue;
         }
-        let summary = layout.read_summary()?.ok_or_else(|| {
-            ReportError::Invalid(format!("{}: unreadable summary.json", layout.root().display()))
-        })?;
+        let summary = layout
+            .read_summary()?
+            .ok_or_else(|| ReportError::Invalid(format!("{}: missing", layout.summary().display())))?;
         let mut row = planned.variant.clone();
         if planned.stage == Stage::Run && !planned.point.is_empty() {
             let p: Vec<String> = planned
