@@ -52,6 +52,19 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Xtask::parse();
+    // The sweep and the report report progress through `tracing`: shown as plain lines on
+    // stderr, as a command's progress is; other crates only warn (RUST_LOG overrides).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,mlae_sweep=info,mlae_report=info")
+            }),
+        )
+        .init();
     let result = match cli.command {
         Cmd::Setup(args) => setup::run(&args).map(|_| ()),
         Cmd::Test(args) => test::run(&args),

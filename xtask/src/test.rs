@@ -26,7 +26,7 @@ pub fn run(args: &TestArgs) -> Result<()> {
         step("clippy");
         sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    step("layering: mlae-core, mlae-config, mlae-data and xtask build without libtorch");
+    step("layering: the libtorch-free crates and xtask build without libtorch");
     check_no_libtorch()?;
     step("tests");
     // The timm/PEFT checks skip without a suitable Python; here they must run.
@@ -38,10 +38,14 @@ pub fn run(args: &TestArgs) -> Result<()> {
     Ok(())
 }
 
+/// The crates people use without libtorch, and xtask, which must build before libtorch exists.
+pub const LIBTORCH_FREE: &[&str] =
+    &["mlae-core", "mlae-data", "mlae-formats", "mlae-plot", "mlae-sweep", "mlae-report", "xtask"];
+
 /// The crates people use without libtorch must not pull in `tch`/`torch-sys`, even through a
 /// build or dev dependency of a normal build (`cargo tree` over normal and build edges).
 fn check_no_libtorch() -> Result<()> {
-    for krate in ["mlae-core", "mlae-config", "mlae-data", "xtask"] {
+    for krate in LIBTORCH_FREE {
         let tree = output(cargo().args(["tree", "-p", krate, "-e", "normal,build", "--prefix", "none"]))?;
         let torch: Vec<&str> =
             tree.lines().filter(|l| l.starts_with("tch ") || l.starts_with("torch-sys ")).collect();

@@ -81,7 +81,7 @@ fn dry_run_of_the_vtab_paper_grid_uses_table_10() {
 
 #[test]
 fn dry_runs_of_the_other_grids_plan_valid_configs() {
-    // Each planned run's [adapter] is checked with mlae-core, so these fail on a bad fragment.
+    // Each planned run's whole config is checked (mlae-formats), so these fail on a bad fragment.
     let cases =
         [("vtab", "baselines", 19 * 6), ("vtab", "ablation-masking", 19 * 15), ("fgvc", "paper", 5 * 3)];
     for (bench, grid, n) in cases {
@@ -136,6 +136,34 @@ fn bad_requests_are_refused_with_the_reason() {
         .contains("is an axis")
     );
     assert!(err(&["sweep", "--dry-run", "--benchmark", "vtab", "--set", "train.seed=1"]).contains("--seeds"));
+}
+
+/// Every planned run's whole config is validated at plan time, not only `[adapter]`: a bad
+/// training value fails the dry run before anything runs or is written, naming the run and
+/// the key.
+#[test]
+fn a_bad_value_in_any_section_fails_the_dry_run_naming_the_run_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("sweep");
+    let fail = |set: &str| {
+        let out = xtask()
+            .args(["sweep", "--dry-run", "--benchmark", "vtab", "--tasks", "dtd", "--set", set, "--out"])
+            .arg(&out_dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "--set {set} should fail the dry run");
+        assert!(out.stdout.is_empty(), "nothing is planned: {}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = fail("train.lr=-1");
+    assert!(err.contains("run dtd.mlae.s0") && err.contains("train.lr"), "{err}");
+    let err = fail("train.batch_size=0");
+    assert!(err.contains("run dtd.mlae.s0") && err.contains("train.batch_size"), "{err}");
+    let err = fail("model.drop_path=1.5");
+    assert!(err.contains("model.drop_path"), "{err}");
+    let err = fail("train.lr_max=1");
+    assert!(err.contains("lr_max"), "{err}");
+    assert!(!out_dir.exists(), "a failed plan writes nothing");
 }
 
 #[test]

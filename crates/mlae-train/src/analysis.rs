@@ -12,12 +12,11 @@ use mlae_core::{AdapterKind, SimilarityReport, TargetLayer};
 use mlae_vit::{AdaptedVit, ExpertFactors};
 use ndarray::{Array1, Array2};
 use plotters::prelude::*;
-use plotters::style::text_anchor::{HPos, VPos};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-use crate::plot_font::register_plot_font as font_available;
+use mlae_plot::register_plot_font as font_available;
 
 /// What the similarity numbers are, written into the JSON so the file explains itself.
 pub const SIMILARITY_DEFINITION: &str = "cosine similarity between the flattened expert matrices \
@@ -359,76 +358,21 @@ pub fn bar_groups(runs: &[RunSimilarity]) -> (Vec<String>, Vec<String>, Vec<Vec<
 
 /// Draws the runs' mean similarities as grouped bars (paper Fig. 4).
 pub fn draw_similarity_bars(runs: &[RunSimilarity], path: &Path) -> Result<()> {
-    let labels = font_available();
     let (tasks, series, values) = bar_groups(runs);
-    let perr = plot_err(path);
-    let w = (160 + tasks.len() as u32 * (series.len() as u32 * 36 + 30)).max(640);
-    let root = BitMapBackend::new(path, (w, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| perr(e.to_string()))?;
-    let all: Vec<f64> = values.iter().flatten().flatten().copied().collect();
-    let lo = all.iter().copied().fold(0.0f64, f64::min);
-    let hi = all.iter().copied().fold(0.0f64, f64::max);
-    let pad = ((hi - lo) * 0.1).max(0.02);
-    let mut builder = ChartBuilder::on(&root);
-    builder.margin(16);
-    if labels {
-        builder
-            .caption("Mean expert cosine similarity", ("sans-serif", 20))
-            .x_label_area_size(40)
-            .y_label_area_size(60);
-    }
-    let groups = tasks.len() as f64;
-    let mut chart = builder
-        .build_cartesian_2d(0f64..groups, (lo.min(0.0) - pad * 0.2)..(hi + pad))
-        .map_err(|e| perr(e.to_string()))?;
-    let mut mesh = chart.configure_mesh();
-    mesh.disable_x_mesh().x_labels(0);
-    if labels {
-        mesh.y_desc("cosine similarity");
-    } else {
-        mesh.disable_x_axis().disable_y_axis();
-    }
-    mesh.draw().map_err(|e| perr(e.to_string()))?;
-    if labels {
-        // Task names under their groups, in pixels (the x axis itself is continuous).
-        let y_axis = lo.min(0.0) - pad * 0.2;
-        for (t, name) in tasks.iter().enumerate() {
-            let (px, py) = chart.backend_coord(&(t as f64 + 0.5, y_axis));
-            let style = TextStyle::from(("sans-serif", 13).into_font())
-                .pos(plotters::style::text_anchor::Pos::new(HPos::Center, VPos::Top));
-            root.draw(&Text::new(name.clone(), (px, py + 6), style)).map_err(|e| perr(e.to_string()))?;
-        }
-    }
-    let width = 0.8 / series.len().max(1) as f64;
-    for (s, name) in series.iter().enumerate() {
-        let color = Palette99::pick(s).to_rgba();
-        let bars: Vec<Rectangle<(f64, f64)>> = values
+    // Room for every bar, plus the legend panel on the right.
+    let w = (160 + tasks.len() as u32 * (series.len() as u32 * 36 + 30)).max(640) + 270;
+    let chart = mlae_plot::BarChart {
+        title: "Mean expert cosine similarity".into(),
+        y_label: "cosine similarity".into(),
+        series: series
             .iter()
             .enumerate()
-            .filter_map(|(t, row)| {
-                row[s].map(|v| {
-                    let x = t as f64 + 0.1 + s as f64 * width;
-                    Rectangle::new([(x, 0.0), (x + width * 0.9, v)], color.filled())
-                })
-            })
-            .collect();
-        let drawn = chart.draw_series(bars).map_err(|e| perr(e.to_string()))?;
-        if labels {
-            drawn
-                .label(name.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
-        }
-    }
-    if labels {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .draw()
-            .map_err(|e| perr(e.to_string()))?;
-    }
-    root.present().map_err(|e| perr(e.to_string()))
+            .map(|(s, name)| (name.clone(), values.iter().map(|row| row[s]).collect()))
+            .collect(),
+        categories: tasks,
+        y_range: None,
+    };
+    Ok(mlae_plot::grouped_bars(path, (w, 480), &chart)?)
 }
 
 /// How the feature maps' colours are scaled (min to max of the chosen group).

@@ -3,7 +3,7 @@
 //! atomically (temp + rename) is trivial and a checkpoint is never half-written.
 
 use crate::error::{Result, TrainError};
-use crate::rundir::write_atomic;
+use crate::rundir::write_file;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,7 +40,7 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String
         .collect();
     let bytes = safetensors::serialize(views, Some(meta))
         .map_err(|e| TrainError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })?;
-    write_atomic(path, &bytes)
+    Ok(write_file(path, &bytes)?)
 }
 
 /// Reads a checkpoint written by [`save`]; anything else is an error naming the file.

@@ -58,12 +58,22 @@ pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) ->
     move |source| TrainError::Io { path, source }
 }
 
-/// Config layering errors keep their file: I/O stays I/O, the rest is a config error.
-impl From<mlae_config::ConfigError> for TrainError {
-    fn from(e: mlae_config::ConfigError) -> Self {
+/// Format errors keep their file: I/O stays I/O, a config stays a config, a run directory
+/// stays a run directory.
+impl From<mlae_formats::FormatError> for TrainError {
+    fn from(e: mlae_formats::FormatError) -> Self {
+        use mlae_formats::FormatError as F;
         match e {
-            mlae_config::ConfigError::Io { path, source } => TrainError::Io { path, source },
-            mlae_config::ConfigError::Invalid { path, message } => TrainError::Config { path, message },
+            F::Io { path, source } => TrainError::Io { path, source },
+            F::Config { path, message } => TrainError::Config { path, message },
+            F::NoConfig => TrainError::Invalid("no config file given".into()),
+            F::RunDir { path, message } => TrainError::RunDir { path, message },
         }
+    }
+}
+
+impl From<mlae_plot::PlotError> for TrainError {
+    fn from(e: mlae_plot::PlotError) -> Self {
+        TrainError::Plot { path: e.path, message: e.message }
     }
 }

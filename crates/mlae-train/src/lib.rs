@@ -1,8 +1,9 @@
 //! The training and evaluation loop for MLAE and its baselines.
 //!
 //! The crate owns everything between a config file and a finished run directory: the
-//! optimizer and schedule, the loop with evaluation and checkpoints, resume, and the files a
-//! run leaves behind (see [`rundir`]).
+//! optimizer and schedule, the loop with evaluation and checkpoints, resume, and writing the
+//! files a run leaves behind. Their formats (the config, the run directory's layout and
+//! records) are mlae-formats', re-exported in [`config`] and [`rundir`].
 
 pub mod analysis;
 pub mod bench;
@@ -12,8 +13,6 @@ pub mod error;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
-#[path = "../../../build-support/plot_font.rs"]
-mod plot_font;
 pub mod progress;
 pub mod rundir;
 pub mod schedule;

@@ -1,37 +1,7 @@
-//! Per-epoch metrics (one JSON line each in `metrics.jsonl`) and the memory probe.
+//! The memory probes behind `peak_mem_mb` of each `metrics.jsonl` line.
 
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
-/// Accuracy and loss on one split.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct EvalResult {
-    pub acc: f64,
-    pub loss: f64,
-    pub n: usize,
-}
-
-/// One line of `metrics.jsonl`, written after each epoch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// Epochs completed (1-based).
-    pub epoch: u64,
-    /// Optimizer steps completed.
-    pub step: u64,
-    /// Learning rate of the main group at the last step of the epoch.
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    /// Evaluations run after this epoch, keyed by split name (`test`, `val200`, ...).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub eval: BTreeMap<String, EvalResult>,
-    /// Training throughput over the epoch.
-    pub images_per_s: f64,
-    /// Wall time of the epoch (training and evaluation).
-    pub seconds: f64,
-    /// Peak memory so far: process RSS on CPU, device memory in use on CUDA.
-    pub peak_mem_mb: f64,
-}
+/// The metrics line format is shared (mlae-formats): the trainer writes it, tools read it.
+pub use mlae_formats::{EpochMetrics, EvalResult};
 
 /// Peak resident memory of this process in MiB (`VmHWM` from /proc), or 0 if unknown.
 pub fn peak_rss_mb() -> f64 {
@@ -92,22 +62,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn epoch_metrics_round_trip_through_json() {
-        let mut eval = BTreeMap::new();
-        eval.insert("test".to_string(), EvalResult { acc: 0.5, loss: 1.25, n: 10 });
-        let m = EpochMetrics {
-            epoch: 3,
-            step: 48,
-            lr: 1e-3,
-            train_loss: 0.75,
-            train_acc: 0.8,
-            eval,
-            images_per_s: 12.5,
-            seconds: 4.0,
-            peak_mem_mb: 100.0,
-        };
-        let line = serde_json::to_string(&m).unwrap();
-        assert_eq!(serde_json::from_str::<EpochMetrics>(&line).unwrap(), m);
+    fn the_process_has_a_resident_peak() {
         assert!(peak_rss_mb() > 0.0);
     }
 }

@@ -1,80 +1,8 @@
 //! The loss / accuracy plot written into every run directory (`curves.png`).
 
 use crate::metrics::EpochMetrics;
-use plotters::prelude::*;
+use mlae_plot::{Series, line_panels};
 use std::path::Path;
-
-use crate::plot_font::register_plot_font as font_available;
-
-/// A series to draw: a label and (x, y) points.
-pub struct Series {
-    pub label: String,
-    pub points: Vec<(f64, f64)>,
-}
-
-/// Draws one line chart per panel, side by side, into a PNG.
-pub fn line_panels(
-    path: &Path,
-    size: (u32, u32),
-    panels: &[(&str, &str, Vec<Series>)],
-) -> Result<(), String> {
-    let labels = font_available();
-    let root = BitMapBackend::new(path, size).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| e.to_string())?;
-    let areas = root.split_evenly((1, panels.len().max(1)));
-    for ((title, y_label, series), area) in panels.iter().zip(areas.iter()) {
-        let (mut x_max, mut y_min, mut y_max) = (1.0f64, f64::INFINITY, f64::NEG_INFINITY);
-        for s in series {
-            for &(x, y) in &s.points {
-                if y.is_finite() {
-                    x_max = x_max.max(x);
-                    y_min = y_min.min(y);
-                    y_max = y_max.max(y);
-                }
-            }
-        }
-        if !y_min.is_finite() {
-            (y_min, y_max) = (0.0, 1.0);
-        }
-        let pad = ((y_max - y_min) * 0.05).max(1e-3);
-        let mut builder = ChartBuilder::on(area);
-        builder.margin(12);
-        if labels {
-            builder.caption(*title, ("sans-serif", 20)).x_label_area_size(36).y_label_area_size(56);
-        }
-        let mut chart = builder
-            .build_cartesian_2d(0f64..x_max, (y_min - pad)..(y_max + pad))
-            .map_err(|e| e.to_string())?;
-        let mut mesh = chart.configure_mesh();
-        if labels {
-            mesh.x_desc("epoch").y_desc(*y_label);
-        } else {
-            mesh.disable_x_axis().disable_y_axis();
-        }
-        mesh.draw().map_err(|e| e.to_string())?;
-        for (i, s) in series.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
-            let drawn =
-                chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(|e| e.to_string())?;
-            if labels {
-                drawn
-                    .label(s.label.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
-            }
-        }
-        if labels {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 14))
-                .draw()
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    root.present().map_err(|e| e.to_string())
-}
 
 /// Loss and accuracy against epochs, training and every evaluated split.
 pub fn plot_curves(metrics: &[EpochMetrics], path: &Path) -> Result<(), String> {
@@ -95,6 +23,7 @@ pub fn plot_curves(metrics: &[EpochMetrics], path: &Path) -> Result<(), String> 
         acc.push(Series { label: format!("{split} acc"), points: pick(|e| e.acc) });
     }
     line_panels(path, (1200, 450), &[("Loss", "cross-entropy", loss), ("Accuracy", "top-1", acc)])
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -3,20 +3,8 @@
 //! Per step rather than per epoch because VTAB-1k runs have only 16 steps per epoch at batch
 //! 64: a per-epoch schedule would move the learning rate in visible jumps.
 
-use serde::{Deserialize, Serialize};
-
-/// The shape of the decay after warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ScheduleKind {
-    /// Half-cosine from the peak to `min_lr` (the paper's recipe).
-    #[default]
-    Cosine,
-    /// Straight line from the peak to `min_lr`.
-    Linear,
-    /// The peak learning rate throughout.
-    Constant,
-}
+/// The shape of the decay after warm-up: a config format (`train.schedule`, mlae-formats).
+pub use mlae_formats::config::ScheduleKind;
 
 /// A warm-up then decay schedule over a known number of steps.
 #[derive(Debug, Clone, PartialEq)]

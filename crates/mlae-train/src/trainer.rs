@@ -6,7 +6,7 @@
 //! replays exactly what the uninterrupted run would have done.
 
 use crate::checkpoint;
-use crate::config::{ExperimentConfig, Precision, Protocol, parse_device};
+use crate::config::{ExperimentConfig, Precision, Protocol, VitConfigExt, parse_device};
 use crate::error::{Result, TrainError};
 use crate::metrics::{EpochMetrics, EvalResult, GpuMemProbe, peak_rss_mb};
 use crate::optim::{AdamW, AdamWConfig, ParamGroup};
@@ -38,45 +38,8 @@ pub struct RunOptions {
     pub interrupt_at_step: Option<u64>,
 }
 
-/// `summary.json`: what a run produced, how, and on what.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Summary {
-    pub task: String,
-    pub benchmark: String,
-    pub method: String,
-    pub protocol: Protocol,
-    /// The accuracy this run reports: `paper` protocol: test accuracy after the last epoch;
-    /// `val` protocol: test accuracy of the epoch selected on the validation split.
-    pub test_acc: f64,
-    /// Test accuracy after the last epoch (both protocols).
-    pub test_acc_final: f64,
-    /// The best test accuracy seen during training and its epoch. This is test-set
-    /// selection, as the lineage's code reports it; it is not an honest estimate.
-    pub best_test_acc: Option<f64>,
-    pub best_test_epoch: Option<u64>,
-    /// `val` protocol: the best validation accuracy and the epoch selected by it.
-    pub best_val_acc: Option<f64>,
-    pub selected_epoch: Option<u64>,
-    pub epochs: u64,
-    pub steps: u64,
-    pub trainable_params: usize,
-    pub adapter_params: usize,
-    pub head_params: usize,
-    pub total_params: usize,
-    pub wall_seconds: f64,
-    pub train_images_per_s: f64,
-    pub peak_mem_mb: f64,
-    pub device: String,
-    pub precision: Precision,
-    pub seed: u64,
-    pub config_hash: String,
-    pub versions: BTreeMap<String, String>,
-    pub notes: Vec<String>,
-    /// DMLoRA: the first step of stage 2 (branches frozen, only the per-layer scales and the
-    /// head trained from there on); absent for other kinds and for runs that ended before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dmlora_stage2_step: Option<u64>,
-}
+/// `summary.json` and the checkpoint names are run-directory formats (mlae-formats).
+pub use mlae_formats::{Summary, WhichCheckpoint};
 
 /// Loop state saved in every checkpoint's metadata.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -149,12 +112,7 @@ pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
 
 /// The resolved config stored in a run directory.
 pub fn load_run_config(run_dir: &Path) -> Result<ExperimentConfig> {
-    let path = run_dir.join("config.toml");
-    let text = std::fs::read_to_string(&path).map_err(crate::error::io_err(&path))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| TrainError::Config { path: path.clone(), message: e.to_string() })?;
-    ExperimentConfig::from_table(table, &path)
+    Ok(mlae_formats::RunLayout::new(run_dir).read_config()?)
 }
 
 /// Training images, resident on the device (deterministic transforms) or produced per batch
@@ -965,13 +923,6 @@ pub fn evaluate_run(
     Ok((result, logits, classes))
 }
 
-/// Which checkpoint of a run to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WhichCheckpoint {
-    Best,
-    Last,
-}
-
 /// Builds the model of a run with its trained parameters (for export and analysis).
 pub fn load_run_model(run_dir: &Path, which: WhichCheckpoint) -> Result<(ExperimentConfig, AdaptedVit)> {
     let cfg = load_run_config(run_dir)?;
@@ -982,10 +933,7 @@ pub fn load_run_model(run_dir: &Path, which: WhichCheckpoint) -> Result<(Experim
     if let Some(ck) = &cfg.model.checkpoint {
         model.load_backbone(ck, cfg.model.format)?;
     }
-    let path: PathBuf = run_dir.join("checkpoints").join(match which {
-        WhichCheckpoint::Best => "best.safetensors",
-        WhichCheckpoint::Last => "last.safetensors",
-    });
+    let path = mlae_formats::RunLayout::new(run_dir).checkpoint(which);
     copy_params(&model, &checkpoint::load(&path)?, &path)?;
     Ok((cfg, model))
 }

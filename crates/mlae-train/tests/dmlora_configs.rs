@@ -12,7 +12,7 @@ fn root() -> PathBuf {
 
 fn load(files: &[&str]) -> ExperimentConfig {
     let paths: Vec<PathBuf> = files.iter().map(|f| root().join(f)).collect();
-    ExperimentConfig::load(&paths, &[]).unwrap_or_else(|e| panic!("{files:?}: {e}"))
+    mlae_train::config::load(&paths, &[]).unwrap_or_else(|e| panic!("{files:?}: {e}"))
 }
 
 /// Every key of `[train]`, `[model]` and `data.normalization` equal: the same recipe.

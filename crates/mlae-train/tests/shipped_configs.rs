@@ -25,7 +25,7 @@ fn tomls(dir: &str) -> Vec<PathBuf> {
 }
 
 fn load(files: &[PathBuf]) -> ExperimentConfig {
-    ExperimentConfig::load(files, &[]).unwrap_or_else(|e| panic!("{files:?}: {e}"))
+    mlae_train::config::load(files, &[]).unwrap_or_else(|e| panic!("{files:?}: {e}"))
 }
 
 /// Loads every task config of a folder and returns the task names, checking the benchmark.

@@ -1,91 +1,11 @@
-//! Model architecture: the presets the project uses and the full configuration behind them.
+//! Model architecture: the full configuration behind each preset the project uses.
 
 use crate::error::{Result, VitError};
 use serde::{Deserialize, Serialize};
 
-/// The backbones the project knows by name. Serde names are the config names (`vit-b16`, ...).
-///
-/// ```
-/// use mlae_vit::Preset;
-/// let p: Preset = "dinov2-s14".parse().unwrap();
-/// assert_eq!(p, Preset::Dinov2S14);
-/// assert_eq!(p.timm_name(), "vit_small_patch14_dinov2");
-/// assert!("vit-b32".parse::<Preset>().is_err());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Preset {
-    /// ViT-Ti/16: dim 192, 12 blocks, 3 heads.
-    #[serde(rename = "vit-ti16")]
-    VitTi16,
-    /// ViT-S/16: dim 384, 12 blocks, 6 heads.
-    #[serde(rename = "vit-s16")]
-    VitS16,
-    /// ViT-B/16: dim 768, 12 blocks, 12 heads (the papers' backbone).
-    #[serde(rename = "vit-b16")]
-    VitB16,
-    /// ViT-L/16: dim 1024, 24 blocks, 16 heads.
-    #[serde(rename = "vit-l16")]
-    VitL16,
-    /// DINOv2 ViT-S/14: dim 384, 12 blocks, 6 heads, layer-scale; native grid 37x37 (518 px).
-    #[serde(rename = "dinov2-s14")]
-    Dinov2S14,
-}
-
-impl Preset {
-    /// Every preset, in declaration order.
-    pub const ALL: &'static [Preset] =
-        &[Preset::VitTi16, Preset::VitS16, Preset::VitB16, Preset::VitL16, Preset::Dinov2S14];
-
-    /// The config name (identical to the serde name).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Preset::VitTi16 => "vit-ti16",
-            Preset::VitS16 => "vit-s16",
-            Preset::VitB16 => "vit-b16",
-            Preset::VitL16 => "vit-l16",
-            Preset::Dinov2S14 => "dinov2-s14",
-        }
-    }
-
-    /// The timm model with this architecture, for `timm.create_model(name, img_size=..., ...)`.
-    pub fn timm_name(self) -> &'static str {
-        match self {
-            Preset::VitTi16 => "vit_tiny_patch16_224",
-            Preset::VitS16 => "vit_small_patch16_224",
-            Preset::VitB16 => "vit_base_patch16_224",
-            Preset::VitL16 => "vit_large_patch16_224",
-            Preset::Dinov2S14 => "vit_small_patch14_dinov2",
-        }
-    }
-
-    /// The image size of the preset's pretrained position table (DINOv2: 518 = 37 x 14).
-    pub fn native_image_size(self) -> i64 {
-        match self {
-            Preset::Dinov2S14 => 518,
-            _ => 224,
-        }
-    }
-}
-
-impl std::fmt::Display for Preset {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Preset {
-    type Err = VitError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Preset::ALL.iter().copied().find(|p| p.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = Preset::ALL.iter().map(|p| p.as_str()).collect();
-            VitError::Config(format!(
-                "model.preset: unknown preset `{s}`; expected one of {}",
-                names.join(", ")
-            ))
-        })
-    }
-}
+/// The preset names are a config format (mlae-formats); the architecture behind each is
+/// [`VitConfig::from_preset`].
+pub use mlae_formats::Preset;
 
 /// A ViT in timm's layout: patch embedding, class token, learned position table, pre-norm
 /// blocks (optionally with DINOv2's layer-scale), final norm, linear head on the class token.
@@ -269,18 +189,6 @@ impl VitConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn preset_names_round_trip_through_serde() {
-        for p in Preset::ALL {
-            let json = serde_json::to_string(p).unwrap();
-            assert_eq!(json, format!("\"{}\"", p.as_str()));
-            assert_eq!(serde_json::from_str::<Preset>(&json).unwrap(), *p);
-            assert_eq!(p.as_str().parse::<Preset>().unwrap(), *p);
-        }
-        let e = "vit-h14".parse::<Preset>().unwrap_err().to_string();
-        assert!(e.contains("vit-h14") && e.contains("dinov2-s14"), "{e}");
-    }
 
     #[test]
     fn presets_match_mlae_core_dims() {

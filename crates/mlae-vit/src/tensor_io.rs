@@ -63,8 +63,8 @@ pub fn from_array2(m: &ndarray::Array2<f32>) -> Tensor {
     Tensor::from_slice(m.as_standard_layout().as_slice().expect("standard layout")).view([r as i64, c as i64])
 }
 
-/// Writes f32 tensors (copied to the CPU) and metadata as safetensors, atomically (temp file
-/// and rename), so a reader never sees half a file.
+/// Writes f32 tensors (copied to the CPU) and metadata as safetensors, atomically (the
+/// project's one policy, mlae-formats' `write_atomic`), so a reader never sees half a file.
 pub(crate) fn write_safetensors(
     path: &Path,
     tensors: &[(String, Tensor)],
@@ -84,9 +84,7 @@ pub(crate) fn write_safetensors(
         .map_err(|e| VitError::Format { path: path.into(), message: e.to_string() })?;
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| VitError::Format { path: path.into(), message: e.to_string() })?;
-    let tmp = path.with_extension("safetensors.tmp");
-    std::fs::write(&tmp, bytes).map_err(VitError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(VitError::io(path))
+    mlae_formats::write_atomic(path, &bytes).map_err(VitError::io(path))
 }
 
 /// Reads every floating-point tensor of a safetensors file (returned as stored) and its

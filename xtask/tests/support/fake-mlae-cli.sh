@@ -99,8 +99,10 @@ if [ "$protocol" = val ]; then best_val=$val; selected=$epochs; else best_val=nu
 wall=$(awk -v a="$start_time" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')
 atomic "$dir/summary.json" "{\"task\":\"$task\",\"benchmark\":\"fake\",\"method\":\"mlae\",\"protocol\":\"$protocol\",\
 \"test_acc\":$test_acc,\"test_acc_final\":$test_acc,\"best_test_acc\":$test_acc,\"best_val_acc\":$best_val,\
-\"selected_epoch\":$selected,\"epochs\":$epochs,\"trainable_params\":301000,\"adapter_params\":295008,\
-\"head_params\":5992,\"wall_seconds\":$wall,\"seed\":$seed,\"config_hash\":\"fake\"}"
+\"best_test_epoch\":$epochs,\"selected_epoch\":$selected,\"epochs\":$epochs,\"steps\":$epochs,\
+\"trainable_params\":301000,\"adapter_params\":295008,\"head_params\":5992,\"total_params\":86000000,\
+\"wall_seconds\":$wall,\"train_images_per_s\":1.0,\"peak_mem_mb\":1.0,\"device\":\"cpu\",\"precision\":\"fp32\",\
+\"seed\":$seed,\"config_hash\":\"fake\",\"versions\":{},\"notes\":[]}"
 status finished
 emit "end $name $epoch"
 echo "test accuracy: $test_acc"

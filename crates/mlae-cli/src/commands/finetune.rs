@@ -3,7 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use mlae_train::TrainError;
-use mlae_train::config::ExperimentConfig;
+use mlae_train::config;
 use mlae_train::trainer::{self, RunOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,7 +67,7 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
     let result = match &args.resume {
         Some(dir) => trainer::resume(dir, &opts),
         None => {
-            let cfg = ExperimentConfig::load(&args.configs, &args.set)?;
+            let cfg = config::load(&args.configs, &args.set)?;
             println!("run directory: {}", cfg.run_dir().display());
             trainer::finetune(cfg, &opts)
         }

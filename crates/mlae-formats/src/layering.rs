@@ -1,9 +1,9 @@
-//! Layered TOML configs: a file may `extends` others, tables deep-merge, and `key.path=value`
+//! Config layering: a file may `extends` others, tables deep-merge, and `key.path=value`
 //! overrides come last.
 //!
-//! Why a crate of its own: `mlae-cli finetune` resolves a config with these rules, and `cargo
-//! xtask sweep` must resolve it identically to fingerprint a run (a changed value anywhere in the
-//! chain must start the run afresh), without linking libtorch. One implementation serves both.
+//! `mlae-cli finetune` resolves a config with these rules, and `cargo xtask sweep` must resolve
+//! it identically to fingerprint a run (a changed value anywhere in the chain must start the run
+//! afresh), without linking libtorch. One implementation serves both.
 //!
 //! Rules:
 //! - `extends = "base.toml"` or `extends = ["a.toml", "b.toml"]`, relative to the extending
@@ -13,23 +13,9 @@
 //! - an override's value is read as TOML (number, bool, array, quoted string) or else taken as a
 //!   bare string, so `--set data.task=dtd` and `--set train.lr=1e-3` both do what they say.
 
+use crate::error::{FormatError, Result};
 use std::path::{Path, PathBuf};
 use toml::{Table, Value};
-
-/// What can go wrong resolving a config; every variant names the file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{}: {message}", path.display())]
-    Invalid { path: PathBuf, message: String },
-}
-
-pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
 
 /// Reads a config file and everything it `extends`, merged.
 pub fn load(path: &Path) -> Result<Table> {
@@ -44,7 +30,7 @@ pub fn resolve(table: Table, origin: &Path) -> Result<Table> {
 }
 
 fn load_file(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Table> {
-    let io = |source| ConfigError::Io { path: path.to_path_buf(), source };
+    let io = |source| FormatError::Io { path: path.to_path_buf(), source };
     let canon = path.canonicalize().map_err(io)?;
     if stack.contains(&canon) {
         return Err(invalid(path, "`extends` forms a cycle"));
@@ -86,8 +72,8 @@ fn take_extends(table: &mut Table, origin: &Path) -> Result<Vec<String>> {
     }
 }
 
-fn invalid(path: &Path, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { path: path.to_path_buf(), message: message.into() }
+fn invalid(path: &Path, message: impl Into<String>) -> FormatError {
+    FormatError::Config { path: path.to_path_buf(), message: message.into() }
 }
 
 /// Deep merge: tables merge key by key; anything else in `top` replaces `base`.

@@ -1,7 +1,4 @@
-// Font registration for plotters, shared by xtask (`cargo xtask report`) and mlae-train (run
-// curves). Included with `#[path]`, like torch_link.rs, so there is one copy of the logic and
-// xtask does not depend on a crate that links libtorch. The including crate needs `plotters`
-// (with `ab_glyph`) and `tracing`.
+//! The font plot labels are drawn with.
 
 use plotters::style::FontStyle;
 use std::sync::OnceLock;

@@ -1,155 +1,17 @@
-//! What every executor shares (deciding whether a run is skipped, resumed or started, the
-//! command line, the per-run state file) and the local executor.
+//! The local executor: runs a sweep's runs on this machine, several at once, spread over
+//! GPUs, and stops them cleanly on Ctrl-C.
 
-use super::{Prepared, SweepDir, status};
-use crate::util;
-use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, VecDeque};
+use crate::decide::{Action, command_args, decide, hostname, record_start};
+use crate::dir::{RunRecord, SweepDir};
+use crate::error::{Result, SweepError, io_err};
+use crate::prepare::Prepared;
+use crate::slurm;
+use mlae_formats::RunPhase;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-
-/// What the sweep records about a run in `state/<run>.json`, written before the run starts
-/// so that a kill at any moment leaves the run's fingerprint behind.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// The fingerprint of the config the run directory was started with.
-    pub fingerprint: String,
-    /// How many times the run was launched (fresh or resumed).
-    pub attempts: u32,
-    /// `fresh` or `resume`, the last launch.
-    pub last_action: String,
-    /// Exit status of the last local launch (None while running, or under Slurm).
-    pub last_exit: Option<i32>,
-    /// Local launches: the process and host, to tell a live run from a dead one.
-    pub pid: Option<u32>,
-    pub host: Option<String>,
-    /// Slurm launches: `JOBID_INDEX`.
-    pub slurm_task: Option<String>,
-}
-
-impl RunRecord {
-    pub fn read(sweep: &SweepDir, name: &str) -> Result<Option<RunRecord>> {
-        util::read_json(&sweep.state(name))
-    }
-}
-
-/// What to do with a run now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Finished with the same config.
-    Skip,
-    /// Another process (here or in Slurm's queue) is on it.
-    Busy(String),
-    /// Interrupted or crashed after a checkpoint: continue it.
-    Resume,
-    /// Start from scratch (clearing a directory that holds no checkpoint). `moved_aside`:
-    /// where an earlier run with another config went.
-    Fresh { moved_aside: Option<PathBuf> },
-}
-
-impl Action {
-    pub fn label(&self) -> String {
-        match self {
-            Action::Skip => "done".into(),
-            Action::Busy(why) => format!("busy: {why}"),
-            Action::Resume => "resume".into(),
-            Action::Fresh { moved_aside: None } => "start".into(),
-            Action::Fresh { moved_aside: Some(_) } => "config changed: start again".into(),
-        }
-    }
-}
-
-/// Decides a run's action. A run directory whose recorded fingerprint differs from the
-/// run's current one is moved aside (`<run>.stale-N`; only reported when `dry_run`), so that
-/// results of two configs are never mixed. `queued`: runs Slurm already has.
-pub fn decide(sweep: &SweepDir, p: &Prepared, queued: &BTreeSet<String>, dry_run: bool) -> Result<Action> {
-    let name = &p.spec.name;
-    if queued.contains(name) {
-        return Ok(Action::Busy("queued or running in Slurm".into()));
-    }
-    let record = RunRecord::read(sweep, name)?;
-    if let Some(pid) = record.as_ref().and_then(live_local_pid(name)) {
-        return Ok(Action::Busy(format!("running in process {pid}")));
-    }
-    let dir = sweep.run_dir(name);
-    if !dir.exists() {
-        return Ok(Action::Fresh { moved_aside: None });
-    }
-    if record.as_ref().is_none_or(|r| r.fingerprint != p.fingerprint) {
-        let stale = (1..).map(|n| dir.with_file_name(format!("{name}.stale-{n}"))).find(|c| !c.exists());
-        let stale = stale.expect("an unused name");
-        if !dry_run {
-            std::fs::rename(&dir, &stale).with_context(|| format!("cannot move {} aside", dir.display()))?;
-            eprintln!("{name}: its config changed since it ran; the old run is now {}", stale.display());
-        }
-        return Ok(Action::Fresh { moved_aside: Some(stale) });
-    }
-    Ok(match status::run_state(&dir) {
-        status::RunState::Done => Action::Skip,
-        _ if dir.join("checkpoints/last.safetensors").is_file() && dir.join("config.toml").is_file() => {
-            Action::Resume
-        }
-        _ => Action::Fresh { moved_aside: None },
-    })
-}
-
-/// `Some(pid)` when the record's local process is alive on this host and is this run.
-fn live_local_pid(name: &str) -> impl Fn(&RunRecord) -> Option<u32> + '_ {
-    move |r| {
-        let pid = r.pid?;
-        if r.host.as_deref() != Some(hostname().as_str()) {
-            return None;
-        }
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        String::from_utf8_lossy(&cmdline).contains(name).then_some(pid)
-    }
-}
-
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .or_else(|_| util::output(&mut Command::new("hostname")))
-        .unwrap_or_default()
-}
-
-/// The arguments of `mlae-cli` for one run; the same for every executor.
-pub fn command_args(sweep: &SweepDir, p: &Prepared, action: &Action) -> Vec<String> {
-    match action {
-        Action::Resume => {
-            vec!["finetune".into(), "--resume".into(), sweep.run_dir(&p.spec.name).display().to_string()]
-        }
-        _ => vec!["finetune".into(), "--config".into(), p.config.display().to_string(), "--force".into()],
-    }
-}
-
-/// Records a launch before it happens.
-pub fn record_start(
-    sweep: &SweepDir,
-    p: &Prepared,
-    action: &Action,
-    slurm_task: Option<String>,
-) -> Result<()> {
-    let old = RunRecord::read(sweep, &p.spec.name)?.filter(|r| r.fingerprint == p.fingerprint);
-    let rec = RunRecord {
-        fingerprint: p.fingerprint.clone(),
-        attempts: old.map_or(0, |r| r.attempts) + 1,
-        last_action: if *action == Action::Resume { "resume".into() } else { "fresh".into() },
-        last_exit: None,
-        pid: None,
-        host: None,
-        slurm_task,
-    };
-    util::write_json(&sweep.state(&p.spec.name), &rec)
-}
-
-fn update_record(sweep: &SweepDir, name: &str, f: impl FnOnce(&mut RunRecord)) -> Result<()> {
-    let mut rec = RunRecord::read(sweep, name)?.unwrap_or_default();
-    f(&mut rec);
-    util::write_json(&sweep.state(name), &rec)
-}
 
 /// How a local execution ended.
 #[derive(Debug, Default)]
@@ -171,7 +33,7 @@ impl Outcome {
     }
 
     pub fn into_result(self, sweep: &SweepDir) -> Result<()> {
-        eprintln!(
+        tracing::info!(
             "sweep: {} ran, {} already done, {} failed, {} busy elsewhere",
             self.ran.len(),
             self.skipped,
@@ -179,7 +41,7 @@ impl Outcome {
             self.busy.len()
         );
         if self.interrupted {
-            bail!("interrupted: run the same command again to resume (finished runs are skipped)");
+            return Err(SweepError::Interrupted);
         }
         if !self.failed.is_empty() {
             let list: Vec<String> = self
@@ -187,12 +49,7 @@ impl Outcome {
                 .iter()
                 .map(|(n, c)| format!("{n} (exit {})", c.map_or("by signal".into(), |c| c.to_string())))
                 .collect();
-            bail!(
-                "{} run(s) failed: {}; logs in {}",
-                self.failed.len(),
-                list.join(", "),
-                sweep.root.join("logs").display()
-            );
+            return Err(SweepError::RunsFailed { failed: list, logs: sweep.logs_dir() });
         }
         Ok(())
     }
@@ -225,7 +82,7 @@ fn interrupts() -> &'static AtomicUsize {
                 libc::sigaction(sig, &action, std::ptr::null_mut()) != 0
             };
             if failed {
-                eprintln!(
+                tracing::warn!(
                     "warning: cannot install the interrupt handler: {}",
                     std::io::Error::last_os_error()
                 );
@@ -248,6 +105,9 @@ struct Running {
 #[derive(Debug, Clone)]
 pub struct LocalOptions {
     pub cli: PathBuf,
+    /// Where runs start (the project root: relative paths in configs mean the same under
+    /// every executor).
+    pub workdir: PathBuf,
     pub jobs: usize,
     pub devices: Vec<String>,
 }
@@ -258,19 +118,19 @@ pub fn run_local(sweep: &SweepDir, runs: &[Prepared], opts: &LocalOptions) -> Re
     let mut outcome = Outcome::default();
     let mut queue: VecDeque<(&Prepared, Action)> = VecDeque::new();
     // Runs the same sweep has in Slurm's queue are not started here as well.
-    let queued = super::slurm::active(&super::slurm::queue_states(sweep));
+    let queued = slurm::active(&slurm::queue_states(sweep));
     for p in runs {
         match decide(sweep, p, &queued, false)? {
             Action::Skip => outcome.skipped += 1,
             Action::Busy(why) => {
-                eprintln!("skip  {} ({why})", p.spec.name);
+                tracing::info!("skip  {} ({why})", p.spec.name);
                 outcome.busy.push(p.spec.name.clone());
             }
             a => queue.push_back((p, a)),
         }
     }
     let jobs = opts.jobs.max(1);
-    eprintln!("sweep: {} to run, {} already done; {jobs} at a time", queue.len(), outcome.skipped);
+    tracing::info!("sweep: {} to run, {} already done; {jobs} at a time", queue.len(), outcome.skipped);
     let mut running: Vec<Running> = Vec::new();
     let mut free: Vec<usize> = (0..jobs).rev().collect();
     loop {
@@ -290,7 +150,7 @@ pub fn run_local(sweep: &SweepDir, runs: &[Prepared], opts: &LocalOptions) -> Re
             match spawn(sweep, p, &action, opts, slot) {
                 Ok(child) => {
                     free.pop();
-                    eprintln!(
+                    tracing::info!(
                         "start {} ({}){}",
                         p.spec.name,
                         action.label(),
@@ -299,7 +159,7 @@ pub fn run_local(sweep: &SweepDir, runs: &[Prepared], opts: &LocalOptions) -> Re
                     running.push(Running { name: p.spec.name.clone(), child, slot, signalled: 0 });
                 }
                 Err(e) => {
-                    eprintln!("FAILED {}: {e:#}", p.spec.name);
+                    tracing::warn!("FAILED {}: {e}", p.spec.name);
                     outcome.failed.push((p.spec.name.clone(), None));
                 }
             }
@@ -310,26 +170,26 @@ pub fn run_local(sweep: &SweepDir, runs: &[Prepared], opts: &LocalOptions) -> Re
         std::thread::sleep(Duration::from_millis(100));
         let mut i = 0;
         while i < running.len() {
-            let Some(status) = running[i].child.try_wait()? else {
+            let Some(status) = running[i].child.try_wait().map_err(io_err(&opts.cli))? else {
                 i += 1;
                 continue;
             };
             let r = running.swap_remove(i);
             free.push(r.slot);
-            update_record(sweep, &r.name, |rec| rec.last_exit = status.code())?;
-            let state = status::run_state(&sweep.run_dir(&r.name));
-            if status.success() && state == status::RunState::Done {
-                eprintln!("done  {}", r.name);
+            RunRecord::update(sweep, &r.name, |rec| rec.last_exit = status.code())?;
+            let phase = sweep.run_layout(&r.name).phase();
+            if status.success() && phase == RunPhase::Done {
+                tracing::info!("done  {}", r.name);
                 outcome.ran.push(r.name);
             } else if r.signalled > 0 {
-                eprintln!("stopped {} ({status}; resumable)", r.name);
+                tracing::info!("stopped {} ({status}; resumable)", r.name);
             } else {
                 let why = if status.success() {
                     "exited 0 without a finished run directory".into()
                 } else {
                     status.to_string()
                 };
-                eprintln!("FAILED {} ({why}); log: {}", r.name, sweep.log(&r.name).display());
+                tracing::warn!("FAILED {} ({why}); log: {}", r.name, sweep.log(&r.name).display());
                 outcome.failed.push((r.name, status.code()));
             }
         }
@@ -346,16 +206,14 @@ fn spawn(sweep: &SweepDir, p: &Prepared, action: &Action, opts: &LocalOptions, s
     use std::os::unix::process::CommandExt;
     record_start(sweep, p, action, None)?;
     let log_path = sweep.log(&p.spec.name);
-    std::fs::create_dir_all(sweep.root.join("logs"))?;
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    std::fs::create_dir_all(sweep.logs_dir()).map_err(io_err(sweep.logs_dir()))?;
+    let mut log =
+        std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io_err(&log_path))?;
     let args = command_args(sweep, p, action);
-    writeln!(log, "=== {} {}", opts.cli.display(), args.join(" "))?;
+    writeln!(log, "=== {} {}", opts.cli.display(), args.join(" ")).map_err(io_err(&log_path))?;
     let mut cmd = Command::new(&opts.cli);
-    cmd.args(&args).current_dir(util::root()).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    let out = log.try_clone().map_err(io_err(&log_path))?;
+    cmd.args(&args).current_dir(&opts.workdir).stdin(Stdio::null()).stdout(out).stderr(log);
     if !opts.devices.is_empty() {
         cmd.env("CUDA_VISIBLE_DEVICES", &opts.devices[slot % opts.devices.len()]);
     }
@@ -375,9 +233,10 @@ fn spawn(sweep: &SweepDir, p: &Prepared, action: &Action, opts: &LocalOptions, s
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("cannot start {}", opts.cli.display()))?;
+    let child =
+        cmd.spawn().map_err(|e| SweepError::Command(format!("cannot start {}: {e}", opts.cli.display())))?;
     let pid = child.id();
-    update_record(sweep, &p.spec.name, |rec| {
+    RunRecord::update(sweep, &p.spec.name, |rec| {
         rec.pid = Some(pid);
         rec.host = Some(hostname());
     })?;

@@ -5,10 +5,10 @@
 //! that `--status` can ask `squeue`/`sacct` about them and a resubmission leaves out runs
 //! that Slurm still has.
 
-use super::exec::{Action, command_args, record_start};
-use super::{Prepared, SweepDir};
-use crate::util;
-use anyhow::{Context, Result, bail};
+use crate::decide::{Action, command_args, record_start};
+use crate::dir::{RunRecord, SweepDir, read_json, write_file, write_json};
+use crate::error::{Result, SweepError, bail, io_err};
+use crate::prepare::Prepared;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -17,6 +17,8 @@ use std::process::Command;
 #[derive(Debug, Clone, Default)]
 pub struct SlurmOptions {
     pub cli: PathBuf,
+    /// Where runs start (`#SBATCH --chdir`): the project root, as for the local executor.
+    pub workdir: PathBuf,
     pub partition: Option<String>,
     pub gres: Option<String>,
     pub time: Option<String>,
@@ -57,11 +59,11 @@ pub struct Submission {
 }
 
 fn jobs_path(sweep: &SweepDir) -> PathBuf {
-    sweep.root.join("slurm/jobs.json")
+    sweep.slurm_dir().join("jobs.json")
 }
 
 pub fn submissions(sweep: &SweepDir) -> Result<Vec<Submission>> {
-    Ok(util::read_json(&jobs_path(sweep))?.unwrap_or_default())
+    Ok(read_json(&jobs_path(sweep))?.unwrap_or_default())
 }
 
 /// Shell-quotes one word.
@@ -91,7 +93,7 @@ pub fn script(sweep: &SweepDir, todo: &[(Prepared, Action)], opts: &SlurmOptions
     s.push_str(&format!("#SBATCH --output={}\n", sweep.root.join("logs/slurm-%A_%a.out").display()));
     // The local executor runs mlae-cli from the project root too: relative paths in the
     // configs (data.root, model.checkpoint) mean the same under both.
-    s.push_str(&format!("#SBATCH --chdir={}\n", util::root().display()));
+    s.push_str(&format!("#SBATCH --chdir={}\n", opts.workdir.display()));
     for (flag, v) in [("partition", &opts.partition), ("gres", &opts.gres), ("time", &opts.time)] {
         if let Some(v) = v {
             s.push_str(&format!("#SBATCH --{flag}={v}\n"));
@@ -130,29 +132,32 @@ pub fn script(sweep: &SweepDir, todo: &[(Prepared, Action)], opts: &SlurmOptions
 /// job id.
 pub fn submit(sweep: &SweepDir, todo: &[(Prepared, Action)], opts: &SlurmOptions) -> Result<String> {
     let mut subs = submissions(sweep)?;
-    let script_path = sweep.root.join(format!("slurm/submit-{}.sbatch", subs.len() + 1));
-    std::fs::create_dir_all(sweep.root.join("logs"))?;
-    util::write_atomic(&script_path, script(sweep, todo, opts).as_bytes())?;
+    let script_path = sweep.slurm_dir().join(format!("submit-{}.sbatch", subs.len() + 1));
+    std::fs::create_dir_all(sweep.logs_dir()).map_err(io_err(sweep.logs_dir()))?;
+    write_file(&script_path, script(sweep, todo, opts).as_bytes())?;
     // Before sbatch: a task may start at once, and its directory must find its fingerprint.
     for (p, action) in todo {
         record_start(sweep, p, action, None)?;
     }
-    let out = Command::new("sbatch")
-        .arg("--parsable")
-        .arg(&script_path)
-        .output()
-        .context("cannot run sbatch: is Slurm installed and on PATH?")?;
+    let out = Command::new("sbatch").arg("--parsable").arg(&script_path).output().map_err(|e| {
+        SweepError::Command(format!("cannot run sbatch: is Slurm installed and on PATH? ({e})"))
+    })?;
     if !out.status.success() {
-        bail!("sbatch {} failed: {}", script_path.display(), String::from_utf8_lossy(&out.stderr).trim());
+        return Err(SweepError::Command(format!(
+            "sbatch {} failed: {}",
+            script_path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     let job_id = String::from_utf8_lossy(&out.stdout).trim().split(';').next().unwrap_or("").to_string();
     if job_id.is_empty() || !job_id.chars().all(|c| c.is_ascii_digit()) {
-        bail!("sbatch printed no job id: {:?}", String::from_utf8_lossy(&out.stdout));
+        return Err(SweepError::Command(format!(
+            "sbatch printed no job id: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )));
     }
     for (i, (p, _)) in todo.iter().enumerate() {
-        let mut rec = super::exec::RunRecord::read(sweep, &p.spec.name)?.unwrap_or_default();
-        rec.slurm_task = Some(format!("{job_id}_{i}"));
-        util::write_json(&sweep.state(&p.spec.name), &rec)?;
+        RunRecord::update(sweep, &p.spec.name, |rec| rec.slurm_task = Some(format!("{job_id}_{i}")))?;
     }
     let submitted =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -162,7 +167,7 @@ pub fn submit(sweep: &SweepDir, todo: &[(Prepared, Action)], opts: &SlurmOptions
         submitted,
         runs: todo.iter().map(|(p, _)| p.spec.name.clone()).collect(),
     });
-    util::write_json(&jobs_path(sweep), &subs)?;
+    write_json(&jobs_path(sweep), &subs)?;
     Ok(job_id)
 }
 

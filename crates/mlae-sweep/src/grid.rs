@@ -20,29 +20,11 @@
 //! final_protocol = "paper"
 //! ```
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Result, SweepError, bail, io_err};
+use mlae_formats::{ExperimentConfig, Protocol, Summary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-
-/// `data.protocol` of a run: how its reported accuracy was obtained.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// Train on train800val200 (FGVC: train), report the test accuracy after the last epoch.
-    Paper,
-    /// Train on train800 (FGVC: train), select the epoch on val200 (FGVC: val).
-    Val,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Paper => "paper",
-            Protocol::Val => "val",
-        }
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,6 +85,13 @@ impl SelectMetric {
             SelectMetric::BestValAcc => "best_val_acc",
         }
     }
+
+    /// The metric's value in a run's summary (None when the run did not record it).
+    pub fn value(self, summary: &Summary) -> Option<f64> {
+        match self {
+            SelectMetric::BestValAcc => summary.best_val_acc,
+        }
+    }
 }
 
 /// Keys the sweep sets itself; a grid or `--set` must not.
@@ -113,8 +102,8 @@ const RESERVED: &[(&str, &str)] = &[
     ("output", "the sweep places every run in its own directory"),
 ];
 
-/// Top-level tables of an experiment config (mlae-train's `ExperimentConfig`).
-pub const SECTIONS: &[&str] = &["model", "adapter", "data", "train", "output"];
+/// Top-level tables of an experiment config.
+pub const SECTIONS: &[&str] = ExperimentConfig::SECTIONS;
 
 /// Checks one override key; `what` says where it came from, for the error.
 pub fn check_key(key: &str, what: &str) -> Result<()> {
@@ -163,10 +152,10 @@ pub enum Stage {
 
 impl Grid {
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read grid {}", path.display()))?;
-        let grid: Grid = toml::from_str(&text).with_context(|| format!("grid {}", path.display()))?;
-        grid.check().with_context(|| format!("grid {}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        let grid: Grid = toml::from_str(&text)
+            .map_err(|e| SweepError::Invalid(format!("grid {}: {e}", path.display())))?;
+        grid.check().map_err(|e| SweepError::Invalid(format!("grid {}: {e}", path.display())))?;
         Ok(grid)
     }
 
@@ -194,7 +183,8 @@ impl Grid {
             }
         }
         for b in self.benchmark_seeds.keys() {
-            let known = super::bench::names();
+            let known: Vec<&str> =
+                mlae_data::Benchmark::with_manifest().into_iter().map(|b| b.name()).collect();
             if !known.contains(&b.as_str()) {
                 bail!("benchmark_seeds.{b}: not a benchmark ({})", known.join(", "));
             }

@@ -1,0 +1,242 @@
+//! The experiment config: one TOML file (optionally extending others) that fully describes a
+//! run. It is the only way to build a run, and its resolved form is written into the run
+//! directory before training starts, so every result can be reproduced from its folder.
+//!
+//! ```toml
+//! extends = "../base/vtab.toml"      # optional, relative to this file; deep-merged
+//! [model]    preset = "vit-b16", checkpoint = "ckpt/ViT-B_16.npz", image_size = 224
+//! [adapter]  kind = "mlae", experts = 8, dropout = 0.5, coeff_init = 1.0
+//! [data]     benchmark = "vtab", task = "cifar", root = "data/vtab-1k", protocol = "paper"
+//! [train]    epochs = 500, batch_size = 64, lr = 5e-4, weight_decay = 1e-4
+//! [output]   dir = "runs"
+//! ```
+//! Paths starting with `cache:` are resolved against the project cache directory (where
+//! `cargo xtask fetch-demo` puts the demo data and backbone).
+//!
+//! [`ExperimentConfig::validate`] checks every section, so a tool that never trains (the
+//! sweep's `--dry-run`) refuses the same configs the trainer would. Only what needs the
+//! preset's architecture table (do the heads divide the width?) is left to mlae-vit.
+
+mod sections;
+
+pub use sections::{
+    ArchOverride, DataConfig, DeviceSpec, ModelConfig, OutputConfig, Precision, Protocol, ScheduleKind,
+    TrainConfig,
+};
+
+use crate::error::{FormatError, Invalid, Result};
+use crate::layering;
+use mlae_core::AdapterSpec;
+use mlae_data::Benchmark;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub adapter: AdapterSpec,
+    pub data: DataConfig,
+    #[serde(default)]
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub output: OutputConfig,
+}
+
+impl ExperimentConfig {
+    /// The top-level tables of a config, in file order.
+    pub const SECTIONS: &'static [&'static str] = &["model", "adapter", "data", "train", "output"];
+
+    /// Loads config files (each following its `extends`; later files win, so a fragment such
+    /// as a masking ablation can be layered on a task config), applies `key.path=value`
+    /// overrides, checks every key and value, and resolves paths. Errors name the file and key.
+    pub fn load<P: AsRef<Path>>(paths: &[P], overrides: &[String]) -> Result<Self> {
+        let Some(first) = paths.first() else {
+            return Err(FormatError::NoConfig);
+        };
+        let origin = first.as_ref().to_path_buf();
+        let mut table = toml::Table::new();
+        for path in paths {
+            layering::merge(&mut table, layering::load(path.as_ref())?);
+        }
+        for ov in overrides {
+            layering::parse_override(ov)
+                .and_then(|(key, value)| layering::set_path(&mut table, &key, value))
+                .map_err(|message| FormatError::Config {
+                    path: origin.clone(),
+                    message: format!("--set {ov}: {message}"),
+                })?;
+        }
+        let mut cfg = Self::from_table(table, &origin)?;
+        cfg.resolve_paths();
+        cfg.validate().map_err(|e| FormatError::Config { path: origin.clone(), message: e.0 })?;
+        Ok(cfg)
+    }
+
+    /// Parses an already merged table; `origin` names the source in errors.
+    pub fn from_table(table: toml::Table, origin: &Path) -> Result<Self> {
+        let de = toml::Value::Table(table);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            FormatError::Config { path: origin.to_path_buf(), message: format!("{key}: {}", e.inner()) }
+        })
+    }
+
+    /// The resolved config as TOML (what is written into the run directory).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serialises")
+    }
+
+    /// Checks what serde cannot: ranges and combinations, in every section. The message
+    /// starts with the key.
+    pub fn validate(&self) -> std::result::Result<(), Invalid> {
+        self.adapter.validate().map_err(|e| Invalid(e.to_string()))?;
+        let t = &self.train;
+        let m = &self.model;
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        let non_negative = |v: f64| v >= 0.0 && v.is_finite();
+        let checks: [(bool, String); 16] = [
+            (t.epochs > 0, format!("train.epochs: must be at least 1, got {}", t.epochs)),
+            (t.batch_size > 0, "train.batch_size: must be at least 1".into()),
+            (t.eval_batch_size > 0, "train.eval_batch_size: must be at least 1".into()),
+            (positive(t.lr), format!("train.lr: must be positive, got {}", t.lr)),
+            (
+                non_negative(t.weight_decay),
+                format!("train.weight_decay: must be >= 0, got {}", t.weight_decay),
+            ),
+            (
+                non_negative(t.warmup_epochs),
+                format!("train.warmup_epochs: must be >= 0, got {}", t.warmup_epochs),
+            ),
+            (non_negative(t.warmup_lr), format!("train.warmup_lr: must be >= 0, got {}", t.warmup_lr)),
+            (non_negative(t.min_lr), format!("train.min_lr: must be >= 0, got {}", t.min_lr)),
+            (
+                (0.0..1.0).contains(&t.label_smoothing),
+                format!("train.label_smoothing: must be in [0, 1), got {}", t.label_smoothing),
+            ),
+            (
+                t.eval_every > 0 && t.checkpoint_every > 0,
+                "train.eval_every / checkpoint_every: must be >= 1".into(),
+            ),
+            (t.threads != Some(0), "train.threads: must be at least 1 (leave it out for all cores)".into()),
+            (
+                t.max_steps != Some(0),
+                "train.max_steps: must be at least 1 (leave it out to run every epoch)".into(),
+            ),
+            (
+                (0.0..1.0).contains(&m.drop_path),
+                format!("model.drop_path: must be in [0, 1), got {}", m.drop_path),
+            ),
+            (m.image_size >= 8, format!("model.image_size: {} is too small", m.image_size)),
+            (m.num_classes.is_none_or(|n| n >= 1), "model.num_classes: must be at least 1".into()),
+            (!self.data.task.is_empty(), "data.task: must name a task".into()),
+        ];
+        if let Some((_, msg)) = checks.into_iter().find(|(ok, _)| !ok) {
+            return Err(Invalid(msg));
+        }
+        if let Some(a) = &m.arch {
+            for (key, v) in [
+                ("patch_size", a.patch_size),
+                ("dim", a.dim),
+                ("depth", a.depth),
+                ("heads", a.heads),
+                ("mlp_dim", a.mlp_dim),
+            ] {
+                if let Some(v) = v.filter(|&v| v < 1) {
+                    return Err(Invalid(format!("model.arch.{key}: must be at least 1, got {v}")));
+                }
+            }
+        }
+        if let Some(c) = t.grad_clip
+            && !positive(c)
+        {
+            return Err(Invalid(format!("train.grad_clip: must be positive, got {c}")));
+        }
+        t.device.parse::<DeviceSpec>()?;
+        Ok(())
+    }
+
+    /// Where the task's files are.
+    pub fn data_source(&self) -> mlae_data::DataSource {
+        mlae_data::DataSource {
+            benchmark: self.data.benchmark,
+            task: self.data.task.clone(),
+            root: self.data.root.clone(),
+        }
+    }
+
+    /// Where decoded splits are cached: `data.cache_dir`, else `<cache>/decoded`.
+    pub fn decoded_cache_dir(&self) -> PathBuf {
+        self.data.cache_dir.clone().unwrap_or_else(|| mlae_data::cache_dir().join("decoded"))
+    }
+
+    /// The split trained on.
+    pub fn train_split(&self) -> String {
+        if let Some(s) = &self.data.train_split {
+            return s.clone();
+        }
+        match (self.data.benchmark, self.data.protocol) {
+            (Benchmark::Fgvc, _) => "train".into(),
+            (_, Protocol::Paper) => "train800val200".into(),
+            (_, Protocol::Val) => "train800".into(),
+        }
+    }
+
+    /// The split selection is made on under the `val` protocol.
+    pub fn val_split(&self) -> String {
+        match self.data.benchmark {
+            Benchmark::Fgvc => "val".into(),
+            _ => "val200".into(),
+        }
+    }
+
+    /// The split the final accuracy is reported on.
+    pub fn test_split(&self) -> String {
+        self.data.eval_split.clone().unwrap_or_else(|| "test".into())
+    }
+
+    /// The run directory: `output.dir/output.name`, the name derived when not given.
+    pub fn run_dir(&self) -> PathBuf {
+        self.output.dir.join(self.output.name.clone().unwrap_or_else(|| self.default_run_name()))
+    }
+
+    /// A name a reader can tell runs apart by: task, method, hyper-parameters, seed.
+    pub fn default_run_name(&self) -> String {
+        use mlae_core::AdapterKind as K;
+        let a = &self.adapter;
+        let method = match a.kind {
+            K::LinearProbe => "linear".to_string(),
+            K::Full => "full".to_string(),
+            K::Lora => format!("lora-r{}", a.experts),
+            K::LoraDropout => format!("lora-dropout-r{}-p{}", a.experts, a.dropout),
+            K::Mlae => format!("mlae-{}x{}-p{}-init{}", a.experts, a.expert_rank, a.dropout, a.coeff_init),
+            K::Dmlora => format!("dmlora-k{}-r{}", a.dmlora.branches, a.experts),
+        };
+        format!("{}-{}-{}-s{}", self.data.task, method, self.data.protocol.as_str(), self.train.seed)
+    }
+
+    fn resolve_paths(&mut self) {
+        if let Some(c) = &self.model.checkpoint {
+            self.model.checkpoint = Some(resolve_path(c));
+        }
+        self.data.root = resolve_path(&self.data.root);
+        if let Some(c) = &self.data.cache_dir {
+            self.data.cache_dir = Some(resolve_path(c));
+        }
+        self.output.dir = resolve_path(&self.output.dir);
+    }
+}
+
+/// `cache:rel` -> the project cache dir; relative -> absolute against the working directory.
+pub fn resolve_path(p: &Path) -> PathBuf {
+    let s = p.to_string_lossy();
+    let p = match s.strip_prefix("cache:") {
+        Some(rest) => mlae_data::cache_dir().join(rest),
+        None => p.to_path_buf(),
+    };
+    if p.is_absolute() { p } else { std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p) }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,155 @@
+use super::*;
+
+const BASE: &str = r#"
+[model]
+preset = "vit-ti16"
+image_size = 32
+
+[data]
+benchmark = "vtab"
+task = "cifar"
+root = "/data/vtab"
+normalization = "inception"
+
+[train]
+epochs = 3
+lr = 1e-3
+"#;
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn extends_merges_and_overrides_win() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "base.toml", BASE);
+    let child = write(
+        tmp.path(),
+        "child.toml",
+        "extends = \"base.toml\"\n[adapter]\nkind = \"lora\"\nexperts = 4\n[train]\nepochs = 7\n",
+    );
+    let cfg = ExperimentConfig::load(&[&child], &["train.lr=0.01".into(), "data.task=dtd".into()]).unwrap();
+    assert_eq!(cfg.train.epochs, 7);
+    assert_eq!(cfg.train.lr, 0.01);
+    assert_eq!(cfg.train.batch_size, 64, "unset keys keep the paper's defaults");
+    assert_eq!(cfg.data.task, "dtd");
+    assert_eq!(cfg.adapter.experts, 4);
+    assert_eq!(cfg.train_split(), "train800val200");
+    // The resolved TOML parses back to the same config.
+    let again = ExperimentConfig::from_table(cfg.to_toml().parse().unwrap(), &child).unwrap();
+    assert_eq!(again, cfg);
+}
+
+#[test]
+fn unknown_keys_and_bad_values_name_the_file_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "c.toml", &format!("{BASE}\nlearning_rat = 3\n"));
+    let err = ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string();
+    assert!(err.contains("c.toml") && err.contains("learning_rat"), "{err}");
+
+    let p = write(tmp.path(), "d.toml", &BASE.replace("epochs = 3", "epochs = \"three\""));
+    let err = ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string();
+    assert!(err.contains("d.toml") && err.contains("train.epochs"), "{err}");
+
+    let p = write(tmp.path(), "e.toml", BASE);
+    let err = ExperimentConfig::load(&[&p], &["train.label_smoothing=1.5".into()]).unwrap_err().to_string();
+    assert!(err.contains("train.label_smoothing"), "{err}");
+    let err = ExperimentConfig::load(&[&p], &["train.device=tpu".into()]).unwrap_err().to_string();
+    assert!(err.contains("train.device"), "{err}");
+    let err = ExperimentConfig::load(&[&p], &["adapter.dropout=1.5".into()]).unwrap_err().to_string();
+    assert!(err.contains("dropout"), "{err}");
+    let err = ExperimentConfig::load::<&Path>(&[], &[]).unwrap_err().to_string();
+    assert!(err.contains("no config file"), "{err}");
+}
+
+/// A change that breaks one rule.
+type Spoil = fn(&mut ExperimentConfig);
+
+/// Every section is checked, not only `[adapter]`: each override below breaks one rule and
+/// the error names its key.
+#[test]
+fn validation_covers_every_section() {
+    let table: toml::Table = BASE.parse().unwrap();
+    let cfg = ExperimentConfig::from_table(table, Path::new("base.toml")).unwrap();
+    cfg.validate().unwrap();
+    let cases: &[(&str, Spoil)] = &[
+        ("train.lr", |c| c.train.lr = -1.0),
+        ("train.lr", |c| c.train.lr = f64::NAN),
+        ("train.epochs", |c| c.train.epochs = 0),
+        ("train.batch_size", |c| c.train.batch_size = 0),
+        ("train.eval_batch_size", |c| c.train.eval_batch_size = 0),
+        ("train.weight_decay", |c| c.train.weight_decay = -0.1),
+        ("train.warmup_epochs", |c| c.train.warmup_epochs = -1.0),
+        ("train.warmup_lr", |c| c.train.warmup_lr = -1.0),
+        ("train.min_lr", |c| c.train.min_lr = -1.0),
+        ("train.eval_every", |c| c.train.eval_every = 0),
+        ("train.threads", |c| c.train.threads = Some(0)),
+        ("train.max_steps", |c| c.train.max_steps = Some(0)),
+        ("train.grad_clip", |c| c.train.grad_clip = Some(0.0)),
+        ("train.device", |c| c.train.device = "gpu".into()),
+        ("model.drop_path", |c| c.model.drop_path = 1.0),
+        ("model.image_size", |c| c.model.image_size = 4),
+        ("model.num_classes", |c| c.model.num_classes = Some(0)),
+        ("model.arch.heads", |c| c.model.arch = Some(ArchOverride { heads: Some(0), ..Default::default() })),
+        ("data.task", |c| c.data.task.clear()),
+        ("adapter.dropout", |c| c.adapter.dropout = 1.5),
+    ];
+    for (key, spoil) in cases {
+        let mut bad = cfg.clone();
+        spoil(&mut bad);
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
+
+#[test]
+fn devices_parse_to_their_spec() {
+    assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+    assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+    assert_eq!("cuda".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+    assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+    assert!("cuda:x".parse::<DeviceSpec>().unwrap_err().to_string().contains("cuda:N"));
+}
+
+#[test]
+fn later_config_files_win_over_earlier_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = write(tmp.path(), "task.toml", BASE);
+    let frag =
+        write(tmp.path(), "frag.toml", "[adapter]\ndropout = 0.0\n[adapter.mask]\nstrategy = \"fixed\"\n");
+    let cfg = ExperimentConfig::load(&[&base, &frag], &[]).unwrap();
+    assert_eq!(cfg.adapter.dropout, 0.0);
+    assert_eq!(cfg.train.epochs, 3);
+}
+
+#[test]
+fn extends_cycles_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = write(tmp.path(), "a.toml", "extends = \"b.toml\"\n");
+    write(tmp.path(), "b.toml", "extends = \"a.toml\"\n");
+    let err = ExperimentConfig::load(&[&a], &[]).unwrap_err().to_string();
+    assert!(err.contains("cycle"), "{err}");
+}
+
+#[test]
+fn run_names_tell_runs_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "c.toml", BASE);
+    let a = ExperimentConfig::load(&[&p], &["adapter.dropout=0.5".into()]).unwrap();
+    let b = ExperimentConfig::load(&[&p], &["adapter.dropout=0.7".into()]).unwrap();
+    let c = ExperimentConfig::load(&[&p], &["train.seed=1".into(), "adapter.dropout=0.5".into()]).unwrap();
+    let names = [a.default_run_name(), b.default_run_name(), c.default_run_name()];
+    assert!(names[0] != names[1] && names[0] != names[2], "{names:?}");
+    assert!(names[0].starts_with("cifar-mlae-"), "{}", names[0]);
+}
+
+#[test]
+fn cache_paths_resolve_against_the_cache_dir_and_relative_ones_against_the_cwd() {
+    let p = resolve_path(Path::new("cache:demo/x"));
+    assert_eq!(p, mlae_data::cache_dir().join("demo/x"));
+    let r = resolve_path(Path::new("rel/y"));
+    assert!(r.is_absolute() && r.ends_with("rel/y"), "{}", r.display());
+}

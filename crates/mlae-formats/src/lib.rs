@@ -1,0 +1,23 @@
+//! The formats that users and tools share, with no libtorch: the trainer writes them, and the
+//! sweep, the report and `mlae-cli` read the same types back.
+//!
+//! - [`config`]: the typed experiment config, validated whole, and `cache:` paths;
+//! - [`layering`]: how config files combine (`extends`, deep merge, `--set key=value`);
+//! - [`preset`]: the backbone names a config uses (architecture preset, checkpoint format);
+//! - [`run`]: the run directory (file names, status, summary, metrics lines, the locked writer);
+//! - [`write_atomic`]: the one atomic-write policy (temp file, fsync, rename, fsync).
+
+mod atomic;
+pub mod config;
+pub mod error;
+pub mod layering;
+pub mod preset;
+pub mod run;
+
+pub use atomic::{sha256_hex, write_atomic};
+pub use config::{ExperimentConfig, Protocol};
+pub use error::{FormatError, Invalid, Result};
+pub use preset::{CheckpointFormat, Preset};
+pub use run::{
+    EpochMetrics, EvalResult, RunDir, RunLayout, RunPhase, RunState, Status, Summary, WhichCheckpoint,
+};

@@ -1,0 +1,10 @@
+//! The run directory: one folder per run holding everything needed to read, resume or
+//! reproduce it. [`RunLayout`] names its files and reads them; [`RunDir`] writes them.
+
+mod dir;
+mod layout;
+mod records;
+
+pub use dir::{RunDir, config_hash, write_file};
+pub use layout::{RunLayout, RunPhase, read_jsonl};
+pub use records::{EpochMetrics, EvalResult, RunState, Status, Summary, WhichCheckpoint};

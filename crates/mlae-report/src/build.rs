@@ -1,0 +1,102 @@
+//! The report of a sweep directory, assembled and written.
+
+use crate::error::{ReportError, Result, bail};
+use crate::extra::{masking_table, selection_table};
+use crate::flat::flat_tables;
+use crate::published::Published;
+use crate::results::{Table, collect};
+use crate::vtab::vtab_tables;
+use mlae_data::Benchmark;
+use mlae_plot::BarChart;
+use mlae_sweep::SweepDir;
+use mlae_sweep::select::Selection;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// The report's three outputs.
+#[derive(Debug)]
+pub struct Report {
+    pub markdown: String,
+    pub csv: String,
+    /// The domain means (VTAB-1k, the paper's Figure 3) or per-task accuracies.
+    pub chart: BarChart,
+}
+
+/// The chart's y axis starts at the 10 % step at least 10 points below the lowest bar, so
+/// that differences between methods stay visible.
+fn accuracy_floor(chart: &BarChart) -> f64 {
+    let lo = chart.series.iter().flat_map(|(_, v)| v.iter().flatten().copied()).fold(f64::INFINITY, f64::min);
+    if lo.is_finite() { ((lo - 10.0) / 10.0).floor().max(0.0) * 10.0 } else { 0.0 }
+}
+
+/// Builds the report of a sweep directory.
+pub fn build(sweep: &SweepDir, published: &Published) -> Result<Report> {
+    let record = sweep.read_record()?;
+    let bench: Benchmark = record.benchmark.parse().map_err(ReportError::Invalid)?;
+    let groups = bench.task_groups()?;
+    let mut notes = Vec::new();
+    let results = collect(sweep, &mut notes)?;
+    if results.is_empty() {
+        bail!(
+            "{}: no finished runs yet (see cargo xtask sweep --status {})",
+            sweep.root.display(),
+            sweep.root.display()
+        );
+    }
+    let table = Table::new(&results);
+    let mut md = format!(
+        "# Sweep report: grid `{}` on {}\n\n\
+         Sweep directory `{}`. Our numbers are top-1 test accuracy (%) from each run's `summary.json`, \
+         averaged over seeds. The protocol column says how each was obtained: `paper` = trained on \
+         train800val200 (FGVC: train), accuracy after the last epoch; `val` = trained on train800, epoch \
+         selected on val200; `selected on val` = the setting was chosen by validation accuracy in the search \
+         stage. Rows marked **(published)** are figures printed in the MLAE paper, not measured here.\n\n",
+        record.grid,
+        record.benchmark,
+        sweep.root.display()
+    );
+    let mut csv = String::from(
+        "source,method,protocol,task,kind,seeds,accuracy,min,max,best_test_acc,backbone_params_m,wall_seconds_mean\n",
+    );
+    let pubs = match bench {
+        Benchmark::Vtab => Some(&published.vtab),
+        Benchmark::Fgvc => Some(&published.fgvc),
+        _ => None,
+    };
+    let mut chart = if bench.has_domain_groups() {
+        vtab_tables(&table, &groups, pubs, &mut md, &mut csv)
+    } else {
+        flat_tables(&table, (bench.name(), &groups), pubs, &mut md, &mut csv)
+    };
+    chart.y_label = "accuracy (%)".into();
+    chart.y_range = Some((accuracy_floor(&chart), 100.0));
+    if record.grid == "ablation-masking" && bench == Benchmark::Vtab {
+        masking_table(&table, &groups, &published.masking, &mut md);
+    }
+    if let Some(chosen) = Selection::read_all(sweep)? {
+        selection_table(&chosen, &mut md);
+    }
+    if !notes.is_empty() {
+        md.push_str("\n## Left out\n\n");
+        for n in &notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    Ok(Report { markdown: md, csv, chart })
+}
+
+impl Report {
+    /// Writes `report.md`, `report.csv` and `domains.png` into `out`. A chart that cannot be
+    /// drawn (no value yet) is a warning, not a failure: the tables are the report.
+    pub fn write(&self, out: &Path) -> Result<()> {
+        for (name, text) in [("report.md", &self.markdown), ("report.csv", &self.csv)] {
+            let path = out.join(name);
+            mlae_formats::write_atomic(&path, text.as_bytes())
+                .map_err(|source| ReportError::Io { path, source })?;
+        }
+        if let Err(e) = mlae_plot::grouped_bars(&out.join("domains.png"), (1200, 520), &self.chart) {
+            tracing::warn!("warning: no chart ({e})");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! FGVC and the demo benchmark: per task the mean over seeds with its spread, and the mean
+//! over tasks.
+
+use crate::cells::{csv_line, csv_ours, params_m, tasks_of, wall_mean};
+use crate::published::PublishedBench;
+use crate::results::{Table, mean, mean_all};
+use mlae_data::TaskGroup;
+use mlae_plot::BarChart;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// FGVC and the demo benchmark: per task mean over seeds with the spread, and the mean.
+pub fn flat_tables(
+    table: &Table,
+    bench: (&str, &[TaskGroup]),
+    pubs: Option<&PublishedBench>,
+    md: &mut String,
+    csv: &mut String,
+) -> BarChart {
+    let (name, groups) = bench;
+    let tasks = tasks_of(groups);
+    let mut chart = BarChart {
+        title: format!("Per-task accuracy and mean, {name} (%)"),
+        categories: tasks.iter().cloned().chain(["Mean".to_string()]).collect(),
+        ..Default::default()
+    };
+    let _ =
+        writeln!(md, "| method | protocol | params (M) | wall (min/run) | {} | Mean |", tasks.join(" | "));
+    let _ = writeln!(md, "|{}", "---|".repeat(5 + tasks.len()));
+    for row in table.rows.keys() {
+        let mut cells = Vec::new();
+        for t in &tasks {
+            cells.push(match (table.cell(row, t), table.spread(row, t)) {
+                (Some(m), Some((lo, hi, n))) if n > 1 => format!("{m:.2} ({lo:.1}-{hi:.1}, n={n})"),
+                (Some(m), _) => format!("{m:.2}"),
+                _ => "-".into(),
+            });
+            if table.cell(row, t).is_some() {
+                csv_ours(csv, table, row, t, "task", table.cell(row, t));
+            }
+        }
+        let m = mean_all(&tasks.iter().map(|t| table.cell(row, t)).collect::<Vec<_>>());
+        // The spread of the mean: the mean over tasks of each seed that ran on every task.
+        let mut per_seed: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+        for r in table.all(row) {
+            per_seed.entry(r.seed).or_default().push(r.acc);
+        }
+        let seed_means: Vec<f64> =
+            per_seed.values().filter(|v| v.len() == tasks.len()).filter_map(|v| mean(v)).collect();
+        let mean_cell = match (m, seed_means.len()) {
+            (Some(m), n) if n > 1 => {
+                let lo = seed_means.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = seed_means.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                format!("{m:.2} ({lo:.2}-{hi:.2}, n={n})")
+            }
+            (m, _) => m.map_or("-".into(), |m| format!("{m:.2}")),
+        };
+        let _ = writeln!(
+            md,
+            "| {row} | {} | {} | {} | {} | {mean_cell} |",
+            table.protocols(row),
+            params_m(table, row, groups).map_or("-".into(), |p| format!("{p:.2}")),
+            wall_mean(table, row).map_or("-".into(), |w| format!("{:.1}", w / 60.0)),
+            cells.join(" | ")
+        );
+        csv_line(csv, "ours", row, &table.protocols(row), "mean", "mean", m);
+        chart.series.push((row.clone(), tasks.iter().map(|t| table.cell(row, t)).chain([m]).collect()));
+    }
+    let mut footnotes = Vec::new();
+    if let Some(p) = pubs {
+        for r in &p.rows {
+            let by = r.by_task(&p.tasks);
+            let cells: Vec<String> = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| match by.get(t.as_str()) {
+                    Some(v) if !r.per_seed.is_empty() => {
+                        let s: Vec<f64> = r.per_seed.iter().map(|s| s[i]).collect();
+                        let lo = s.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        format!("{v:.1} ({lo:.1}-{hi:.1}, n={})", s.len())
+                    }
+                    Some(v) => format!("{v:.1}"),
+                    None => "-".into(),
+                })
+                .collect();
+            let mean_cell = match (r.mean, r.seed_means.len()) {
+                (Some(m), n) if n > 1 => {
+                    let lo = r.seed_means.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = r.seed_means.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    format!("{m:.2} ({lo:.2}-{hi:.2}, n={n})")
+                }
+                (m, _) => m.map_or("-".into(), |m| format!("{m:.2}")),
+            };
+            let _ = writeln!(
+                md,
+                "| {} **(published)** | paper (published) | {} | - | {} | {mean_cell} |",
+                r.method,
+                r.params.map_or("-".into(), |p| format!("{p:.2}")),
+                cells.join(" | ")
+            );
+            for t in &tasks {
+                if let Some(v) = by.get(t.as_str()) {
+                    csv_line(csv, "published", &r.method, "paper", t, "task", Some(*v));
+                }
+            }
+            csv_line(csv, "published", &r.method, "paper", "mean", "mean", r.mean);
+            if let Some(n) = &r.note {
+                footnotes.push(format!("{}: {n}", r.method));
+            }
+            if r.method == "MLAE" {
+                chart.series.push((
+                    "MLAE (published)".into(),
+                    tasks.iter().map(|t| by.get(t.as_str()).copied()).chain([r.mean]).collect(),
+                ));
+            }
+        }
+    }
+    md.push_str(
+        "\nCells with several seeds show the mean, then (min-max, n=seeds); the Mean column's spread is \
+         over the per-seed means across tasks. params: trainable parameters outside the classification head.\n",
+    );
+    for f in footnotes {
+        let _ = writeln!(md, "\n\\* {f}");
+    }
+    chart
+}

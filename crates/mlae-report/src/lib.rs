@@ -1,0 +1,25 @@
+//! A sweep's results in the MLAE paper's format, beside the paper's published rows: Markdown,
+//! CSV and a PNG chart of the domain means.
+//!
+//! VTAB-1k: per-task accuracy, the Natural / Specialized / Structured means and the average
+//! as the paper computes it (the mean of the three group means). FGVC: per-dataset mean over
+//! seeds with the spread (min-max), and the mean over datasets. Every number says which
+//! protocol produced it. Only runs of the sweep's plan count, and only while their config is
+//! the one they ran with; runs are read through mlae-formats' `Summary`.
+
+mod build;
+mod cells;
+pub mod error;
+pub mod extra;
+pub mod flat;
+pub mod published;
+pub mod results;
+pub mod vtab;
+
+#[cfg(test)]
+mod tests;
+
+pub use build::{Report, build};
+pub use error::{ReportError, Result};
+pub use published::{Published, load_published};
+pub use results::{RunResult, Table, collect};

@@ -1,0 +1,178 @@
+//! The report's tables on chosen numbers whose means are easy to check by hand, and the
+//! published rows against their printed averages.
+
+use crate::flat::flat_tables;
+use crate::published::load_published;
+use crate::results::{RunResult, Table, group_means, mean};
+use crate::vtab::vtab_tables;
+use mlae_data::{Benchmark, TaskGroup};
+use mlae_sweep::grid::Stage;
+use std::path::{Path, PathBuf};
+
+fn published_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/published/mlae-paper.toml")
+}
+
+fn r(task: &str, row: &str, seed: u64, acc: f64) -> RunResult {
+    RunResult {
+        task: task.into(),
+        row: row.into(),
+        seed,
+        protocol: "paper".into(),
+        stage: Stage::Run,
+        acc,
+        best_test_acc: None,
+        backbone_params: Some(3e5),
+        wall_seconds: Some(60.0),
+    }
+}
+
+fn small() -> Vec<TaskGroup> {
+    let group = |name: &str, tasks: &[&str]| TaskGroup {
+        name: name.into(),
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+    };
+    vec![group("Natural", &["a", "b"]), group("Specialized", &["c"]), group("Structured", &["d", "e", "f"])]
+}
+
+#[test]
+fn the_vtab_average_is_the_mean_of_group_means() {
+    let results: Vec<RunResult> =
+        [("a", 80.0), ("b", 90.0), ("c", 70.0), ("d", 60.0), ("e", 30.0), ("f", 30.0)]
+            .into_iter()
+            .map(|(t, a)| r(t, "mlae", 0, a))
+            .collect();
+    let t = Table::new(&results);
+    let (gm, avg) = group_means(|task| t.cell("mlae", task), &small());
+    assert_eq!(gm, vec![Some(85.0), Some(70.0), Some(40.0)]);
+    // (85 + 70 + 40) / 3 = 65, where the plain mean over the six tasks would be 60.
+    assert!((avg.unwrap() - 65.0).abs() < 1e-12);
+}
+
+#[test]
+fn seeds_average_with_their_spread_and_partial_groups_stay_empty() {
+    let results = vec![r("a", "mlae", 0, 89.0), r("a", "mlae", 1, 90.0), r("a", "mlae", 42, 91.5)];
+    let t = Table::new(&results);
+    assert!((t.cell("mlae", "a").unwrap() - 90.166_666_666_666_67).abs() < 1e-9);
+    assert_eq!(t.spread("mlae", "a"), Some((89.0, 91.5, 3)));
+    let (gm, avg) = group_means(|task| t.cell("mlae", task), &small());
+    assert_eq!(gm, vec![None, None, None], "a group with a missing task has no mean");
+    assert_eq!(avg, None);
+}
+
+/// Chosen accuracies whose means are easy to check by hand, through the report's tables.
+#[test]
+fn the_tables_print_vtab_group_means_and_fgvc_seed_spreads() {
+    let published = load_published(&published_path()).unwrap();
+    let run = |task: &str, seed: u64, acc: f64| RunResult {
+        backbone_params: Some(295_008.0),
+        ..r(task, "mlae", seed, acc)
+    };
+    // VTAB-1k: Natural 490 / 7 = 70.0, Specialized 300 / 4 = 75.0, Structured 360 / 8 = 45.0.
+    let vtab_acc = [
+        ("cifar", 70.0),
+        ("caltech101", 80.0),
+        ("dtd", 90.0),
+        ("oxford_flowers102", 60.0),
+        ("oxford_iiit_pet", 50.0),
+        ("svhn", 40.0),
+        ("sun397", 100.0),
+        ("patch_camelyon", 80.0),
+        ("eurosat", 90.0),
+        ("resisc45", 70.0),
+        ("diabetic_retinopathy", 60.0),
+        ("clevr_count", 10.0),
+        ("clevr_dist", 20.0),
+        ("dmlab", 30.0),
+        ("kitti", 40.0),
+        ("dsprites_loc", 50.0),
+        ("dsprites_ori", 60.0),
+        ("smallnorb_azi", 70.0),
+        ("smallnorb_ele", 80.0),
+    ];
+    let vtab = Benchmark::Vtab.task_groups().unwrap();
+    let table = Table::new(&vtab_acc.iter().map(|(t, a)| run(t, 0, *a)).collect::<Vec<_>>());
+    let (mut md, mut csv) = (String::new(), String::new());
+    vtab_tables(&table, &vtab, Some(&published.vtab), &mut md, &mut csv);
+    let row = md.lines().find(|l| l.starts_with("| mlae |")).unwrap();
+    // The average is the mean of the group means, 63.3 (the mean over the 19 tasks: 60.5).
+    assert!(row.ends_with("| 70.0 | 75.0 | 45.0 | 63.3 |"), "{row}");
+    assert!(row.starts_with("| mlae | paper | 0.30 | 1.0 | 70.0 | 80.0 |"), "{row}");
+    assert!(md.contains("| MLAE **(published)** | paper (published) | 0.30 | - | 77.8 |"), "{md}");
+    assert!(md.contains("| 84.0 | 87.5 | 64.8 | 78.8 |"), "published MLAE group means and average: {md}");
+    assert!(
+        md.contains("| LoRA **(published)** |") && md.contains("74.6\\*"),
+        "a computed average is marked"
+    );
+    assert!(csv.contains("ours,mlae,paper,average,average,,63.3333,"), "{csv}");
+    assert!(csv.contains("ours,mlae,paper,Structured,group,,45.0000,"), "{csv}");
+    assert!(csv.contains("ours,mlae,paper,sun397,task,1,100.0000,100.0000,100.0000,"), "{csv}");
+    assert!(csv.contains("published,MLAE,paper,average,average,,78.8000,"), "{csv}");
+
+    // FGVC over seeds 0, 1, 42. Per dataset: cub 82, nabirds 71, flowers 98, dogs 90,
+    // cars 85 -> mean 426 / 5 = 85.20; seed means 424 / 5 = 84.80, 426 / 5 = 85.20,
+    // 428 / 5 = 85.60.
+    let fgvc_acc = [
+        ("cub", [80.0, 82.0, 84.0]),
+        ("nabirds", [70.0, 70.0, 73.0]),
+        ("oxford_flowers", [99.0, 98.0, 97.0]),
+        ("stanford_dogs", [90.0, 91.0, 89.0]),
+        ("stanford_cars", [85.0, 85.0, 85.0]),
+    ];
+    let results: Vec<RunResult> = fgvc_acc
+        .iter()
+        .flat_map(|(t, accs)| [0, 1, 42].into_iter().zip(accs).map(|(s, a)| run(t, s, *a)))
+        .collect();
+    let fgvc = Benchmark::Fgvc.task_groups().unwrap();
+    let (mut md, mut csv) = (String::new(), String::new());
+    flat_tables(&Table::new(&results), ("fgvc", &fgvc), Some(&published.fgvc), &mut md, &mut csv);
+    let row = md.lines().find(|l| l.starts_with("| mlae |")).unwrap();
+    assert!(
+        row.contains("| 82.00 (80.0-84.0, n=3) | 71.00 (70.0-73.0, n=3) | 98.00 (97.0-99.0, n=3) |"),
+        "{row}"
+    );
+    assert!(row.ends_with("| 85.20 (84.80-85.60, n=3) |"), "{row}");
+    assert!(md.contains(
+        "| MLAE **(published)** | paper (published) | 0.29 | - | 89.6 (89.6-89.6, n=3) | 85.0 (84.5-85.3, n=3)"
+    ));
+    assert!(md.contains("| 90.86 (90.78-90.94, n=3) |"), "{md}");
+    assert!(csv.contains("ours,mlae,paper,cub,task,3,82.0000,80.0000,84.0000,"), "{csv}");
+}
+
+#[test]
+fn published_task_names_must_be_the_manifests() {
+    let real = published_path();
+    let text = std::fs::read_to_string(&real).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("published.toml");
+    std::fs::write(&bad, text.replacen("\"smallnorb_ele\"]", "\"smallnorb_elevation\"]", 1)).unwrap();
+    let err = load_published(&bad).unwrap_err().to_string();
+    assert!(err.contains("vtab.tasks") && err.contains("published.toml"), "{err}");
+}
+
+#[test]
+fn the_published_rows_match_their_printed_averages() {
+    let p = load_published(&published_path()).unwrap();
+    // The published file lists the tasks in the paper's column order (Tables 1 and 11);
+    // the manifests must list them in the same order, which is the report's.
+    let vtab = Benchmark::Vtab.task_groups().unwrap();
+    assert_eq!(p.vtab.tasks, Benchmark::Vtab.task_names().unwrap());
+    assert_eq!(p.fgvc.tasks, Benchmark::Fgvc.task_names().unwrap());
+    for row in &p.vtab.rows {
+        let by = row.by_task(&p.vtab.tasks);
+        let (_, avg) = group_means(|t| by.get(t).copied(), &vtab);
+        let avg = avg.unwrap();
+        // The paper rounds or truncates its group means, so its averages may sit up to
+        // 0.1 below the exact mean of group means.
+        if let Some(printed) = row.average {
+            assert!((avg - printed).abs() < 0.1, "{}: {avg} vs {printed}", row.method);
+        }
+    }
+    for row in p.fgvc.rows.iter().filter(|r| !r.acc.is_empty()) {
+        let m = mean(&row.acc).unwrap();
+        assert!((m - row.mean.unwrap()).abs() < 0.02, "{}: {m}", row.method);
+        for (s, printed) in row.per_seed.iter().zip(&row.seed_means) {
+            assert!((mean(s).unwrap() - printed).abs() < 0.005, "{}: {s:?}", row.method);
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! A sweep command from request to runs: resolve the grid and benchmark, expand and check
+//! every run (writing nothing), then either describe the plan (`--dry-run`) or record it and
+//! hand the runs to an executor.
+
+use crate::config;
+use crate::decide::{Action, decide};
+use crate::dir::{Plan, SweepDir, SweepRecord, read_json, write_json};
+use crate::error::{Result, SweepError, bail, io_err};
+use crate::grid::Grid;
+use crate::local::{self, LocalOptions};
+use crate::prepare::{Prepared, prepare, write_configs};
+use crate::select::{Selection, select};
+use crate::slurm::{self, SlurmOptions};
+use mlae_data::Benchmark;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// Where the runs go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    /// This machine: `jobs` at a time, spread over `devices`.
+    Local,
+    /// A Slurm job array (one array index per run).
+    Slurm,
+}
+
+/// What a sweep command asks for; paths are absolute.
+#[derive(Debug, Clone)]
+pub struct SweepRequest {
+    /// The project root: grids are looked up in `configs/grids`, runs start here.
+    pub root: PathBuf,
+    pub benchmark: String,
+    /// A grid name under `configs/grids` or a path to a grid file.
+    pub grid: String,
+    /// Only these tasks (empty: every task of the benchmark).
+    pub tasks: Vec<String>,
+    /// Seeds (empty: the grid's for the benchmark).
+    pub seeds: Vec<u64>,
+    /// Sets `data.root` for every run.
+    pub data_root: Option<PathBuf>,
+    /// Sets `model.checkpoint` for every run.
+    pub checkpoint: Option<PathBuf>,
+    /// `key=value` overrides for every run.
+    pub set: Vec<String>,
+    /// The sweep directory (default: `runs/sweeps/<benchmark>-<grid>`).
+    pub out: Option<PathBuf>,
+    pub executor: Executor,
+    /// Local executor: runs at once (default: one per device, else 1) and GPUs.
+    pub jobs: Option<usize>,
+    pub devices: Vec<String>,
+    /// Slurm executor options; `cli` is what the script runs (also shown by a dry run).
+    pub slurm: SlurmOptions,
+}
+
+/// A checked plan: every run's config resolved, validated and fingerprinted.
+#[derive(Debug)]
+pub struct PlannedSweep {
+    req: SweepRequest,
+    pub sweep: SweepDir,
+    pub record: SweepRecord,
+    grid: Grid,
+    grid_name: String,
+    bench: Benchmark,
+    tasks: Vec<String>,
+    seeds: Vec<u64>,
+    extra: Vec<(String, toml::Value)>,
+    pub prepared: Vec<Prepared>,
+    pub selection: Option<Selection>,
+}
+
+/// Resolves and checks a request without writing anything. A run whose config would not
+/// train (an unknown key, `train.lr = -1`, a bad adapter) fails here, naming the run and key.
+pub fn plan(req: SweepRequest) -> Result<PlannedSweep> {
+    let sweepable: Vec<&str> = Benchmark::with_manifest().into_iter().map(|b| b.name()).collect();
+    let bench = match req.benchmark.parse::<Benchmark>() {
+        Ok(b) if sweepable.contains(&b.name()) => b,
+        _ => bail!("--benchmark {}: expected one of {}", req.benchmark, sweepable.join(", ")),
+    };
+    let grid_path = grid_path(&req.root, &req.grid)?;
+    let grid = Grid::load(&grid_path)?;
+    let grid_name = grid_path.file_stem().and_then(|s| s.to_str()).unwrap_or("grid").to_string();
+    let known = bench.task_names()?;
+    let tasks = if req.tasks.is_empty() { known.clone() } else { req.tasks.clone() };
+    for t in &tasks {
+        if !known.contains(t) {
+            bail!("--tasks: `{t}` is not a {} task (known: {})", bench.name(), known.join(", "));
+        }
+    }
+    let seeds = if req.seeds.is_empty() { grid.seeds_for(bench.name()) } else { req.seeds.clone() };
+    let mut extra = Vec::new();
+    for s in &req.set {
+        let (k, v) = config::parse_override(s)?;
+        if grid.axes.contains_key(&k) {
+            bail!("--set {s}: `{k}` is an axis of grid {grid_name}; the sweep sets it per run");
+        }
+        extra.push((k, v));
+    }
+    if let Some(d) = &req.data_root {
+        extra.push(("data.root".into(), toml::Value::String(d.display().to_string())));
+    }
+    if let Some(c) = &req.checkpoint {
+        extra.push(("model.checkpoint".into(), toml::Value::String(c.display().to_string())));
+    }
+    let root = match &req.out {
+        Some(o) => o.clone(),
+        None => req.root.join("runs/sweeps").join(format!("{}-{grid_name}", bench.name())),
+    };
+    let sweep = SweepDir { root };
+    let record = SweepRecord {
+        grid: grid_name.clone(),
+        grid_path: grid_path.clone(),
+        benchmark: bench.name().into(),
+        set: req.set.clone(),
+        data_root: req.data_root.clone(),
+        checkpoint: req.checkpoint.clone(),
+    };
+    if let Some(old) = read_json::<SweepRecord>(&sweep.record())?
+        && (old.grid != record.grid || old.benchmark != record.benchmark)
+    {
+        bail!(
+            "{} holds the {} sweep on {}; pass --out DIR for a {} sweep on {}",
+            sweep.root.display(),
+            old.grid,
+            old.benchmark,
+            record.grid,
+            record.benchmark
+        );
+    }
+    if req.executor == Executor::Slurm {
+        req.slurm.check()?;
+        if !req.devices.is_empty() || req.jobs.is_some() {
+            bail!("--devices and --jobs are for the local executor; with Slurm use --gres and --array-limit");
+        }
+    }
+    let specs = grid.expand(&req.root, bench.name(), &tasks, &seeds)?;
+    let prepared = prepare(&sweep, &grid_name, &extra, &specs)?;
+    let selection = match &grid.select {
+        Some(sel) => Some(select(&sweep, &grid_name, &extra, &prepared, sel)?),
+        None => None,
+    };
+    Ok(PlannedSweep { req, sweep, record, grid, grid_name, bench, tasks, seeds, extra, prepared, selection })
+}
+
+impl PlannedSweep {
+    fn finals(&self) -> Vec<Prepared> {
+        self.selection.as_ref().map(|s| s.finals.clone()).unwrap_or_default()
+    }
+
+    /// Runs planned now: the grid's, plus final runs selected or waiting for their search.
+    pub fn planned(&self) -> usize {
+        self.prepared.len() + self.selection.as_ref().map_or(0, |s| s.finals.len() + s.waiting.len())
+    }
+
+    /// What `--dry-run` prints: the plan, each run's action, for Slurm the script, and a
+    /// last line `runs: N`. Reads the sweep directory, writes nothing.
+    pub fn dry_run(&self) -> Result<String> {
+        let mut out = String::new();
+        let short = |p: &Path| p.strip_prefix(&self.req.root).unwrap_or(p).display().to_string();
+        let _ = writeln!(
+            out,
+            "grid {} ({}): {}",
+            self.grid_name,
+            short(&self.record.grid_path),
+            self.grid.description
+        );
+        let _ = writeln!(
+            out,
+            "benchmark {}: {} tasks, seeds {:?}, sweep directory {}",
+            self.bench.name(),
+            self.tasks.len(),
+            self.seeds,
+            self.sweep.root.display()
+        );
+        let queued = slurm::active(&slurm::queue_states(&self.sweep));
+        let mut todo = Vec::new();
+        for p in self.prepared.iter().chain(&self.finals()) {
+            let action = decide(&self.sweep, p, &queued, true)?;
+            let ext: Vec<String> = p.spec.extends.iter().map(|e| short(e)).collect();
+            let _ =
+                writeln!(out, "  {}  {}  [{}] ({})", p.spec.name, p.summary, ext.join(" + "), action.label());
+            if matches!(action, Action::Resume | Action::Fresh { .. }) {
+                todo.push((p.clone(), action));
+            }
+        }
+        if let Some(s) = &self.selection {
+            for w in &s.waiting {
+                let _ =
+                    writeln!(out, "  {}  (the setting with the best validation accuracy; {})", w.name, w.why);
+            }
+            let _ = writeln!(
+                out,
+                "{} search runs + {} final runs",
+                self.prepared.len(),
+                s.finals.len() + s.waiting.len()
+            );
+        }
+        if self.req.executor == Executor::Slurm {
+            let _ = writeln!(out, "--- sbatch script ({} runs not done) ---", todo.len());
+            out.push_str(&slurm::script(&self.sweep, &todo, &self.req.slurm));
+            let _ = writeln!(out, "--- end of script ---");
+        }
+        let _ = writeln!(out, "runs: {}", self.planned());
+        Ok(out)
+    }
+
+    /// Whether the executor can run here (Slurm needs `sbatch`), before anything is built.
+    pub fn check_executor(&self) -> Result<()> {
+        if self.req.executor == Executor::Slurm && !slurm::available() {
+            bail!("sbatch is not on PATH: --executor slurm needs a Slurm client");
+        }
+        Ok(())
+    }
+
+    /// Records the plan and runs it with `cli` (the mlae-cli binary). Returns what to tell
+    /// the user once the command is done (Slurm: the job; local: nothing, the runs ran).
+    pub fn execute(self, cli: PathBuf) -> Result<String> {
+        self.check_executor()?;
+        let sweep = &self.sweep;
+        std::fs::create_dir_all(&sweep.root).map_err(io_err(&sweep.root))?;
+        write_json(&sweep.record(), &self.record)?;
+        let finals = self.finals();
+        let mut plan = read_json::<Plan>(&sweep.plan())?.unwrap_or_default();
+        plan.add(self.prepared.iter().chain(&finals).map(|p| &p.spec));
+        write_json(&sweep.plan(), &plan)?;
+        write_configs(&self.prepared)?;
+        write_configs(&finals)?;
+        if let Some(s) = &self.selection {
+            s.save(sweep)?;
+        }
+        match self.req.executor {
+            Executor::Slurm => self.submit(cli, &finals),
+            Executor::Local => self.run_local(cli, plan),
+        }
+    }
+
+    fn submit(&self, cli: PathBuf, finals: &[Prepared]) -> Result<String> {
+        let sweep = &self.sweep;
+        let opts = SlurmOptions { cli, ..self.req.slurm.clone() };
+        let queued = slurm::active(&slurm::queue_states(sweep));
+        let mut todo = Vec::new();
+        let (mut done, mut busy) = (0, 0);
+        for p in self.prepared.iter().chain(finals) {
+            match decide(sweep, p, &queued, false)? {
+                Action::Skip => done += 1,
+                Action::Busy(_) => busy += 1,
+                a => todo.push((p.clone(), a)),
+            }
+        }
+        tracing::info!("sweep: {} to submit, {done} done, {busy} still with Slurm", todo.len());
+        let mut out = String::new();
+        if !todo.is_empty() {
+            let job = slurm::submit(sweep, &todo, &opts)?;
+            let _ = writeln!(out, "submitted Slurm job array {job}: {} runs", todo.len());
+        }
+        if let Some(s) = &self.selection
+            && !s.waiting.is_empty()
+        {
+            let _ = writeln!(
+                out,
+                "{} final runs wait for their search runs; run this command again once those finish",
+                s.waiting.len()
+            );
+        }
+        let _ = writeln!(out, "follow it with: cargo xtask sweep --status {}", sweep.root.display());
+        Ok(out)
+    }
+
+    fn run_local(&self, cli: PathBuf, mut plan: Plan) -> Result<String> {
+        let sweep = &self.sweep;
+        let opts = LocalOptions {
+            cli,
+            workdir: self.req.root.clone(),
+            jobs: self.req.jobs.unwrap_or(self.req.devices.len().max(1)),
+            devices: self.req.devices.clone(),
+        };
+        let mut outcome = local::run_local(sweep, &self.prepared, &opts)?;
+        if let (Some(sel), false) = (&self.grid.select, outcome.interrupted) {
+            tracing::info!("\n==> final runs: per task, the setting with the best validation accuracy");
+            let s = select(sweep, &self.grid_name, &self.extra, &self.prepared, sel)?;
+            plan.add(s.finals.iter().map(|p| &p.spec));
+            write_json(&sweep.plan(), &plan)?;
+            write_configs(&s.finals)?;
+            s.save(sweep)?;
+            for w in &s.waiting {
+                tracing::info!("no final run for {}: {}", w.name, w.why);
+            }
+            outcome.absorb(local::run_local(sweep, &s.finals, &opts)?);
+        }
+        outcome.into_result(sweep)?;
+        Ok(String::new())
+    }
+}
+
+/// A grid by name (`configs/grids/<name>.toml`) or by path.
+fn grid_path(root: &Path, grid: &str) -> Result<PathBuf> {
+    let grids = root.join("configs/grids");
+    if !grid.contains('/') && !grid.ends_with(".toml") {
+        let named = grids.join(format!("{grid}.toml"));
+        if named.is_file() {
+            return Ok(named);
+        }
+        let mut known: Vec<String> = std::fs::read_dir(&grids)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.path().file_stem().and_then(|s| s.to_str()).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        known.sort();
+        bail!("--grid {grid}: not one of {} (or give a path to a grid file)", known.join(", "));
+    }
+    let path = PathBuf::from(grid);
+    if !path.is_file() {
+        return Err(SweepError::Invalid(format!("--grid {grid}: no such file")));
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    }
+
+    fn request(benchmark: &str, set: &[&str]) -> SweepRequest {
+        let root = root();
+        SweepRequest {
+            root: root.clone(),
+            benchmark: benchmark.into(),
+            grid: "paper".into(),
+            tasks: Vec::new(),
+            seeds: Vec::new(),
+            data_root: None,
+            checkpoint: None,
+            set: set.iter().map(|s| s.to_string()).collect(),
+            out: Some(std::env::temp_dir().join("mlae-sweep-plan-test-never-written")),
+            executor: Executor::Local,
+            jobs: None,
+            devices: Vec::new(),
+            slurm: SlurmOptions { workdir: root, ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn every_task_of_every_sweepable_benchmark_has_a_config() {
+        for bench in Benchmark::with_manifest() {
+            let tasks = bench.task_names().unwrap();
+            assert!(!tasks.is_empty(), "{bench:?}");
+            for t in tasks {
+                let path = root().join(format!("configs/{}/{t}.toml", bench.name()));
+                assert!(path.is_file(), "{} is missing", path.display());
+            }
+        }
+    }
+
+    #[test]
+    fn the_plan_checks_every_runs_whole_config_and_writes_nothing() {
+        let planned = plan(request("demo", &["train.epochs=2"])).unwrap();
+        assert_eq!(planned.planned(), planned.prepared.len());
+        assert!(planned.dry_run().unwrap().ends_with(&format!("runs: {}\n", planned.planned())));
+        let err = plan(request("demo", &["train.lr=-1"])).unwrap_err().to_string();
+        assert!(err.starts_with("run ") && err.contains("train.lr: must be positive"), "{err}");
+        let err = plan(request("demo", &["train.warmup_epochs=-2"])).unwrap_err().to_string();
+        assert!(err.contains("train.warmup_epochs"), "{err}");
+        let err = plan(request("imagenet", &[])).unwrap_err().to_string();
+        assert!(err.contains("vtab, fgvc, demo"), "{err}");
+        let err = plan(request("list", &[])).unwrap_err().to_string();
+        assert!(err.contains("--benchmark list"), "{err}");
+        assert!(!request("demo", &[]).out.unwrap().exists(), "planning writes nothing");
+    }
+}

@@ -1,0 +1,85 @@
+//! A planned run made concrete: its generated config, checked whole, and its fingerprint.
+
+use crate::config;
+use crate::dir::{SweepDir, write_file};
+use crate::error::{Result, io_err};
+use crate::grid::{self, RunSpec};
+use std::path::PathBuf;
+
+/// A run ready to launch: its spec, generated config and fingerprint.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub spec: RunSpec,
+    pub config: PathBuf,
+    pub text: String,
+    pub fingerprint: String,
+    /// The settings a reader checks first (method, p, init, protocol, epochs).
+    pub summary: String,
+}
+
+/// Keys shown for each run of a plan, when the merged config has them and the method uses
+/// them (masks and coefficients are MLAE's; linear probe and full fine-tuning have no dropout).
+const SHOWN: &[&str] = &[
+    "adapter.kind",
+    "adapter.dropout",
+    "adapter.coeff_init",
+    "adapter.mask.strategy",
+    "adapter.mask.pattern",
+    "data.protocol",
+    "train.epochs",
+];
+
+/// Builds each run's generated config, checks the whole config it resolves to, and
+/// fingerprints it. Writes nothing.
+pub fn prepare(
+    sweep: &SweepDir,
+    grid_name: &str,
+    extra: &[(String, toml::Value)],
+    specs: &[RunSpec],
+) -> Result<Vec<Prepared>> {
+    let runs_dir = sweep.runs_dir();
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let table = config::generated(spec, extra, &runs_dir)?;
+        let path = sweep.config(&spec.name);
+        let text = config::render(&table, &format!("grid {grid_name}, run {}", spec.name))?;
+        let merged = config::merged(&table, &path)?;
+        config::check_merged(&merged, &path, &spec.name)?;
+        let kind = config::get_path(&merged, "adapter.kind").and_then(|v| v.as_str()).unwrap_or("mlae");
+        let summary = SHOWN
+            .iter()
+            .filter(|k| kind == "mlae" || !(k.starts_with("adapter.mask") || **k == "adapter.coeff_init"))
+            .filter(|k| kind != "linear-probe" && kind != "full" || !k.starts_with("adapter.d"))
+            .filter_map(|k| config::get_path(&merged, k).map(|v| format!("{k}={}", grid::value_text(v))))
+            .collect::<Vec<_>>()
+            .join(" ");
+        out.push(Prepared {
+            spec: spec.clone(),
+            config: path,
+            text,
+            fingerprint: config::fingerprint(&merged),
+            summary,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes the runs' generated configs (only those whose text changed).
+pub fn write_configs(runs: &[Prepared]) -> Result<()> {
+    for p in runs {
+        if std::fs::read_to_string(&p.config).ok().as_deref() != Some(p.text.as_str()) {
+            write_file(&p.config, p.text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// The fingerprint of a run's generated config as the files it extends read now.
+pub fn current_fingerprint(sweep: &SweepDir, run: &str) -> Result<String> {
+    let path = sweep.config(run);
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        crate::error::SweepError::Invalid(format!("{} is not valid TOML: {e}", path.display()))
+    })?;
+    Ok(config::fingerprint(&config::merged(&table, &path)?))
+}
