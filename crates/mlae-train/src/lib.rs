@@ -2,13 +2,15 @@
 //!
 //! The crate owns everything between a config file and a finished run directory: the
 //! optimizer and schedule, the loop with evaluation and checkpoints, resume, and the files a
-//! run leaves behind (see [`rundir`]).
+//! run leaves behind (see [`rundir`]); and, for trained runs, the one [`evaluator`] that
+//! `eval`, `export` and `analyze` share with the loop, and the [`analysis`] of the experts.
 
 pub mod analysis;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod evaluator;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

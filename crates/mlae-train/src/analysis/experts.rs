@@ -1,15 +1,15 @@
 //! Expert contribution maps (paper Figures 6 and 7): where on an image each expert of one
 //! block acts, and the `experts_block<N>_<target>.json` report.
 
-use super::checkpoint_name;
 use super::plots::draw_expert_grid;
+use crate::config::Precision;
 use crate::error::{Result, TrainError};
-use crate::trainer::{self, WhichCheckpoint};
+use crate::evaluator::{Preprocess, WhichCheckpoint, load_run_model, transforms};
 use mlae_core::TargetLayer;
 use mlae_vit::AdaptedVit;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// How the feature maps' colours are scaled (min to max of the chosen group).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,18 +107,15 @@ pub fn load_run_images(
             .collect(),
         json: false,
     };
-    let (_, tf) = trainer::transforms(cfg.data.benchmark, cfg.model.image_size as u32);
+    let (_, tf) = transforms(cfg.data.benchmark, cfg.model.image_size as u32);
     let set = mlae_data::load_images(&list, &tf, 1, None, cfg.train.seed)?;
-    let (mean, std) = cfg.data.normalization.mean_std();
     let x = Tensor::from_data_size(
         set.pixels(),
         &[set.len as i64, set.height as i64, set.width as i64, 3],
         Kind::Uint8,
-    )
-    .permute([0, 3, 1, 2])
-    .to_kind(Kind::Float)
-        / 255.0;
-    let x = (x - Tensor::from_slice(&mean).view([1, 3, 1, 1])) / Tensor::from_slice(&std).view([1, 3, 1, 1]);
+    );
+    // fp32 on the CPU, where `load_run_model` puts the model.
+    let x = Preprocess::new(cfg.data.normalization, Precision::Fp32, Device::Cpu).apply(&x);
     Ok((set, x))
 }
 
@@ -163,7 +160,7 @@ pub fn expert_maps(
     if opts.cell < 8 {
         return Err(TrainError::Analysis(format!("cell size {} is below 8 pixels", opts.cell)));
     }
-    let (cfg, model) = trainer::load_run_model(run, opts.checkpoint)?;
+    let (cfg, model) = load_run_model(run, opts.checkpoint)?;
     let depth = model.config().depth as usize;
     if opts.block >= depth {
         return Err(TrainError::Analysis(format!(
@@ -212,7 +209,7 @@ pub fn expert_maps(
     let png_size = draw_expert_grid(&maps, &set, opts.scale, opts.cell, &out.join(&png))?;
     let output = ExpertMapsOutput {
         run: run.to_path_buf(),
-        checkpoint: checkpoint_name(opts.checkpoint).into(),
+        checkpoint: opts.checkpoint.name().into(),
         definition: EXPERT_MAP_DEFINITION.into(),
         scale: opts.scale,
         images: images.to_vec(),

@@ -4,7 +4,7 @@
 //! Both read adapters through [`mlae_vit::AdapterLayer::factors`], so every adapter kind is
 //! analysed the same way: MLAE's experts, LoRA's r rank-1 components (coefficient alpha / r),
 //! DMLoRA's branches (coefficient s / K). The numbers come from mlae-core; this module only
-//! gathers them per run and draws them.
+//! gathers them per run and draws them; runs are loaded through [`crate::evaluator`].
 //!
 //! One module per job: `similarity` computes the expert similarity, `experts` the
 //! contribution maps, `plots` draws both.
@@ -24,16 +24,6 @@ pub use plots::{
 pub use similarity::{
     LayerSimilarity, RunSimilarity, SIMILARITY_DEFINITION, SimilarityOutput, model_similarity, similarity,
 };
-
-use crate::trainer::WhichCheckpoint;
-
-/// The checkpoint's name in the reports.
-fn checkpoint_name(which: WhichCheckpoint) -> &'static str {
-    match which {
-        WhichCheckpoint::Best => "best",
-        WhichCheckpoint::Last => "last",
-    }
-}
 
 #[cfg(test)]
 mod tests {

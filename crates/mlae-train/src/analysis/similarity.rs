@@ -1,10 +1,9 @@
 //! Expert parameter similarity (paper appendix A.4, Figures 4 and 5): per adapted layer, the
 //! cosine between every pair of experts, per run the mean, and the `similarity.json` report.
 
-use super::checkpoint_name;
 use super::plots::{draw_similarity_bars, draw_similarity_heatmaps};
 use crate::error::{Result, TrainError};
-use crate::trainer::{self, WhichCheckpoint};
+use crate::evaluator::{WhichCheckpoint, load_run_model};
 use mlae_core::{AdapterKind, SimilarityReport, TargetLayer};
 use mlae_vit::{AdaptedVit, ExpertFactors};
 use ndarray::{Array1, Array2};
@@ -152,7 +151,7 @@ pub fn similarity(
     std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
     let mut results = Vec::with_capacity(runs.len());
     for run in runs {
-        let (cfg, model) = trainer::load_run_model(run, which)?;
+        let (cfg, model) = load_run_model(run, which)?;
         let (layers, mean) = model_similarity(&model).map_err(|e| match e {
             TrainError::Analysis(m) => TrainError::Analysis(format!("{}: {m}", run.display())),
             other => other,
@@ -163,7 +162,7 @@ pub fn similarity(
             label: cfg.adapter.kind.to_string(),
             task: cfg.data.task.clone(),
             method: cfg.adapter.kind,
-            checkpoint: checkpoint_name(which).into(),
+            checkpoint: which.name().into(),
             mean,
             layers,
             heatmap: String::new(),

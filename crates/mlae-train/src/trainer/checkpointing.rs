@@ -4,7 +4,7 @@
 use super::session::Session;
 use crate::checkpoint;
 use crate::error::{Result, TrainError};
-use mlae_vit::AdaptedVit;
+use crate::evaluator::copy_params;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -94,29 +94,6 @@ impl Session {
     pub(super) fn load_params(&self, path: &Path) -> Result<()> {
         copy_params(&self.model, &checkpoint::load(path)?, path)
     }
-}
-
-/// Copies a checkpoint's `model.*` tensors into the model's trainable parameters; a missing
-/// parameter or a shape mismatch is an error naming both.
-pub(crate) fn copy_params(model: &AdaptedVit, loaded: &checkpoint::Loaded, path: &Path) -> Result<()> {
-    let err = |message: String| TrainError::Checkpoint { path: path.to_path_buf(), message };
-    tch::no_grad(|| {
-        for (name, mut t, _) in model.trainable() {
-            let src = loaded
-                .tensors
-                .get(&format!("model.{name}"))
-                .ok_or_else(|| err(format!("parameter {name} is missing")))?;
-            if src.size() != t.size() {
-                return Err(err(format!(
-                    "parameter {name} has shape {:?}, the model has {:?}",
-                    src.size(),
-                    t.size()
-                )));
-            }
-            t.copy_(src);
-        }
-        Ok(())
-    })
 }
 
 /// The first 12 characters of a config hash, for messages.

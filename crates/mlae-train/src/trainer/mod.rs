@@ -5,24 +5,22 @@
 //! every step), the data order and augmentation. A run resumed from a checkpoint therefore
 //! replays exactly what the uninterrupted run would have done.
 //!
-//! The loop is split by job: [`session`] builds everything a run needs, [`train_loop`] runs
-//! the epochs, [`checkpointing`] saves and restores (resume), [`stage`] holds the one
-//! method-specific part (DMLoRA's stages), [`summary`] finishes the run, and [`eval`]
-//! evaluates.
+//! The loop is split by job: `session` builds everything a run needs, `train_loop` runs
+//! the epochs, `checkpointing` saves and restores (resume), `stage` holds the one
+//! method-specific part (DMLoRA's stages), and `summary` finishes the run. Evaluation is
+//! [`crate::evaluator`]'s, shared with `eval`, `export` and `analyze`.
 
 mod checkpointing;
-mod eval;
 mod session;
 mod stage;
 mod summary;
 mod train_loop;
 
-pub use eval::{EvalSource, WhichCheckpoint, evaluate_run, load_run_model};
-pub(crate) use session::transforms;
 pub use summary::Summary;
 
 use crate::config::ExperimentConfig;
 use crate::error::{Result, TrainError};
+use crate::evaluator::load_run_config;
 use crate::rundir::{RunDir, RunState};
 use session::Session;
 use std::path::Path;
@@ -88,14 +86,4 @@ pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
         tracing::warn!("{} has no checkpoint yet; starting from step 0", run_dir.display());
     }
     session.run(opts)
-}
-
-/// The resolved config stored in a run directory.
-pub fn load_run_config(run_dir: &Path) -> Result<ExperimentConfig> {
-    let path = run_dir.join("config.toml");
-    let text = std::fs::read_to_string(&path).map_err(crate::error::io_err(&path))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| TrainError::Config { path: path.clone(), message: e.to_string() })?;
-    ExperimentConfig::from_table(table, &path)
 }

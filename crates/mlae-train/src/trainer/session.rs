@@ -3,13 +3,16 @@
 //! touched.
 
 use super::checkpointing::LoopState;
-use crate::config::{ExperimentConfig, Precision, Protocol, parse_device};
+use crate::config::{ExperimentConfig, Protocol};
 use crate::error::{Result, TrainError};
+use crate::evaluator::{
+    Evaluator, build_model, load_eval_split, open_task, setup_device, transforms, warn_if_random_backbone,
+};
 use crate::metrics::GpuMemProbe;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rundir::RunDir;
 use crate::schedule::LrSchedule;
-use mlae_data::{Benchmark, ImageSet, Transform};
+use mlae_data::{ImageSet, Transform};
 use mlae_vit::{AdaptedVit, ParamRole};
 use std::collections::HashMap;
 use tch::{Device, Kind, Tensor};
@@ -43,7 +46,8 @@ pub(super) struct Session {
     pub(super) schedule: LrSchedule,
     pub(super) train: TrainData,
     pub(super) evals: Vec<(String, ImageSet)>,
-    pub(super) mean_std: (Tensor, Tensor),
+    /// Evaluates the model and preprocesses every batch, training batches included.
+    pub(super) evaluator: Evaluator,
     pub(super) total_steps: u64,
     pub(super) state: LoopState,
     pub(super) mem: GpuMemProbe,
@@ -57,40 +61,17 @@ impl Session {
         cfg: ExperimentConfig,
         open_run: impl FnOnce(&ExperimentConfig) -> Result<(RunDir, String)>,
     ) -> Result<Self> {
-        let device = parse_device(&cfg.train.device).map_err(TrainError::Invalid)?;
-        if let Some(n) = cfg.train.threads {
-            tch::set_num_threads(n as i32);
-        }
-        if device.is_cuda() {
-            tch::Cuda::cudnn_set_benchmark(true);
-        }
-        let task = mlae_data::open_task(&cfg.data_source())?;
+        let device = setup_device(&cfg)?;
+        let task = open_task(&cfg)?;
         let num_classes = task.num_classes;
-        if let Some(n) = cfg.model.num_classes
-            && n as usize != num_classes
-        {
-            return Err(TrainError::Invalid(format!(
-                "model.num_classes is {n} but task {} has {num_classes} classes",
-                cfg.data.task
-            )));
-        }
         let size = cfg.model.image_size as u32;
         let cache = Some(cfg.decoded_cache_dir());
-        let (train_tf, eval_tf) = transforms(cfg.data.benchmark, size);
+        let (train_tf, _) = transforms(cfg.data.benchmark, size);
 
         // The model first: a config that does not fit (image size vs patch, checkpoint
         // shapes) fails before any image is decoded.
-        let vit_cfg = cfg.vit_config(num_classes as i64);
-        let mut model = AdaptedVit::new(&vit_cfg, &cfg.adapter, cfg.train.seed, device)?;
-        if let Some(ck) = &cfg.model.checkpoint {
-            let report = model.load_backbone(ck, cfg.model.format)?;
-            tracing::info!("loaded backbone {}: {report}", ck.display());
-        } else {
-            tracing::warn!("model.checkpoint is not set: the backbone is randomly initialised");
-        }
-        if cfg.train.precision == Precision::Bf16 {
-            model.set_compute_kind(Kind::BFloat16);
-        }
+        warn_if_random_backbone(&cfg);
+        let model = build_model(&cfg, num_classes, device, cfg.train.precision)?;
 
         let train_list = task.split(&cfg.train_split())?;
         let train = match &train_tf {
@@ -124,16 +105,11 @@ impl Session {
         }
         let mut evals = Vec::new();
         for split in eval_splits {
-            let list = task.split(&split)?;
-            let set = mlae_data::load_images(&list, &eval_tf, num_classes, cache.as_deref(), cfg.train.seed)?;
+            let set = load_eval_split(&cfg, &task, &split)?;
             evals.push((split, set));
         }
 
-        let (mean, std) = cfg.data.normalization.mean_std();
-        let mean_std = (
-            Tensor::from_slice(&mean).view([1, 3, 1, 1]).to_device(device),
-            Tensor::from_slice(&std).view([1, 3, 1, 1]).to_device(device),
-        );
+        let evaluator = Evaluator::new(&cfg, device);
 
         let n = train.len();
         if n == 0 {
@@ -178,30 +154,11 @@ impl Session {
             schedule,
             train,
             evals,
-            mean_std,
+            evaluator,
             total_steps,
             state,
             mem: GpuMemProbe::new(),
             device_label,
         })
-    }
-
-    /// Normalised float images (N,3,H,W) from uint8 HWC on the device.
-    pub(super) fn preprocess(&self, u8_nhwc: &Tensor) -> Tensor {
-        let x = u8_nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
-        let x = (x - &self.mean_std.0) / &self.mean_std.1;
-        match self.cfg.train.precision {
-            Precision::Fp32 => x,
-            Precision::Bf16 => x.to_kind(Kind::BFloat16),
-        }
-    }
-}
-
-/// The transforms for a benchmark: (train, eval). FGVC trains on random resized crops with
-/// flips and evaluates on a centre crop (VPT); everything else is VTAB's direct resize.
-pub(crate) fn transforms(benchmark: Benchmark, size: u32) -> (Transform, Transform) {
-    match benchmark {
-        Benchmark::Fgvc => (Transform::fgvc_train(size), Transform::fgvc_eval(size)),
-        _ => (Transform::vtab(size), Transform::vtab(size)),
     }
 }

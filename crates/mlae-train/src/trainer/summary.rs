@@ -73,7 +73,7 @@ impl Session {
             .collect();
         let final_test = match rows.last().and_then(|m| m.eval.get(&test_split)) {
             Some(r) if rows.last().is_some_and(|m| m.epoch == self.state.epoch) => r.acc,
-            _ => self.evaluate(test_set, None).acc,
+            _ => self.evaluator.evaluate(&self.model, test_set, None).acc,
         };
         let best_test = rows
             .iter()
@@ -91,7 +91,7 @@ impl Session {
                 let selected_acc = if best.is_file() {
                     let current = self.model_snapshot();
                     self.load_params(&best)?;
-                    let acc = self.evaluate(test_set, None).acc;
+                    let acc = self.evaluator.evaluate(&self.model, test_set, None).acc;
                     self.restore_params(current);
                     acc
                 } else {

@@ -19,9 +19,10 @@ impl Session {
     fn train_batch(&self, idx: &[i64], epoch: u64) -> (Tensor, Tensor) {
         let index = Tensor::from_slice(idx).to_device(self.device);
         match &self.train {
-            TrainData::Resident { images, labels, .. } => {
-                (self.preprocess(&images.index_select(0, &index)), labels.index_select(0, &index))
-            }
+            TrainData::Resident { images, labels, .. } => (
+                self.evaluator.preprocess().apply(&images.index_select(0, &index)),
+                labels.index_select(0, &index),
+            ),
             TrainData::Augmented { set, labels, size } => {
                 let idx_usize: Vec<usize> = idx.iter().map(|&i| i as usize).collect();
                 let mut buf = vec![0u8; idx.len() * size * size * 3];
@@ -32,7 +33,7 @@ impl Session {
                     Kind::Uint8,
                 )
                 .to_device(self.device);
-                (self.preprocess(&x), labels.index_select(0, &index))
+                (self.evaluator.preprocess().apply(&x), labels.index_select(0, &index))
             }
         }
     }
@@ -167,7 +168,7 @@ impl Session {
         let mut eval = BTreeMap::new();
         if epoch.is_multiple_of(t.eval_every) || last {
             for (split, set) in &self.evals {
-                eval.insert(split.clone(), self.evaluate(set, None));
+                eval.insert(split.clone(), self.evaluator.evaluate(&self.model, set, None));
             }
         }
         let selection = match self.cfg.data.protocol {
