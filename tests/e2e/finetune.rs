@@ -91,6 +91,17 @@ fn eval_and_exports_reproduce_the_summary() {
     assert_eq!(t.size(), [24, CLASSES as i64]);
     assert_eq!(t.kind(), tch::Kind::Float);
 
+    // eval opens the run for inference only (no training split, no optimizer): with the
+    // training lists gone it reproduces the logits. The exports and evals below run without
+    // them too.
+    for list in ["train800.txt", "train800val200.txt"] {
+        std::fs::remove_file(tmp.path().join("data/kitti").join(list)).unwrap();
+    }
+    let without_train = tmp.path().join("logits_without_train.npy");
+    let out = run_ok(&["eval", "--run", s(&run), "--dump-logits", s(&without_train)]);
+    assert!((accuracy(&out) - want).abs() < 5e-5, "{out}");
+    assert!(t.equal(&tch::Tensor::read_npy(&without_train).unwrap()), "eval depends on the training split");
+
     // The adapter export, loaded back onto the backbone, gives the same logits.
     let adapter = tmp.path().join("adapter.safetensors");
     run_ok(&["export", "--run", s(&run), "--format", "adapter", "--out", s(&adapter)]);

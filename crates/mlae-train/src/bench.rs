@@ -7,7 +7,9 @@
 //! into the weights, interleaved per batch size so that drift on a shared machine hits all
 //! three alike. Each figure is a median over timed iterations.
 
+use crate::config::Precision;
 use crate::error::{Result, TrainError};
+use crate::evaluator::Preprocess;
 use crate::metrics::{GpuMemProbe, peak_rss_mb};
 use crate::optim::{AdamW, AdamWConfig, ParamGroup};
 use mlae_core::{AdapterKind, AdapterSpec};
@@ -99,19 +101,9 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// ImageNet mean/std as `(1, 3, 1, 1)` tensors on the device (the value does not change the cost).
-fn mean_std(device: Device) -> (Tensor, Tensor) {
-    let (m, s) = mlae_data::Normalization::Imagenet.mean_std();
-    (
-        Tensor::from_slice(&m).view([1, 3, 1, 1]).to_device(device),
-        Tensor::from_slice(&s).view([1, 3, 1, 1]).to_device(device),
-    )
-}
-
-/// The trainer's preprocessing: uint8 NHWC to normalised float NCHW.
-fn preprocess(u8_nhwc: &Tensor, ms: &(Tensor, Tensor)) -> Tensor {
-    let x = u8_nhwc.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
-    (x - &ms.0) / &ms.1
+/// The trainer's preprocessing with ImageNet mean/std in fp32 (the values do not change the cost).
+fn preprocess(device: Device) -> Preprocess {
+    Preprocess::new(mlae_data::Normalization::Imagenet, Precision::Fp32, device)
 }
 
 fn check(cfg: &BenchConfig) -> Result<()> {
@@ -137,7 +129,7 @@ pub fn bench_train(cfg: &BenchConfig) -> Result<TrainBench> {
     let n = (4 * cfg.batch) as i64;
     let images = Tensor::randint(256, [n, size, size, 3], (Kind::Uint8, device));
     let labels = Tensor::randint(cfg.vit.num_classes, [n], (Kind::Int64, device));
-    let ms = mean_std(device);
+    let prep = preprocess(device);
     let groups = vec![
         ParamGroup { name: "main".into(), weight_decay: BENCH_WEIGHT_DECAY },
         ParamGroup { name: "scales".into(), weight_decay: BENCH_WEIGHT_DECAY },
@@ -161,7 +153,7 @@ pub fn bench_train(cfg: &BenchConfig) -> Result<TrainBench> {
         tch::manual_seed((cfg.seed ^ step) as i64);
         let first = (step as usize % 4) * cfg.batch;
         let index = Tensor::from_slice(&order[first..first + cfg.batch]).to_device(device);
-        let x = preprocess(&images.index_select(0, &index), &ms);
+        let x = prep.apply(&images.index_select(0, &index));
         let y = labels.index_select(0, &index);
         let logits = model.forward_t(&x, &ForwardCtx::train(step, total)).to_kind(Kind::Float);
         let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
@@ -245,19 +237,19 @@ pub fn bench_infer(cfg: &BenchConfig) -> Result<InferBench> {
     let variants: [(&str, &AdaptedVit); 3] = [("base", &base), ("unmerged", &unmerged), ("merged", &merged)];
     let ctx = ForwardCtx::eval();
     let size = cfg.vit.image_size;
-    let ms = mean_std(device);
+    let prep = preprocess(device);
     let sync = |t: &Tensor| {
         // Reading one value back waits for the device, as a real caller would.
         let _ = t.double_value(&[0, 0]);
     };
     let merge_max_abs_diff = tch::no_grad(|| {
-        let x = preprocess(&Tensor::randint(256, [2, size, size, 3], (Kind::Uint8, device)), &ms);
+        let x = prep.apply(&Tensor::randint(256, [2, size, size, 3], (Kind::Uint8, device)));
         (unmerged.forward_t(&x, &ctx) - merged.forward_t(&x, &ctx)).abs().max().double_value(&[])
     });
     let mut times: BTreeMap<(usize, usize), Vec<f64>> = BTreeMap::new();
     for round in 0..cfg.rounds {
         for &bs in &cfg.infer_batches {
-            let x = preprocess(&Tensor::randint(256, [bs as i64, size, size, 3], (Kind::Uint8, device)), &ms);
+            let x = prep.apply(&Tensor::randint(256, [bs as i64, size, size, 3], (Kind::Uint8, device)));
             for (v, (name, model)) in variants.iter().enumerate() {
                 tch::no_grad(|| {
                     for i in 0..cfg.warmup + cfg.steps {

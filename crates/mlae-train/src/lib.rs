@@ -3,13 +3,16 @@
 //! The crate owns everything between a config file and a finished run directory: the
 //! optimizer and schedule, the loop with evaluation and checkpoints, resume, and writing the
 //! files a run leaves behind. Their formats (the config, the run directory's layout and
-//! records) are mlae-formats', re-exported in [`config`] and [`rundir`].
+//! records) are mlae-formats', re-exported in [`config`] and [`rundir`]. For trained runs it
+//! has the one [`evaluator`] that `eval`, `export` and `analyze` share with the loop, and the
+//! [`analysis`] of the experts.
 
 pub mod analysis;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod evaluator;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

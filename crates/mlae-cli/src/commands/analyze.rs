@@ -4,7 +4,7 @@
 use anyhow::{Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use mlae_train::analysis::{self, ExpertMapOptions, MapScale};
-use mlae_train::trainer::WhichCheckpoint;
+use mlae_train::evaluator::WhichCheckpoint;
 use mlae_vit::TargetLayer;
 use std::path::PathBuf;
 use std::process::ExitCode;

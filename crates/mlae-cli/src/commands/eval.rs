@@ -2,8 +2,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use mlae_train::config::Protocol;
-use mlae_train::trainer::{self, EvalSource, WhichCheckpoint};
+use mlae_train::evaluator::{ModelSource, OpenRun, WhichCheckpoint};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,23 +36,23 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: &EvalArgs) -> Result<ExitCode> {
-    let cfg = trainer::load_run_config(&args.run)?;
+    // Opens the run for inference only: no training data, no optimizer.
+    let run = OpenRun::open(&args.run)?;
     let source = match (&args.adapter, &args.merged, args.checkpoint) {
-        (Some(a), _, _) => EvalSource::Adapter(a.clone()),
-        (_, Some(m), _) => EvalSource::Merged(m.clone()),
-        (_, _, Some(Which::Best)) => EvalSource::Checkpoint(WhichCheckpoint::Best),
-        (_, _, Some(Which::Last)) => EvalSource::Checkpoint(WhichCheckpoint::Last),
-        _ if cfg.data.protocol == Protocol::Val => EvalSource::Checkpoint(WhichCheckpoint::Best),
-        _ => EvalSource::Checkpoint(WhichCheckpoint::Last),
+        (Some(a), _, _) => ModelSource::Adapter(a.clone()),
+        (_, Some(m), _) => ModelSource::Merged(m.clone()),
+        (_, _, Some(Which::Best)) => ModelSource::Checkpoint(WhichCheckpoint::Best),
+        (_, _, Some(Which::Last)) => ModelSource::Checkpoint(WhichCheckpoint::Last),
+        _ => ModelSource::Checkpoint(WhichCheckpoint::reported(run.cfg.data.protocol)),
     };
-    let (result, logits, classes) = trainer::evaluate_run(&args.run, args.split.as_deref(), &source)?;
+    let out = run.evaluate(args.split.as_deref(), &source)?;
+    let (result, classes) = (&out.result, out.classes);
     if let Some(path) = &args.dump_logits {
-        let t = tch::Tensor::from_slice(&logits).view([result.n as i64, classes as i64]);
+        let t = tch::Tensor::from_slice(&out.logits).view([result.n as i64, classes as i64]);
         t.write_npy(path).with_context(|| format!("cannot write {}", path.display()))?;
         println!("logits: {} ({} x {classes}, float32)", path.display(), result.n);
     }
-    let split = args.split.clone().unwrap_or_else(|| cfg.test_split());
-    println!("{split}: {} images, loss {:.4}", result.n, result.loss);
+    println!("{}: {} images, loss {:.4}", out.split, result.n, result.loss);
     println!("accuracy: {:.4}", result.acc);
     Ok(ExitCode::SUCCESS)
 }

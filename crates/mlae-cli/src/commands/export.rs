@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use mlae_train::trainer::{self, WhichCheckpoint};
+use mlae_train::evaluator::{self, WhichCheckpoint};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,7 +35,7 @@ pub struct ExportArgs {
 
 pub fn run(args: &ExportArgs) -> Result<ExitCode> {
     let which = if args.best { WhichCheckpoint::Best } else { WhichCheckpoint::Last };
-    let (_, mut model) = trainer::load_run_model(&args.run, which)?;
+    let (_, mut model) = evaluator::load_run_model(&args.run, which)?;
     match args.format {
         Format::Adapter => model.save_adapter(&args.out)?,
         Format::Merged => {

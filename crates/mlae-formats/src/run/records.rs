@@ -112,6 +112,25 @@ pub enum WhichCheckpoint {
     Last,
 }
 
+impl WhichCheckpoint {
+    /// The checkpoint whose test accuracy a run reports: `best` for the `val` protocol (the
+    /// selected epoch), `last` for `paper` (the final epoch).
+    pub fn reported(protocol: crate::Protocol) -> Self {
+        match protocol {
+            crate::Protocol::Val => WhichCheckpoint::Best,
+            crate::Protocol::Paper => WhichCheckpoint::Last,
+        }
+    }
+
+    /// `best` or `last`, as in the file names and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            WhichCheckpoint::Best => "best",
+            WhichCheckpoint::Last => "last",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

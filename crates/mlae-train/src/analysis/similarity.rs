@@ -1,0 +1,197 @@
+//! Expert parameter similarity (paper appendix A.4, Figures 4 and 5): per adapted layer, the
+//! cosine between every pair of experts, per run the mean, and the `similarity.json` report.
+
+use super::plots::{draw_similarity_bars, draw_similarity_heatmaps};
+use crate::error::{Result, TrainError};
+use crate::evaluator::{WhichCheckpoint, load_run_model};
+use mlae_core::{AdapterKind, SimilarityReport, TargetLayer};
+use mlae_vit::{AdaptedVit, ExpertFactors};
+use ndarray::{Array1, Array2};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// What the similarity numbers are, written into the JSON so the file explains itself.
+pub const SIMILARITY_DEFINITION: &str = "cosine similarity between the flattened expert matrices \
+lambda_i B_i^T A_i of one adapted layer (paper appendix A.4; for LoRA the experts are the r \
+rank-1 products column_i(B) row_i(A) scaled by alpha/r); `mean` of a layer averages the pairs \
+i < j, the run's `mean` averages the layers (layers with one expert are skipped); computed \
+with mlae-core's factorised formula, no expert matrix is built";
+
+/// One adapted layer's expert similarity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSimilarity {
+    /// `blocks.N.attn.qkv`, as in the tensor names.
+    pub name: String,
+    pub block: usize,
+    pub target: TargetLayer,
+    pub experts: usize,
+    pub expert_rank: usize,
+    /// Mean over the pairs i < j; `None` for a single expert.
+    pub mean: Option<f64>,
+    /// The `experts x experts` cosine matrix, row by row.
+    pub matrix: Vec<Vec<f64>>,
+}
+
+/// The similarity of every adapted layer of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSimilarity {
+    pub run: PathBuf,
+    /// The run's name in plots (the method, or the directory name where that is ambiguous).
+    pub label: String,
+    pub task: String,
+    pub method: AdapterKind,
+    /// `last` or `best`.
+    pub checkpoint: String,
+    /// Mean of the layers' means; `None` when no layer has two experts.
+    pub mean: Option<f64>,
+    pub layers: Vec<LayerSimilarity>,
+    /// The heatmap PNG of this run, relative to the output directory.
+    pub heatmap: String,
+}
+
+/// `similarity.json`: every analysed run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimilarityOutput {
+    pub definition: String,
+    pub runs: Vec<RunSimilarity>,
+    /// The bar chart comparing the runs (paper Fig. 4), relative to the output directory.
+    pub bar_chart: String,
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+/// A 2-D f32 tensor as an ndarray (copied to the CPU).
+pub(super) fn array2(t: &Tensor) -> Result<Array2<f32>> {
+    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let (r, c) = t.size2()?;
+    let v = Vec::<f32>::try_from(t.view(-1))?;
+    Array2::from_shape_vec((r as usize, c as usize), v)
+        .map_err(|e| TrainError::Analysis(format!("internal shape error: {e}")))
+}
+
+pub(super) fn array1(t: &Tensor) -> Result<Array1<f32>> {
+    let t = t.detach().to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    Ok(Array1::from_vec(Vec::<f32>::try_from(t.view(-1))?))
+}
+
+/// The factors of one adapter as ndarrays: A `(n k, in)`, and B with the coefficients folded
+/// in, `(n k, out)`, so that expert i is exactly `B'_i^T A_i = lambda_i B_i^T A_i`.
+fn folded_factors(f: &ExpertFactors) -> Result<(Array2<f32>, Array2<f32>)> {
+    let (a, b, c) = (array2(&f.a)?, array2(&f.b)?, array1(&f.coefficients)?);
+    mlae_core::check_expert_shapes(a.view(), b.view(), Some(c.len()), None, f.expert_rank)?;
+    let b = mlae_core::fold_lambda_into_b(b.view(), c.view(), f.expert_rank);
+    Ok((a, b))
+}
+
+/// The expert similarity of every adapted layer of a model, in plan order, and their mean.
+/// The experts include their coefficients, so a negative lambda flips the sign of its row
+/// and column; cosine ignores the coefficients' size.
+pub fn model_similarity(model: &AdaptedVit) -> Result<(Vec<LayerSimilarity>, Option<f64>)> {
+    let adapters: Vec<_> = model.adapters().collect();
+    if adapters.is_empty() {
+        return Err(TrainError::Analysis(format!(
+            "the model has no adapter layers (method {}): nothing to compare",
+            model.plan().kind
+        )));
+    }
+    let mut factors = Vec::with_capacity(adapters.len());
+    for a in &adapters {
+        factors.push((a.layer_plan().clone(), a.factors().expert_rank, folded_factors(&a.factors())?));
+    }
+    let report = SimilarityReport::try_from_layers(
+        factors.iter().map(|(plan, k, (a, b))| (plan.name(), a.view(), b.view(), *k)),
+    )?;
+    let layers = report
+        .layers
+        .into_iter()
+        .zip(&factors)
+        .map(|(l, (plan, k, _))| LayerSimilarity {
+            name: l.name,
+            block: plan.block,
+            target: plan.target,
+            experts: plan.experts,
+            expert_rank: *k,
+            mean: finite(l.mean),
+            matrix: l.matrix.outer_iter().map(|r| r.to_vec()).collect(),
+        })
+        .collect();
+    Ok((layers, finite(report.mean)))
+}
+
+/// File-name-safe version of a label.
+fn slug(s: &str) -> String {
+    let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    if s.is_empty() { "run".into() } else { s }
+}
+
+/// `mlae-cli analyze similarity`: the similarity of every run (JSON), one heatmap PNG per run
+/// (paper Fig. 5) and a bar chart of the runs' means grouped by task (Fig. 4), all in `out`.
+///
+/// `labels` name the runs in the plots (one per run, or empty); by default a run is called by
+/// its method, or by its directory name when two runs of one task share a method.
+pub fn similarity(
+    runs: &[PathBuf],
+    labels: &[String],
+    which: WhichCheckpoint,
+    out: &Path,
+) -> Result<SimilarityOutput> {
+    if runs.is_empty() {
+        return Err(TrainError::Analysis("no run given".into()));
+    }
+    if !labels.is_empty() && labels.len() != runs.len() {
+        return Err(TrainError::Analysis(format!(
+            "{} labels for {} runs: give one label per run or none",
+            labels.len(),
+            runs.len()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
+    let mut results = Vec::with_capacity(runs.len());
+    for run in runs {
+        let (cfg, model) = load_run_model(run, which)?;
+        let (layers, mean) = model_similarity(&model).map_err(|e| match e {
+            TrainError::Analysis(m) => TrainError::Analysis(format!("{}: {m}", run.display())),
+            other => other,
+        })?;
+        tracing::info!("{}: mean expert similarity {:?}", run.display(), mean);
+        results.push(RunSimilarity {
+            run: run.clone(),
+            label: cfg.adapter.kind.to_string(),
+            task: cfg.data.task.clone(),
+            method: cfg.adapter.kind,
+            checkpoint: which.name().into(),
+            mean,
+            layers,
+            heatmap: String::new(),
+        });
+    }
+    if labels.is_empty() {
+        let keys: Vec<(String, String)> = results.iter().map(|r| (r.task.clone(), r.label.clone())).collect();
+        for (i, r) in results.iter_mut().enumerate() {
+            if keys.iter().filter(|k| **k == keys[i]).count() > 1 {
+                r.label = dir_name(&r.run);
+            }
+        }
+    } else {
+        for (r, l) in results.iter_mut().zip(labels) {
+            r.label = l.clone();
+        }
+    }
+    for (i, r) in results.iter_mut().enumerate() {
+        r.heatmap = format!("similarity_{}_{}.png", i + 1, slug(&dir_name(&r.run)));
+        draw_similarity_heatmaps(r, &out.join(&r.heatmap))?;
+    }
+    let bar_chart = "similarity_means.png".to_string();
+    draw_similarity_bars(&results, &out.join(&bar_chart))?;
+    let output = SimilarityOutput { definition: SIMILARITY_DEFINITION.into(), runs: results, bar_chart };
+    let text = serde_json::to_string_pretty(&output).expect("plain data serialises");
+    crate::rundir::write_atomic(&out.join("similarity.json"), text.as_bytes())?;
+    Ok(output)
+}
+
+fn dir_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+}

@@ -1,0 +1,89 @@
+//! The training loop: config in, finished run directory out.
+//!
+//! Everything random is a pure function of (seed, step) or (seed, epoch): expert masks
+//! (mlae-core's sampler), dropout and drop-path (libtorch's generator is re-seeded before
+//! every step), the data order and augmentation. A run resumed from a checkpoint therefore
+//! replays exactly what the uninterrupted run would have done.
+//!
+//! The loop is split by job: `session` builds everything a run needs, `train_loop` runs
+//! the epochs, `checkpointing` saves and restores (resume), `stage` holds the one
+//! method-specific part (DMLoRA's stages), and `summary` finishes the run. Evaluation is
+//! [`crate::evaluator`]'s, shared with `eval`, `export` and `analyze`.
+
+mod checkpointing;
+mod session;
+mod stage;
+mod summary;
+mod train_loop;
+
+pub use summary::Summary;
+
+use crate::config::ExperimentConfig;
+use crate::error::{Result, TrainError};
+use crate::evaluator::load_run_config;
+use crate::rundir::{RunDir, RunState};
+use session::Session;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+/// How a run is started, beyond its config.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Overwrite an existing run directory.
+    pub force: bool,
+    /// Show a progress bar when stderr is a terminal.
+    pub progress: bool,
+    /// Set by a Ctrl-C handler: the loop writes a checkpoint and stops cleanly.
+    pub interrupt: Option<Arc<AtomicBool>>,
+    /// Behave as if interrupted once this many optimizer steps are done (counted from the
+    /// start of the run, not of this process): a deterministic Ctrl-C for testing resume.
+    pub interrupt_at_step: Option<u64>,
+}
+
+/// Starts a new run from a config.
+pub fn finetune(cfg: ExperimentConfig, opts: &RunOptions) -> Result<Summary> {
+    // Refuse an occupied directory before any work, but create it only once the model and
+    // data are known to fit, so a config that cannot run leaves nothing behind.
+    RunDir::check_new(&cfg.run_dir(), opts.force)?;
+    let mut session = Session::build(cfg, |cfg| {
+        let run = RunDir::create(&cfg.run_dir(), opts.force)?;
+        let hash = run.write_config(&cfg.to_toml())?;
+        Ok((run, hash))
+    })?;
+    session.run(opts)
+}
+
+/// Continues a run from `checkpoints/last.safetensors` in its directory.
+pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
+    let run = RunDir::open(run_dir)?;
+    if let Some(s) = crate::rundir::read_status(run_dir)
+        && s.state == RunState::Finished
+        && run.summary_path().is_file()
+    {
+        tracing::info!("{} already finished; nothing to resume", run_dir.display());
+        let text =
+            std::fs::read_to_string(run.summary_path()).map_err(crate::error::io_err(run.summary_path()))?;
+        return serde_json::from_str(&text).map_err(|e| TrainError::RunDir {
+            path: run.summary_path(),
+            message: format!("unreadable summary: {e}"),
+        });
+    }
+    let cfg = load_run_config(run_dir)?;
+    let text = std::fs::read_to_string(run.config_path()).map_err(crate::error::io_err(run.config_path()))?;
+    let hash = crate::rundir::config_hash(&text);
+    let mut session = Session::build(cfg, |_| Ok((run, hash)))?;
+    let last = session.run.last_checkpoint();
+    if last.is_file() {
+        session.restore(&last)?;
+        tracing::info!(
+            "resuming {} at step {} (epoch {})",
+            run_dir.display(),
+            session.state.step,
+            session.state.epoch
+        );
+    } else {
+        tracing::warn!("{} has no checkpoint yet; starting from step 0", run_dir.display());
+    }
+    session.run(opts)
+}

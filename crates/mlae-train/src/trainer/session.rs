@@ -1,0 +1,164 @@
+//! Session set-up: everything a run needs before its first step (device, model, data,
+//! optimizer, schedule), built from a config and checked to fit before the run directory is
+//! touched.
+
+use super::checkpointing::LoopState;
+use crate::config::{ExperimentConfig, Protocol};
+use crate::error::{Result, TrainError};
+use crate::evaluator::{
+    Evaluator, build_model, load_eval_split, open_task, setup_device, transforms, warn_if_random_backbone,
+};
+use crate::metrics::GpuMemProbe;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rundir::RunDir;
+use crate::schedule::LrSchedule;
+use mlae_data::{ImageSet, Transform};
+use mlae_vit::{AdaptedVit, ParamRole};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+/// Training images, resident on the device (deterministic transforms) or produced per batch
+/// on the CPU (augmentation).
+pub(super) enum TrainData {
+    Resident { images: Tensor, labels: Tensor, len: usize },
+    Augmented { set: mlae_data::AugmentedSet, labels: Tensor, size: usize },
+}
+
+impl TrainData {
+    pub(super) fn len(&self) -> usize {
+        match self {
+            TrainData::Resident { len, .. } => *len,
+            TrainData::Augmented { set, .. } => set.len(),
+        }
+    }
+}
+
+/// One run being trained: its config and directory, the model, the optimizer, the data
+/// and the loop state.
+pub(super) struct Session {
+    pub(super) cfg: ExperimentConfig,
+    pub(super) run: RunDir,
+    pub(super) device: Device,
+    pub(super) model: AdaptedVit,
+    pub(super) opt: AdamW,
+    /// Role of each optimizer parameter, by name (DMLoRA's stage 2 freezes by role).
+    pub(super) roles: HashMap<String, ParamRole>,
+    pub(super) schedule: LrSchedule,
+    pub(super) train: TrainData,
+    pub(super) evals: Vec<(String, ImageSet)>,
+    /// Evaluates the model and preprocesses every batch, training batches included.
+    pub(super) evaluator: Evaluator,
+    pub(super) total_steps: u64,
+    pub(super) state: LoopState,
+    pub(super) mem: GpuMemProbe,
+    pub(super) device_label: String,
+}
+
+impl Session {
+    /// Loads the data and builds the model; `open_run` is called only once both fit, to get
+    /// the run directory and its config hash.
+    pub(super) fn build(
+        cfg: ExperimentConfig,
+        open_run: impl FnOnce(&ExperimentConfig) -> Result<(RunDir, String)>,
+    ) -> Result<Self> {
+        let device = setup_device(&cfg)?;
+        let task = open_task(&cfg)?;
+        let num_classes = task.num_classes;
+        let size = cfg.model.image_size as u32;
+        let cache = Some(cfg.decoded_cache_dir());
+        let (train_tf, _) = transforms(cfg.data.benchmark, size);
+
+        // The model first: a config that does not fit (image size vs patch, checkpoint
+        // shapes) fails before any image is decoded.
+        warn_if_random_backbone(&cfg);
+        let model = build_model(&cfg, num_classes, device, cfg.train.precision)?;
+
+        let train_list = task.split(&cfg.train_split())?;
+        let train = match &train_tf {
+            Transform::RandomResizedCropFlip { .. } => {
+                let set =
+                    mlae_data::AugmentedSet::new(&train_list, &train_tf, num_classes, cache.as_deref())?;
+                let labels = Tensor::from_slice(set.labels()).to_device(device);
+                TrainData::Augmented { set, labels, size: size as usize }
+            }
+            _ => {
+                let set = mlae_data::load_images(
+                    &train_list,
+                    &train_tf,
+                    num_classes,
+                    cache.as_deref(),
+                    cfg.train.seed,
+                )?;
+                let images = Tensor::from_data_size(
+                    set.pixels(),
+                    &[set.len as i64, set.height as i64, set.width as i64, 3],
+                    Kind::Uint8,
+                )
+                .to_device(device);
+                let labels = Tensor::from_slice(&set.labels).to_device(device);
+                TrainData::Resident { images, labels, len: set.len }
+            }
+        };
+        let mut eval_splits = vec![cfg.test_split()];
+        if cfg.data.protocol == Protocol::Val {
+            eval_splits.insert(0, cfg.val_split());
+        }
+        let mut evals = Vec::new();
+        for split in eval_splits {
+            let set = load_eval_split(&cfg, &task, &split)?;
+            evals.push((split, set));
+        }
+
+        let evaluator = Evaluator::new(&cfg, device);
+
+        let n = train.len();
+        if n == 0 {
+            return Err(TrainError::Invalid(format!("the training split {} is empty", cfg.train_split())));
+        }
+        let steps_per_epoch = n.div_ceil(cfg.train.batch_size) as u64;
+        let total_steps = steps_per_epoch * cfg.train.epochs;
+        let schedule = LrSchedule {
+            kind: cfg.train.schedule,
+            peak: cfg.train.lr,
+            min_lr: cfg.train.min_lr,
+            warmup_steps: (cfg.train.warmup_epochs * steps_per_epoch as f64).round() as u64,
+            warmup_start: cfg.train.warmup_lr,
+            total_steps,
+        };
+
+        let (groups, params, roles) = super::stage::param_groups(&model, cfg.train.weight_decay);
+        let opt = AdamW::new(AdamWConfig::default(), groups, params);
+
+        let info = mlae_vit::runtime::runtime_info();
+        let device_label = info.device_label(device);
+        let count = model.param_count();
+        tracing::info!(
+            "{} on {}: {} trainable parameters (adapter {}, head {}), {} training images, {} steps/epoch",
+            cfg.data.task,
+            device_label,
+            count.trainable,
+            count.adapter,
+            count.head,
+            n,
+            steps_per_epoch
+        );
+        let (run, config_hash) = open_run(&cfg)?;
+        let state = LoopState { config_hash, ..LoopState::default() };
+        Ok(Self {
+            cfg,
+            run,
+            device,
+            model,
+            opt,
+            roles,
+            schedule,
+            train,
+            evals,
+            evaluator,
+            total_steps,
+            state,
+            mem: GpuMemProbe::new(),
+            device_label,
+        })
+    }
+}

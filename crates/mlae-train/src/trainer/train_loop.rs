@@ -1,0 +1,259 @@
+//! The training loop: epochs of seeded batches, one optimizer step each, an evaluation and
+//! checkpoints at the end of every epoch, and a clean stop on an interrupt.
+
+use super::session::{Session, TrainData};
+use super::{RunOptions, Summary};
+use crate::config::Protocol;
+use crate::error::{Result, TrainError};
+use crate::metrics::{EpochMetrics, peak_rss_mb};
+use crate::progress::Progress;
+use crate::rundir::{RunState, Status};
+use mlae_vit::ForwardCtx;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+impl Session {
+    /// The preprocessed images and the labels of one training batch.
+    fn train_batch(&self, idx: &[i64], epoch: u64) -> (Tensor, Tensor) {
+        let index = Tensor::from_slice(idx).to_device(self.device);
+        match &self.train {
+            TrainData::Resident { images, labels, .. } => (
+                self.evaluator.preprocess().apply(&images.index_select(0, &index)),
+                labels.index_select(0, &index),
+            ),
+            TrainData::Augmented { set, labels, size } => {
+                let idx_usize: Vec<usize> = idx.iter().map(|&i| i as usize).collect();
+                let mut buf = vec![0u8; idx.len() * size * size * 3];
+                set.fill_batch(&idx_usize, epoch, self.cfg.train.seed, &mut buf);
+                let x = Tensor::from_data_size(
+                    &buf,
+                    &[idx.len() as i64, *size as i64, *size as i64, 3],
+                    Kind::Uint8,
+                )
+                .to_device(self.device);
+                (self.evaluator.preprocess().apply(&x), labels.index_select(0, &index))
+            }
+        }
+    }
+
+    fn interrupted(&self, opts: &RunOptions) -> bool {
+        opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
+            || opts.interrupt_at_step.is_some_and(|s| self.state.step >= s)
+    }
+
+    /// Trains from the current state to the end (or `max_steps`, or an interrupt).
+    pub(super) fn run(&mut self, opts: &RunOptions) -> Result<Summary> {
+        let cfg = self.cfg.clone();
+        let t = &cfg.train;
+        let wall_start = Instant::now();
+        let wall_before = self.state.wall_seconds;
+        let max_steps = t.max_steps.unwrap_or(u64::MAX).min(self.total_steps);
+        let progress = Progress::new(max_steps, self.state.step, t.epochs, opts.progress);
+        self.run.write_status(&Status {
+            state: RunState::Running,
+            step: self.state.step,
+            epoch: self.state.epoch,
+            message: None,
+        })?;
+        let n = self.train.len();
+        self.log_stage_plan();
+        // The stage in force; `None` makes the first step of this process apply its stage.
+        let mut stage = None;
+
+        while self.state.epoch < t.epochs && self.state.step < max_steps {
+            let epoch = self.state.epoch;
+            let epoch_start = Instant::now();
+            let order = permutation(n, mix(t.seed, 0x5eed_0000 + epoch));
+            let batches: Vec<&[i64]> = order.chunks(t.batch_size).collect();
+            for (b, idx) in batches.iter().enumerate().skip(self.state.batch_in_epoch) {
+                if self.state.step >= max_steps {
+                    break;
+                }
+                let step = self.state.step;
+                self.sync_stage(step, &mut stage);
+                let step_start = Instant::now();
+                tch::manual_seed(mix(t.seed, step) as i64 & i64::MAX);
+                let (x, y) = self.train_batch(idx, epoch);
+                let ctx = ForwardCtx { train: true, step, total_steps: self.total_steps };
+                let logits = self.model.forward_t(&x, &ctx).to_kind(Kind::Float);
+                let loss = logits.cross_entropy_loss::<Tensor>(
+                    &y,
+                    None,
+                    tch::Reduction::Mean,
+                    -100,
+                    t.label_smoothing,
+                );
+                let loss_value = loss.double_value(&[]);
+                if !loss_value.is_finite() {
+                    let message = format!("non-finite loss {loss_value} at step {step}");
+                    self.run.write_status(&Status {
+                        state: RunState::Failed,
+                        step,
+                        epoch,
+                        message: Some(message),
+                    })?;
+                    progress.finish();
+                    return Err(TrainError::NonFinite {
+                        step,
+                        epoch,
+                        value: loss_value,
+                        checkpoint: self.run.last_checkpoint(),
+                    });
+                }
+                self.opt.zero_grad();
+                loss.backward();
+                if let Some(c) = t.grad_clip {
+                    self.opt.clip_grad_norm(c);
+                }
+                self.opt.step(&self.group_lrs(step));
+                let correct =
+                    tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
+                let secs = step_start.elapsed().as_secs_f64();
+                let st = &mut self.state;
+                st.step += 1;
+                st.batch_in_epoch = b + 1;
+                st.epoch_loss_sum += loss_value * idx.len() as f64;
+                st.epoch_correct += correct as u64;
+                st.epoch_seen += idx.len() as u64;
+                st.epoch_train_seconds += secs;
+                st.train_seconds += secs;
+                st.train_images += idx.len() as u64;
+                if self.device.is_cuda() {
+                    self.mem.sample();
+                }
+                let ips = st.epoch_seen as f64 / st.epoch_train_seconds.max(1e-9);
+                progress.step(
+                    st.step,
+                    epoch,
+                    st.epoch_loss_sum / st.epoch_seen as f64,
+                    st.epoch_correct as f64 / st.epoch_seen as f64,
+                    ips,
+                );
+                if self.interrupted(opts) {
+                    return self
+                        .stop_interrupted(&progress, wall_before + wall_start.elapsed().as_secs_f64());
+                }
+            }
+            if self.state.batch_in_epoch < batches.len() {
+                break; // max_steps reached mid-epoch
+            }
+            self.finish_epoch(epoch_start, &progress, wall_before + wall_start.elapsed().as_secs_f64())?;
+            if self.interrupted(opts) {
+                return self.stop_interrupted(&progress, wall_before + wall_start.elapsed().as_secs_f64());
+            }
+        }
+        progress.finish();
+        self.state.wall_seconds = wall_before + wall_start.elapsed().as_secs_f64();
+        self.finalize()
+    }
+
+    /// Writes `last` and the interrupted status; the run resumes from there.
+    fn stop_interrupted(&mut self, progress: &Progress, wall: f64) -> Result<Summary> {
+        progress.finish();
+        self.state.wall_seconds = wall;
+        self.save_checkpoint(&self.run.last_checkpoint())?;
+        let (step, epoch) = (self.state.step, self.state.epoch);
+        self.run.write_status(&Status { state: RunState::Interrupted, step, epoch, message: None })?;
+        Err(TrainError::Interrupted { step, checkpoint: self.run.last_checkpoint() })
+    }
+
+    /// Evaluates, logs the epoch's metrics, and writes the checkpoints that are due.
+    fn finish_epoch(&mut self, epoch_start: Instant, progress: &Progress, wall: f64) -> Result<()> {
+        let t = self.cfg.train.clone();
+        self.state.epoch += 1;
+        let epoch = self.state.epoch;
+        let last = epoch == t.epochs;
+        let mut eval = BTreeMap::new();
+        if epoch.is_multiple_of(t.eval_every) || last {
+            for (split, set) in &self.evals {
+                eval.insert(split.clone(), self.evaluator.evaluate(&self.model, set, None));
+            }
+        }
+        let selection = match self.cfg.data.protocol {
+            Protocol::Paper => self.cfg.test_split(),
+            Protocol::Val => self.cfg.val_split(),
+        };
+        let mut improved = false;
+        if let Some(r) = eval.get(&selection)
+            && self.state.best_metric.is_none_or(|b| r.acc > b)
+        {
+            self.state.best_metric = Some(r.acc);
+            self.state.best_epoch = Some(epoch);
+            improved = true;
+        }
+        let peak = if self.device.is_cuda() { self.mem.peak_mb() } else { peak_rss_mb() };
+        self.state.peak_mem_mb = self.state.peak_mem_mb.max(peak);
+        let st = &self.state;
+        let metrics = EpochMetrics {
+            epoch,
+            step: st.step,
+            lr: self.schedule.lr_at(st.step.saturating_sub(1)),
+            train_loss: st.epoch_loss_sum / st.epoch_seen.max(1) as f64,
+            train_acc: st.epoch_correct as f64 / st.epoch_seen.max(1) as f64,
+            eval,
+            images_per_s: st.epoch_seen as f64 / st.epoch_train_seconds.max(1e-9),
+            seconds: epoch_start.elapsed().as_secs_f64(),
+            peak_mem_mb: st.peak_mem_mb,
+        };
+        self.run.append_metrics(&metrics)?;
+        progress.epoch(&metrics);
+        let st = &mut self.state;
+        st.batch_in_epoch = 0;
+        st.epoch_loss_sum = 0.0;
+        st.epoch_correct = 0;
+        st.epoch_seen = 0;
+        st.epoch_train_seconds = 0.0;
+        st.wall_seconds = wall;
+        if improved {
+            self.save_checkpoint(&self.run.best_checkpoint())?;
+        }
+        if epoch.is_multiple_of(t.checkpoint_every) || last {
+            self.save_checkpoint(&self.run.last_checkpoint())?;
+        }
+        self.write_plot();
+        self.run.write_status(&Status {
+            state: RunState::Running,
+            step: self.state.step,
+            epoch,
+            message: None,
+        })?;
+        Ok(())
+    }
+}
+
+/// SplitMix64 of (seed, x): decorrelated seeds for epochs and steps.
+fn mix(seed: u64, x: u64) -> u64 {
+    let mut z = seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A seeded Fisher-Yates permutation of 0..n.
+fn permutation(n: usize, seed: u64) -> Vec<i64> {
+    let mut v: Vec<i64> = (0..n as i64).collect();
+    let mut state = seed;
+    for i in (1..n).rev() {
+        state = mix(state, i as u64);
+        let j = (state % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutations_are_seeded_and_complete() {
+        let a = permutation(100, 7);
+        assert_eq!(a, permutation(100, 7));
+        assert_ne!(a, permutation(100, 8));
+        let mut s = a.clone();
+        s.sort();
+        assert_eq!(s, (0..100).collect::<Vec<i64>>());
+    }
+}
