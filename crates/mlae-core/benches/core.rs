@@ -6,8 +6,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mlae_core::{
-    AdapterSpec, DmloraSpec, MaskSampler, SimilarityReport, dmlora::branch_weights_into, expert_similarity,
-    merge_delta,
+    AdapterPlan, AdapterSpec, DmloraSpec, MaskSampler, MlaeSpec, SimilarityReport,
+    dmlora::branch_weights_into, expert_similarity, merge_delta,
 };
 use ndarray::{Array1, Array2};
 use std::hint::black_box;
@@ -61,13 +61,15 @@ fn masks(c: &mut Criterion) {
             black_box(&buf);
         })
     });
-    let plan = AdapterSpec { dropout: 0.5, ..Default::default() }.resolve(12).unwrap();
+    let spec =
+        AdapterSpec { mlae: MlaeSpec { expert_dropout: 0.5, ..Default::default() }, ..Default::default() };
+    let AdapterPlan::Mlae(plan) = spec.resolve(12).unwrap() else { unreachable!("an mlae spec") };
     let mut bufs: Vec<Vec<f32>> = plan.layers.iter().map(|l| vec![0.0; l.experts]).collect();
     g.bench_function("step_12_layers_8_experts_p0.5", |bench| {
         bench.iter(|| {
             step += 1;
             for (i, (l, out)) in plan.layers.iter().zip(bufs.iter_mut()).enumerate() {
-                sampler.layer_scales_into(black_box(step), i, l.p, out);
+                sampler.layer_scales_into(black_box(step), i, l.expert_dropout, out);
             }
             black_box(&bufs);
         })

@@ -2,15 +2,15 @@
 //! everything else (shape mismatches in the math).
 
 /// A problem with an adapter specification. Every message starts with the dotted path of the
-/// field at fault (`adapter.dropout`, `adapter.mask.p_per_layer[3]`, ...), so a user can find
-/// it in their config without reading code.
+/// field at fault (`adapter.mlae.expert_dropout`, `adapter.mlae.mask.expert_dropout_per_layer[3]`,
+/// ...), so a user can find it in their config without reading code.
 ///
 /// ```
-/// use mlae_core::AdapterSpec;
-/// let spec = AdapterSpec { dropout: 1.2, ..AdapterSpec::default() };
+/// use mlae_core::{AdapterSpec, MlaeSpec};
+/// let spec = AdapterSpec { mlae: MlaeSpec { expert_dropout: 1.2, ..Default::default() }, ..Default::default() };
 /// let err = spec.validate().unwrap_err();
-/// assert_eq!(err.to_string(), "adapter.dropout: 1.2 is outside [0, 1)");
-/// assert_eq!(err.field(), "adapter.dropout");
+/// assert_eq!(err.to_string(), "adapter.mlae.expert_dropout: 1.2 is outside [0, 1)");
+/// assert_eq!(err.field(), "adapter.mlae.expert_dropout");
 /// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
@@ -52,16 +52,26 @@ pub enum SpecError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// Keys of an older config layout; `message` names the new key of each (`adapter.dropout
+    /// was renamed: use adapter.mlae.expert_dropout (mlae), ...`).
+    #[error("{message}")]
+    Renamed {
+        /// Dotted path of the first old key found.
+        field: String,
+        /// One sentence per old key, naming its replacement.
+        message: String,
+    },
 }
 
 impl SpecError {
-    /// The dotted path of the field at fault, e.g. `adapter.mask.pattern`.
+    /// The dotted path of the field at fault, e.g. `adapter.mlae.mask.pattern`.
     pub fn field(&self) -> &str {
         match self {
             SpecError::OutOfRange { field, .. }
             | SpecError::WrongLength { field, .. }
             | SpecError::Unknown { field, .. }
-            | SpecError::Invalid { field, .. } => field,
+            | SpecError::Invalid { field, .. }
+            | SpecError::Renamed { field, .. } => field,
         }
     }
 
@@ -71,6 +81,35 @@ impl SpecError {
 
     pub(crate) fn out_of_range(field: impl Into<String>, value: impl ToString, range: &'static str) -> Self {
         SpecError::OutOfRange { field: field.into(), value: value.to_string(), range }
+    }
+
+    /// A probability that must be in [0, 1) (1 would drop everything).
+    pub(crate) fn check_unit_open(field: impl Into<String>, v: f64) -> Result<(), SpecError> {
+        if v.is_finite() && (0.0..1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(Self::out_of_range(field, v, "[0, 1)"))
+        }
+    }
+
+    /// A fraction of training, in [0, 1].
+    pub(crate) fn check_unit_closed(field: impl Into<String>, v: f64) -> Result<(), SpecError> {
+        if v.is_finite() && (0.0..=1.0).contains(&v) {
+            Ok(())
+        } else {
+            Err(Self::out_of_range(field, v, "[0, 1]"))
+        }
+    }
+
+    /// A count that must be at least 1.
+    pub(crate) fn check_positive(field: &str, n: usize) -> Result<(), SpecError> {
+        if n == 0 { Err(Self::invalid(field, "must be at least 1")) } else { Ok(()) }
+    }
+
+    /// A scale that must be finite and non-zero: zero would leave a low-rank update with
+    /// `B = 0` at the start without any gradient, forever.
+    pub(crate) fn check_live_scale(field: &str, v: f64) -> Result<(), SpecError> {
+        if v.is_finite() && v != 0.0 { Ok(()) } else { Err(Self::out_of_range(field, v, "finite, non-zero")) }
     }
 }
 

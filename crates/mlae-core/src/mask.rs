@@ -4,14 +4,13 @@
 //! one Bernoulli keep-mask over its experts (shared by the whole batch, not per sample); a kept
 //! expert's coefficient is scaled by 1 / (1 - p) (inverted dropout), a dropped one by 0. At
 //! inference every expert is on and unscaled. Fixed-masked experts are never allocated (see
-//! [`crate::LayerPlan::experts`]), so they are off by construction.
+//! [`crate::MlaeLayerPlan::experts`]), so they are off by construction.
 //!
 //! The keep decision for expert `i` of layer `l` at step `t` is a pure function of
 //! (seed, t, l, i) (a counter-based hash RNG), so a run resumed at step `t` replays the same
 //! masks, and the result never depends on the thread count or the order of calls.
 
 use crate::rng::{DOMAIN_MLAE_MASK, nth_u64, stream_key, unit_f64};
-use crate::spec::AdapterPlan;
 
 /// Draws MLAE's per-step expert masks. Cheap to copy; holds only the seed.
 ///
@@ -55,7 +54,7 @@ impl MaskSampler {
 
     /// Per-expert scales for one layer at one training step: 0 for dropped experts,
     /// 1 / (1 - p) for kept ones; `p == 0` gives all 1.0. `layer` is the layer's index in
-    /// [`AdapterPlan::layers`].
+    /// the plan ([`crate::MlaePlan::layers`]).
     ///
     /// # Panics
     /// If `p` is not in [0, 1) (the spec's validation rules such values out).
@@ -92,19 +91,6 @@ impl MaskSampler {
     /// ```
     pub fn inference_scales(n: usize) -> Vec<f32> {
         vec![1.0; n]
-    }
-
-    /// The scales of every layer of a plan at one training step, in plan order.
-    ///
-    /// ```
-    /// use mlae_core::{AdapterSpec, MaskSampler};
-    /// let plan = AdapterSpec { dropout: 0.5, ..Default::default() }.resolve(12).unwrap();
-    /// let all = MaskSampler::new(0).plan_scales(&plan, 7);
-    /// assert_eq!(all.len(), 12);
-    /// assert_eq!(all[4], MaskSampler::new(0).layer_scales(7, 4, 8, 0.5));
-    /// ```
-    pub fn plan_scales(&self, plan: &AdapterPlan, step: u64) -> Vec<Vec<f32>> {
-        plan.layers.iter().enumerate().map(|(i, l)| self.layer_scales(step, i, l.experts, l.p)).collect()
     }
 }
 

@@ -1,12 +1,15 @@
 //! Parameter counts per configuration, without building a model.
 //!
 //! Backbone counts follow timm's `VisionTransformer` with a class token and no pre-logits:
-//! patch embedding (conv weight + bias), class token, position table (1 + patches), per block
+//! Each method counts its own adapter ([`crate::MethodPlan::adapter_params`]);
+//! [`crate::count_params`] adds the backbone and head.
+//!
+//! Patch embedding (conv weight + bias), class token, position table (1 + patches), per block
 //! two LayerNorms, qkv (with or without bias), proj, fc1, fc2 (all with bias) and, for DINOv2,
 //! two layer-scale vectors; then the final LayerNorm. The head is `dim * C + C`. For ViT-B/16 at
 //! 224 px this gives timm's 85,798,656 backbone parameters.
 
-use crate::spec::{AdapterKind, AdapterPlan, LayerPlan, TargetLayer};
+use crate::target::TargetLayer;
 use serde::{Deserialize, Serialize};
 
 /// The sizes of a ViT that parameter counts and adapter shapes depend on.
@@ -175,54 +178,20 @@ impl std::fmt::Display for ParamCount {
     }
 }
 
-/// Adapter parameters of one layer: MLAE `n (k (in + out) + 1)` (A, B and one lambda per
-/// expert); lora / lora-dropout `r (in + out)`; dmlora `K r (in + out) + 1` (branches and the
-/// layer's scale).
-///
-/// ```
-/// use mlae_core::{layer_params, AdapterKind, AdapterSpec, ModelDims};
-/// let plan = AdapterSpec { experts: 4, expert_rank: 2, ..Default::default() }.resolve(12).unwrap();
-/// // 4 experts of rank 2 on qkv (768 -> 2304): 8 rows of A and B, plus 4 lambdas
-/// assert_eq!(layer_params(AdapterKind::Mlae, &plan.layers[0], &ModelDims::vit_b16(10, 224)), 8 * 3072 + 4);
-/// ```
-pub fn layer_params(kind: AdapterKind, layer: &LayerPlan, dims: &ModelDims) -> usize {
-    let (i, o) = layer_in_out(layer.target, dims);
-    let ab = layer.rank() * (i + o);
-    match kind {
-        AdapterKind::Mlae => ab + layer.experts,
-        AdapterKind::Lora | AdapterKind::LoraDropout => ab,
-        AdapterKind::Dmlora => ab + 1,
-        AdapterKind::LinearProbe | AdapterKind::Full => 0,
+impl ParamCount {
+    /// The counts of a model with `adapter` adapter parameters on `dims`; `trains_backbone`
+    /// for full fine-tuning.
+    pub fn new(adapter: usize, dims: &ModelDims, trains_backbone: bool) -> ParamCount {
+        let head = dims.head_params();
+        let backbone = dims.backbone_params();
+        let trainable = if trains_backbone { backbone + head } else { adapter + head };
+        ParamCount { adapter, head, backbone, trainable, total: backbone + head + adapter }
     }
-}
-
-/// Counts the parameters of `plan` on a model of size `dims`.
-///
-/// ```
-/// use mlae_core::{count_params, AdapterSpec, ModelDims};
-/// // the paper's MLAE: 8 experts on qkv of ViT-B/16's 12 blocks
-/// let plan = AdapterSpec::default().resolve(12).unwrap();
-/// let c = count_params(&plan, &ModelDims::vit_b16(100, 224));
-/// assert_eq!(c.adapter, 295_008); // 12 * 8 * (768 + 2304 + 1), the paper's ~0.30M
-/// assert_eq!(c.head, 76_900);
-/// assert_eq!(c.trainable, 295_008 + 76_900);
-/// assert_eq!(c.total, 85_798_656 + 76_900 + 295_008);
-/// ```
-pub fn count_params(plan: &AdapterPlan, dims: &ModelDims) -> ParamCount {
-    let adapter: usize = plan.layers.iter().map(|l| layer_params(plan.kind, l, dims)).sum();
-    let head = dims.head_params();
-    let backbone = dims.backbone_params();
-    let trainable = match plan.kind {
-        AdapterKind::Full => backbone + head,
-        _ => adapter + head,
-    };
-    ParamCount { adapter, head, backbone, trainable, total: backbone + head + adapter }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{AdapterSpec, LayerPattern, MaskSpec, MaskStrategy};
 
     #[test]
     fn backbones_match_timm() {
@@ -233,41 +202,5 @@ mod tests {
         assert_eq!(ModelDims::vit_l16(1000, 224).backbone_params() + 1_025_000, 304_326_632);
         assert_eq!(ModelDims::vit_b16(1000, 224).head_params(), 769_000);
         assert_eq!(ModelDims::dinov2_s14(10, 224).num_patches, 256);
-    }
-
-    fn count(spec: AdapterSpec) -> ParamCount {
-        count_params(&spec.resolve(12).unwrap(), &ModelDims::vit_b16(100, 224))
-    }
-
-    #[test]
-    fn counts_per_kind() {
-        let lp = count(AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() });
-        assert_eq!((lp.adapter, lp.trainable), (0, 76_900));
-        let full = count(AdapterSpec { kind: AdapterKind::Full, ..Default::default() });
-        assert_eq!((full.adapter, full.trainable), (0, 85_798_656 + 76_900));
-        let lora = count(AdapterSpec { kind: AdapterKind::Lora, ..Default::default() });
-        assert_eq!(lora.adapter, 12 * 8 * 3072);
-        let lora_d = count(AdapterSpec { kind: AdapterKind::LoraDropout, ..Default::default() });
-        assert_eq!(lora_d.adapter, lora.adapter);
-        let dm = count(AdapterSpec { kind: AdapterKind::Dmlora, experts: 2, ..Default::default() });
-        assert_eq!(dm.adapter, 12 * (4 * 2 * 3072 + 1));
-        // the 8x1 / 4x2 / 2x4 ablation: same A/B budget, fewer lambdas
-        let k =
-            |experts, expert_rank| count(AdapterSpec { experts, expert_rank, ..Default::default() }).adapter;
-        assert_eq!(k(8, 1), 295_008);
-        assert_eq!(k(4, 2), 12 * (8 * 3072 + 4));
-        assert_eq!(k(2, 4), 12 * (8 * 3072 + 2));
-        // fixed patterns spend the same budget as 8 everywhere
-        for pattern in [LayerPattern::Incremental, LayerPattern::Hourglass, LayerPattern::Random] {
-            let spec = AdapterSpec {
-                mask: MaskSpec { strategy: MaskStrategy::Fixed, pattern, ..Default::default() },
-                ..Default::default()
-            };
-            assert_eq!(count(spec).adapter, 295_008, "{pattern}");
-        }
-        // all four targets
-        let all = count(AdapterSpec { targets: TargetLayer::ALL.to_vec(), ..Default::default() });
-        assert_eq!(all.adapter, 12 * 8 * ((768 + 2304 + 1) + (768 + 768 + 1) + 2 * (768 + 3072 + 1)));
-        assert!(format!("{all}").starts_with("trainable "));
     }
 }

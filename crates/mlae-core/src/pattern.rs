@@ -7,8 +7,41 @@
 //! number of surviving experts (incremental = more survivors in later blocks).
 
 use crate::error::SpecError;
-use crate::rng::{DOMAIN_PATTERN, HashRng};
-use crate::spec::LayerPattern;
+use crate::names::named_enum;
+use crate::rng::{DOMAIN_PATTERN, SplitMix64};
+use serde::{Deserialize, Serialize};
+
+/// How a mask varies over the blocks (paper A.5). For fixed/mixed masks the pattern gives the
+/// number of experts per block; for stochastic masks, the expert dropout per block. The
+/// paper's values are for 12 blocks (the tables below).
+///
+/// ```
+/// use mlae_core::LayerPattern;
+/// assert_eq!(LayerPattern::Hourglass.fixed_experts(12, 8, 0).unwrap().iter().sum::<usize>(), 96);
+/// assert!(LayerPattern::Hourglass.fixed_experts(24, 8, 0).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerPattern {
+    /// The same everywhere: `adapter.mlae.experts` experts, or `adapter.mlae.expert_dropout`.
+    #[default]
+    Uniform,
+    /// More experts (lower dropout) in later blocks.
+    Incremental,
+    /// More experts (lower dropout) in earlier blocks.
+    Decremental,
+    /// Many experts (low dropout) at both ends, few in the middle.
+    Hourglass,
+    /// Few experts (high dropout) at both ends, many in the middle.
+    Protruding,
+    /// Fixed/mixed only: seeded random counts in 1..=14 with mean 8.
+    Random,
+}
+
+named_enum!(LayerPattern, "adapter.mlae.mask.pattern", {
+    Uniform => "uniform", Incremental => "incremental", Decremental => "decremental",
+    Hourglass => "hourglass", Protruding => "protruding", Random => "random",
+});
 
 /// Depth for which the paper gives its patterns (ViT-B/16).
 pub const PAPER_DEPTH: usize = 12;
@@ -39,7 +72,7 @@ pub const STOCHASTIC_PROTRUDING: [f64; 12] = [0.8, 0.6, 0.5, 0.3, 0.1, 0.0, 0.0,
 
 fn needs_paper_depth(pattern: LayerPattern, depth: usize, list_field: &str) -> SpecError {
     SpecError::invalid(
-        "adapter.mask.pattern",
+        "adapter.mlae.mask.pattern",
         format!(
             "\"{pattern}\" is defined for {PAPER_DEPTH} blocks (the paper's ViT-B) but this model has {depth}; \
              give {list_field} with {depth} entries instead"
@@ -77,7 +110,7 @@ impl LayerPattern {
             LayerPattern::Protruding => FIXED_PROTRUDING,
         };
         if depth != PAPER_DEPTH {
-            return Err(needs_paper_depth(self, depth, "adapter.mask.experts_per_layer"));
+            return Err(needs_paper_depth(self, depth, "adapter.mlae.mask.experts_per_layer"));
         }
         Ok(paper.to_vec())
     }
@@ -96,7 +129,7 @@ impl LayerPattern {
             LayerPattern::Uniform => return Ok(vec![p; depth]),
             LayerPattern::Random => {
                 return Err(SpecError::invalid(
-                    "adapter.mask.pattern",
+                    "adapter.mlae.mask.pattern",
                     "\"random\" is an allocation pattern for fixed and mixed masks; stochastic masks have \
                      no random pattern",
                 ));
@@ -107,7 +140,7 @@ impl LayerPattern {
             LayerPattern::Protruding => STOCHASTIC_PROTRUDING,
         };
         if depth != PAPER_DEPTH {
-            return Err(needs_paper_depth(self, depth, "adapter.mask.p_per_layer"));
+            return Err(needs_paper_depth(self, depth, "adapter.mlae.mask.expert_dropout_per_layer"));
         }
         Ok(paper.to_vec())
     }
@@ -136,7 +169,7 @@ pub fn random_allocation(
 ) -> Result<Vec<usize>, SpecError> {
     if min > max || depth * min > total || depth * max < total {
         return Err(SpecError::invalid(
-            "adapter.mask.pattern",
+            "adapter.mlae.mask.pattern",
             format!("cannot place {total} experts in {depth} blocks with {min}..={max} per block"),
         ));
     }
@@ -150,7 +183,7 @@ pub fn random_allocation(
             ways[i][s] = (min..=max.min(s)).map(|c| ways[i + 1][s - c]).sum();
         }
     }
-    let mut rng = HashRng::new(seed, DOMAIN_PATTERN, depth as u64, total as u64);
+    let mut rng = SplitMix64::new(seed, DOMAIN_PATTERN, depth as u64, total as u64);
     let mut left = total;
     let mut out = Vec::with_capacity(depth);
     for i in 0..depth {
@@ -214,10 +247,10 @@ mod tests {
     #[test]
     fn other_depths_are_refused_with_a_pointer_to_the_list() {
         let e = LayerPattern::Incremental.fixed_experts(24, 8, 0).unwrap_err();
-        assert_eq!(e.field(), "adapter.mask.pattern");
+        assert_eq!(e.field(), "adapter.mlae.mask.pattern");
         assert!(e.to_string().contains("experts_per_layer with 24 entries"), "{e}");
         let e = LayerPattern::Hourglass.stochastic_dropout(6, 0.0).unwrap_err();
-        assert!(e.to_string().contains("p_per_layer with 6 entries"), "{e}");
+        assert!(e.to_string().contains("expert_dropout_per_layer with 6 entries"), "{e}");
         // random is defined by its constraints and works at any depth
         let r = LayerPattern::Random.fixed_experts(24, 8, 1).unwrap();
         assert_eq!(r.iter().sum::<usize>(), 192);

@@ -1,0 +1,373 @@
+//! The fine-tuning methods, one module each, and the registry that ties them together.
+//!
+//! A method module holds its config section (with validation whose errors name the field),
+//! its own plan type, its parameter count and its training schedule (see [`crate::Method`]
+//! and [`crate::MethodPlan`]). The registry below is the only place that lists the methods:
+//! from one line per method, `registry!` generates the [`AdapterKind`] variant and its config
+//! name, the section field of [`AdapterSpec`], the [`AdapterPlan`] variant, and the dispatch
+//! from spec to plan and from plan to its answers. A new method is its module plus one
+//! registry line (and, for its libtorch layer, one line in mlae-vit's adapter registry).
+
+pub mod dmlora;
+pub mod full;
+mod legacy;
+pub mod linear_probe;
+pub mod lora;
+pub mod mlae;
+
+use crate::error::SpecError;
+use crate::method::{Method, MethodPlan};
+use crate::names::named_enum;
+use crate::params::{ModelDims, ParamCount};
+use crate::schedule::TrainSchedule;
+use crate::target::{LayerSite, TargetLayer};
+use serde::{Deserialize, Serialize};
+
+/// The section a method reads: its own (`section`), another method's (`reads`), or none.
+macro_rules! section_of {
+    ($spec:ident; $field:ident; ) => {
+        &$spec.$field
+    };
+    ($spec:ident; ; $shared:ident) => {
+        &$spec.$shared
+    };
+    ($spec:ident; ; ) => {
+        &()
+    };
+}
+
+/// The name of that section, if any.
+macro_rules! section_name {
+    ($field:ident; ) => {
+        Some(stringify!($field))
+    };
+    (; $shared:ident) => {
+        Some(stringify!($shared))
+    };
+    (; ) => {
+        None
+    };
+}
+
+/// One line per method:
+/// `Variant = "config-name" => module::MethodType` then optionally
+/// `, section field: SectionType` (a new `[adapter.field]` table) or `, reads field` (another
+/// method's table), then `;`.
+macro_rules! registry {
+    ($(
+        $(#[doc = $doc:literal])*
+        $var:ident = $name:literal => $method:ty
+        $(, section $field:ident : $section:ty)?
+        $(, reads $shared:ident)?
+        ;
+    )+) => {
+        /// Which fine-tuning method; the `kind` of `[adapter]`.
+        ///
+        /// ```
+        /// use mlae_core::AdapterKind;
+        /// let k: AdapterKind = "lora-dropout".parse().unwrap();
+        /// assert_eq!(k, AdapterKind::LoraDropout);
+        /// assert!(k.has_adapter());
+        /// assert_eq!(k.section(), Some("lora"));
+        /// assert!(!AdapterKind::LinearProbe.has_adapter());
+        /// assert_eq!("lora_dropout".parse::<AdapterKind>().unwrap_err().field(), "adapter.kind");
+        /// ```
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum AdapterKind {
+            $(
+                $(#[doc = $doc])*
+                #[serde(rename = $name)]
+                $var,
+            )+
+        }
+
+        named_enum!(AdapterKind, "adapter.kind", { $($var => $name),+ });
+
+        impl AdapterKind {
+            /// Whether this kind adds adapter layers beside the backbone's linear layers (the
+            /// others train the head, or the whole backbone).
+            pub fn has_adapter(self) -> bool {
+                match self { $(AdapterKind::$var => <$method as Method>::ADAPTS_LAYERS,)+ }
+            }
+
+            /// The keys a reader checks first in a run's config of this kind (dotted paths).
+            pub fn key_settings(self) -> &'static [&'static str] {
+                match self { $(AdapterKind::$var => <$method as Method>::KEY_SETTINGS,)+ }
+            }
+
+            /// The `[adapter.<section>]` table this kind reads, if any.
+            pub fn section(self) -> Option<&'static str> {
+                match self {
+                    $(AdapterKind::$var => section_name!($($field)?; $($shared)?),)+
+                }
+            }
+        }
+
+        /// What to fine-tune and how: the `[adapter]` table of an experiment config.
+        ///
+        /// `kind` picks the method; `targets` lists the linear layers that get an adapter;
+        /// each method's settings are in its own table (`[adapter.mlae]`, `[adapter.lora]`,
+        /// `[adapter.dmlora]`). Every field has a default, so `kind = "lora"` alone is a
+        /// complete spec. Tables a kind does not read are not validated, so one config can
+        /// switch `kind` without editing the rest. Keys of the older flat layout
+        /// (`adapter.experts`, `adapter.dropout`, ...) are errors naming their new place.
+        ///
+        /// ```
+        /// use mlae_core::{AdapterKind, AdapterSpec, TargetLayer};
+        /// #[derive(serde::Deserialize)]
+        /// struct Config { adapter: AdapterSpec }
+        /// let c: Config = toml::from_str("[adapter]\nkind = 'lora'\n[adapter.lora]\nrank = 4").unwrap();
+        /// assert_eq!(c.adapter.kind, AdapterKind::Lora);
+        /// assert_eq!(c.adapter.targets, vec![TargetLayer::Qkv]);
+        /// assert_eq!(c.adapter.lora.rank, 4);
+        /// c.adapter.validate().unwrap();
+        /// let old = toml::from_str::<Config>("[adapter]\nkind = 'lora'\nexperts = 4").err().unwrap();
+        /// assert!(old.to_string().contains("adapter.experts was renamed: use adapter.mlae.experts (mlae), adapter.lora.rank"));
+        /// ```
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(try_from = "AdapterTable")]
+        pub struct AdapterSpec {
+            /// The method. Default mlae.
+            pub kind: AdapterKind,
+            /// Which linear layers of every block get an adapter. Default `[qkv]`.
+            pub targets: Vec<TargetLayer>,
+            $($(
+                #[doc = concat!("`[adapter.", stringify!($field), "]`: the settings of the methods that read it.")]
+                pub $field: $section,
+            )?)+
+        }
+
+        impl Default for AdapterSpec {
+            fn default() -> Self {
+                AdapterSpec {
+                    kind: AdapterKind::default(),
+                    targets: vec![TargetLayer::Qkv],
+                    $($( $field: <$section>::default(), )?)+
+                }
+            }
+        }
+
+        /// The `[adapter]` table as written. The keys of the older flat layout are kept
+        /// apart: a config fails with their new names ([`AdapterSpec`]'s `Deserialize`), a
+        /// stored spec is upgraded ([`AdapterSpec::from_stored`]).
+        #[derive(Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        #[doc(hidden)]
+        pub struct AdapterTable {
+            kind: AdapterKind,
+            targets: Vec<TargetLayer>,
+            $($( $field: $section, )?)+
+            // The flat layout's keys (see `legacy`).
+            experts: Option<usize>,
+            expert_rank: Option<usize>,
+            coeff_init: Option<f64>,
+            lora_alpha: Option<f64>,
+            dropout: Option<f64>,
+            mask: Option<legacy::FlatMask>,
+        }
+
+        impl Default for AdapterTable {
+            fn default() -> Self {
+                let s = AdapterSpec::default();
+                AdapterTable {
+                    kind: s.kind,
+                    targets: s.targets,
+                    $($( $field: s.$field, )?)+
+                    experts: None,
+                    expert_rank: None,
+                    coeff_init: None,
+                    lora_alpha: None,
+                    dropout: None,
+                    mask: None,
+                }
+            }
+        }
+
+        impl AdapterTable {
+            fn split(self) -> (AdapterSpec, legacy::FlatKeys) {
+                let flat = legacy::FlatKeys {
+                    experts: self.experts,
+                    expert_rank: self.expert_rank,
+                    coeff_init: self.coeff_init,
+                    lora_alpha: self.lora_alpha,
+                    dropout: self.dropout,
+                    mask: self.mask,
+                };
+                (AdapterSpec { kind: self.kind, targets: self.targets, $($( $field: self.$field, )?)+ }, flat)
+            }
+        }
+
+        impl TryFrom<AdapterTable> for AdapterSpec {
+            type Error = SpecError;
+
+            fn try_from(t: AdapterTable) -> Result<Self, SpecError> {
+                let (spec, flat) = t.split();
+                flat.refuse()?;
+                Ok(spec)
+            }
+        }
+
+        /// A resolved adapter: one variant per method, each holding the method's own plan.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub enum AdapterPlan {
+            $(
+                $(#[doc = $doc])*
+                #[serde(rename = $name)]
+                $var(<$method as Method>::Plan),
+            )+
+        }
+
+        impl AdapterPlan {
+            /// The method.
+            pub fn kind(&self) -> AdapterKind {
+                match self { $(AdapterPlan::$var(_) => AdapterKind::$var,)+ }
+            }
+
+            /// The plan as what every method answers (sites, counts, schedule).
+            pub fn method(&self) -> &dyn MethodPlan {
+                match self { $(AdapterPlan::$var(p) => p,)+ }
+            }
+        }
+
+        impl AdapterSpec {
+            /// Checks every field the chosen kind reads; the error names the field.
+            ///
+            /// ```
+            /// use mlae_core::{AdapterSpec, MaskSpec, MaskStrategy, MlaeSpec};
+            /// assert!(AdapterSpec::default().validate().is_ok());
+            /// let zero = AdapterSpec { mlae: MlaeSpec { experts: 0, ..Default::default() }, ..Default::default() };
+            /// assert_eq!(zero.validate().unwrap_err().to_string(), "adapter.mlae.experts: must be at least 1");
+            /// let mask = MaskSpec { strategy: MaskStrategy::Fixed, ..Default::default() };
+            /// let fixed = AdapterSpec { mlae: MlaeSpec { expert_dropout: 0.3, mask, ..Default::default() }, ..Default::default() };
+            /// assert_eq!(fixed.validate().unwrap_err().field(), "adapter.mlae.expert_dropout");
+            /// ```
+            pub fn validate(&self) -> Result<(), SpecError> {
+                let spec = self;
+                match self.kind {
+                    $(AdapterKind::$var => <$method as Method>::validate(
+                        section_of!(spec; $($field)?; $($shared)?),
+                        &self.targets,
+                    ),)+
+                }
+            }
+
+            /// A short label of the method and its main settings, for run names (e.g.
+            /// `mlae-8x1-p0.5-init1`, `lora-r8`, `dmlora-k4-r2`).
+            ///
+            /// ```
+            /// assert_eq!(mlae_core::AdapterSpec::default().label(), "mlae-8x1-p0-init1");
+            /// ```
+            pub fn label(&self) -> String {
+                let spec = self;
+                match self.kind {
+                    $(AdapterKind::$var => <$method as Method>::label(section_of!(spec; $($field)?; $($shared)?)),)+
+                }
+            }
+
+            /// Reads a spec the toolkit itself stored (a run directory's `config.toml`, an
+            /// adapter file's metadata) in the current layout or in the flat layout of older
+            /// versions, which is upgraded (the kind says what each old key meant). Configs a
+            /// person writes go through `Deserialize`, where old keys are errors.
+            ///
+            /// ```
+            /// use mlae_core::{AdapterKind, AdapterSpec};
+            /// let old = toml::Value::Table(toml::from_str("kind = 'lora-dropout'\nexperts = 4\ndropout = 0.3").unwrap());
+            /// let spec = AdapterSpec::from_stored(old).unwrap();
+            /// assert_eq!((spec.kind, spec.lora.rank, spec.lora.update_dropout), (AdapterKind::LoraDropout, 4, 0.3));
+            /// ```
+            pub fn from_stored<'de, D: serde::Deserializer<'de>>(stored: D) -> Result<AdapterSpec, D::Error> {
+                let (mut spec, flat) = AdapterTable::deserialize(stored)?.split();
+                flat.upgrade(&mut spec);
+                Ok(spec)
+            }
+
+            /// Validates, then resolves the spec for a model with `depth` blocks into the
+            /// method's plan.
+            pub fn resolve(&self, depth: usize) -> Result<AdapterPlan, SpecError> {
+                self.validate()?;
+                if depth == 0 {
+                    return Err(SpecError::invalid("model.depth", "the model has no blocks"));
+                }
+                let spec = self;
+                Ok(match self.kind {
+                    $(AdapterKind::$var => AdapterPlan::$var(<$method as Method>::resolve(
+                        section_of!(spec; $($field)?; $($shared)?),
+                        &self.targets,
+                        depth,
+                    )?),)+
+                })
+            }
+        }
+    };
+}
+
+registry! {
+    /// Train only the classification head.
+    LinearProbe = "linear-probe" => linear_probe::LinearProbe;
+    /// Train every backbone parameter and the head.
+    Full = "full" => full::Full;
+    /// Plain LoRA, `base(x) + scale * B A dropout(x)` (PEFT's placement of dropout).
+    Lora = "lora" => lora::Lora, section lora: lora::LoraSpec;
+    /// LoRA with dropout on the update's output, `base(x) + dropout(scale * B A x)` (the
+    /// paper's "LoRA+Dropout" baseline of Fig. 4).
+    LoraDropout = "lora-dropout" => lora::LoraDropout, reads lora;
+    /// Masked LoRA experts (the paper's method).
+    Mlae = "mlae" => mlae::Mlae, section mlae: mlae::MlaeSpec;
+    /// Dropout-mixture LoRA: several LoRA branches per layer, gradually dropped out.
+    Dmlora = "dmlora" => dmlora::Dmlora, section dmlora: dmlora::DmloraSpec;
+}
+
+impl Default for AdapterKind {
+    /// The paper's method.
+    fn default() -> Self {
+        AdapterKind::Mlae
+    }
+}
+
+impl AdapterPlan {
+    /// The adapted layers in plan order (the index is the `layer` of the mask draws); empty
+    /// for methods without adapter layers.
+    ///
+    /// ```
+    /// use mlae_core::AdapterSpec;
+    /// let plan = AdapterSpec::default().resolve(12).unwrap();
+    /// assert_eq!(plan.sites()[2].name(), "blocks.2.attn.qkv");
+    /// ```
+    pub fn sites(&self) -> Vec<LayerSite> {
+        self.method().sites()
+    }
+
+    /// What trains at a step and at which learning rate.
+    pub fn schedule(&self) -> &dyn TrainSchedule {
+        self.method()
+    }
+
+    /// Whether the backbone's own weights train (full fine-tuning).
+    pub fn trains_backbone(&self) -> bool {
+        self.method().trains_backbone()
+    }
+
+    /// Parameter counts on a model of size `dims`.
+    pub fn count_params(&self, dims: &ModelDims) -> ParamCount {
+        ParamCount::new(self.method().adapter_params(dims), dims, self.trains_backbone())
+    }
+}
+
+/// Counts the parameters of `plan` on a model of size `dims`.
+///
+/// ```
+/// use mlae_core::{count_params, AdapterSpec, ModelDims};
+/// // the paper's MLAE: 8 experts on qkv of ViT-B/16's 12 blocks
+/// let plan = AdapterSpec::default().resolve(12).unwrap();
+/// let c = count_params(&plan, &ModelDims::vit_b16(100, 224));
+/// assert_eq!(c.adapter, 295_008); // 12 * 8 * (768 + 2304 + 1), the paper's ~0.30M
+/// assert_eq!(c.head, 76_900);
+/// assert_eq!(c.trainable, 295_008 + 76_900);
+/// assert_eq!(c.total, 85_798_656 + 76_900 + 295_008);
+/// ```
+pub fn count_params(plan: &AdapterPlan, dims: &ModelDims) -> ParamCount {
+    plan.count_params(dims)
+}
+
+#[cfg(test)]
+mod tests;

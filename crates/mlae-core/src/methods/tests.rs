@@ -1,0 +1,340 @@
+//! Tests of the registry: the `[adapter]` table as TOML, old keys, dispatch, counts per kind.
+
+use super::*;
+use crate::methods::dmlora::DmloraSpec;
+use crate::methods::lora::LoraSpec;
+use crate::methods::mlae::{MaskSpec, MaskStrategy, MlaeSpec};
+use crate::pattern::LayerPattern;
+use crate::schedule::ParamRole;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    adapter: AdapterSpec,
+}
+
+fn parse(s: &str) -> Result<AdapterSpec, String> {
+    toml::from_str::<Config>(s).map(|c| c.adapter).map_err(|e| e.to_string())
+}
+
+#[test]
+fn toml_defaults_and_round_trip() {
+    let s = parse("[adapter]\nkind = \"lora\"\n").unwrap();
+    assert_eq!(s, AdapterSpec { kind: AdapterKind::Lora, ..AdapterSpec::default() });
+    let s = parse(
+        "[adapter]\nkind = 'mlae'\ntargets = ['qkv', 'fc1']\n[adapter.mlae]\nexperts = 4\nexpert_rank = 2\n\
+         coeff_init = 0.25\nexpert_dropout = 0.7\n[adapter.mlae.mask]\nstrategy = 'mixed'\npattern = 'random'\n\
+         seed = 5\n",
+    )
+    .unwrap();
+    assert_eq!(s.targets, [TargetLayer::Qkv, TargetLayer::Fc1]);
+    let m = &s.mlae;
+    assert_eq!((m.experts, m.expert_rank, m.coeff_init, m.expert_dropout), (4, 2, 0.25, 0.7));
+    assert_eq!(m.mask.seed, 5);
+    let back: AdapterSpec = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back, s);
+    // a resolved config can be written back as TOML (None fields are left out)
+    let mut full = s.clone();
+    full.mlae.mask.experts_per_layer = Some(vec![8; 12]);
+    full.lora.alpha = Some(16.0);
+    full.dmlora.stage2_lr = Some(0.1);
+    for spec in [s.clone(), full] {
+        let text = toml::to_string(&spec).unwrap();
+        assert_eq!(toml::from_str::<AdapterSpec>(&text).unwrap(), spec, "{text}");
+    }
+    let all = parse(
+        "[adapter]\nkind = 'dmlora'\n[adapter.dmlora]\nbranches = 3\nbranch_rank = 2\nstage2_lr = 0.01\n",
+    )
+    .unwrap();
+    assert_eq!((all.dmlora.branches, all.dmlora.branch_rank, all.dmlora.stage2_lr), (3, 2, Some(0.01)));
+    let lora = parse(
+        "[adapter]\nkind = 'lora-dropout'\n[adapter.lora]\nrank = 4\nalpha = 8.0\nupdate_dropout = 0.1\n",
+    )
+    .unwrap();
+    assert_eq!(lora.lora, LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.0, update_dropout: 0.1 });
+}
+
+#[test]
+fn every_name_parses_in_toml() {
+    for k in AdapterKind::ALL {
+        let s = parse(&format!("[adapter]\nkind = '{k}'\n")).unwrap();
+        assert_eq!(s.kind, *k);
+        assert_eq!(s.resolve(12).unwrap().kind(), *k);
+    }
+    for t in TargetLayer::ALL {
+        assert_eq!(parse(&format!("[adapter]\ntargets = ['{t}']\n")).unwrap().targets, [*t]);
+    }
+    for p in LayerPattern::ALL {
+        let s = parse(&format!("[adapter.mlae.mask]\npattern = '{p}'\n")).unwrap();
+        assert_eq!(s.mlae.mask.pattern, *p);
+    }
+    for m in MaskStrategy::ALL {
+        assert_eq!(
+            parse(&format!("[adapter.mlae.mask]\nstrategy = '{m}'\n")).unwrap().mlae.mask.strategy,
+            *m
+        );
+    }
+}
+
+#[test]
+fn sections_are_named_by_kind() {
+    let sections: Vec<_> = AdapterKind::ALL.iter().map(|k| (k.as_str(), k.section())).collect();
+    assert_eq!(
+        sections,
+        [
+            ("linear-probe", None),
+            ("full", None),
+            ("lora", Some("lora")),
+            ("lora-dropout", Some("lora")),
+            ("mlae", Some("mlae")),
+            ("dmlora", Some("dmlora"))
+        ]
+    );
+}
+
+#[test]
+fn unknown_names_and_fields_are_rejected_with_the_key() {
+    let e = parse("[adapter.mlae.mask]\npattern = 'zigzag'\n").unwrap_err();
+    assert!(e.contains("zigzag") && e.contains("pattern") && e.contains("hourglass"), "{e}");
+    let e = parse("[adapter]\nkind = 'lora'\nrank = 4\n").unwrap_err();
+    assert!(e.contains("rank") && e.contains("unknown field"), "{e}");
+    let e = parse("[adapter.dmlora]\nbranch = 4\n").unwrap_err();
+    assert!(e.contains("branch") && e.contains("unknown field"), "{e}");
+    let e = parse("[adapter.lora]\ndropout = 0.1\n").unwrap_err();
+    assert!(e.contains("dropout") && e.contains("input_dropout"), "{e}");
+    let e = parse("[adapter.mlae.mask]\np_per_layer = [0.1]\n").unwrap_err();
+    assert!(e.contains("expert_dropout_per_layer"), "{e}");
+    let e = parse("[adapter]\ntargets = ['qkv', 'mlp']\n").unwrap_err();
+    assert!(e.contains("mlp") && e.contains("targets"), "{e}");
+    let e = "zigzag".parse::<LayerPattern>().unwrap_err();
+    assert_eq!(e.field(), "adapter.mlae.mask.pattern");
+    assert!(e.to_string().contains("uniform, incremental"), "{e}");
+}
+
+#[test]
+fn old_keys_fail_naming_the_new_key() {
+    let cases = [
+        (
+            "experts = 8",
+            "adapter.experts was renamed: use adapter.mlae.experts (mlae), adapter.lora.rank (lora, lora-dropout) or adapter.dmlora.branch_rank (dmlora)",
+        ),
+        ("expert_rank = 2", "adapter.expert_rank was renamed: use adapter.mlae.expert_rank"),
+        ("coeff_init = 0.5", "adapter.coeff_init was renamed: use adapter.mlae.coeff_init"),
+        ("lora_alpha = 16.0", "adapter.lora_alpha was renamed: use adapter.lora.alpha"),
+        (
+            "dropout = 0.5",
+            "adapter.dropout was renamed: use adapter.mlae.expert_dropout (mlae), adapter.lora.input_dropout (lora) or adapter.lora.update_dropout (lora-dropout)",
+        ),
+        (
+            "mask = { strategy = 'fixed' }",
+            "adapter.mask was renamed: use [adapter.mlae.mask] (with p_per_layer renamed expert_dropout_per_layer)",
+        ),
+    ];
+    for (line, want) in cases {
+        let e = parse(&format!("[adapter]\nkind = 'lora'\n{line}\n")).unwrap_err();
+        assert!(e.contains(want), "{line}: {e}");
+    }
+    // an old [adapter.mask] table, and several old keys at once: every one is named
+    let e = parse("[adapter]\ndropout = 0.5\ncoeff_init = 1.0\n[adapter.mask]\nstrategy = 'mixed'\n")
+        .unwrap_err();
+    assert!(
+        e.contains("adapter.coeff_init was renamed") && e.contains("; adapter.dropout was renamed"),
+        "{e}"
+    );
+    assert!(e.contains("adapter.mask was renamed"), "{e}");
+    // the typed error, for callers that deserialize through serde_json
+    let e = serde_json::from_str::<AdapterSpec>(r#"{"dropout": 0.1}"#).unwrap_err().to_string();
+    assert!(e.starts_with("adapter.dropout was renamed: use adapter.mlae.expert_dropout"), "{e}");
+    let e: SpecError =
+        AdapterSpec::try_from(toml::from_str::<AdapterTable>("coeff_init = 0.5\ndropout = 0.1").unwrap())
+            .unwrap_err();
+    assert_eq!(e.field(), "adapter.coeff_init");
+}
+
+/// What the flat layout's `AdapterSpec` wrote into a run's config.toml (every field).
+fn stored_flat(kind: &str, experts: usize, dropout: f64) -> toml::Value {
+    let text = format!(
+        "kind = '{kind}'\ntargets = ['qkv', 'fc1']\nexperts = {experts}\nexpert_rank = 2\ncoeff_init = 0.25\n\
+         lora_alpha = 16.0\ndropout = {dropout}\n[mask]\nstrategy = 'mixed'\npattern = 'uniform'\n\
+         experts_per_layer = [1, 3]\nseed = 4\n[dmlora]\nbranches = 3\np_start = 0.0\np_end = 0.5\n\
+         schedule = 'linear'\nramp_start = 0.0\nramp_end = 0.7\nstage2_start = 0.8\nscale_init = 1.0\n"
+    );
+    toml::Value::Table(toml::from_str(&text).unwrap())
+}
+
+#[test]
+fn stored_specs_of_the_flat_layout_are_upgraded_by_kind() {
+    let up = |kind, experts, p| AdapterSpec::from_stored(stored_flat(kind, experts, p)).unwrap();
+    let targets = vec![TargetLayer::Qkv, TargetLayer::Fc1];
+    let mlae = up("mlae", 4, 0.5);
+    let mask = MaskSpec {
+        strategy: MaskStrategy::Mixed,
+        experts_per_layer: Some(vec![1, 3]),
+        seed: 4,
+        ..Default::default()
+    };
+    let want = MlaeSpec { experts: 4, expert_rank: 2, coeff_init: 0.25, expert_dropout: 0.5, mask };
+    assert_eq!((mlae.kind, &mlae.targets, &mlae.mlae), (AdapterKind::Mlae, &targets, &want));
+    assert_eq!(mlae.lora, LoraSpec::default(), "kinds that did not read a key get nothing from it");
+    let lora = up("lora", 4, 0.1);
+    assert_eq!(lora.lora, LoraSpec { rank: 4, alpha: Some(16.0), input_dropout: 0.1, update_dropout: 0.0 });
+    assert_eq!(lora.mlae, MlaeSpec::default());
+    let lora_d = up("lora-dropout", 4, 0.3);
+    assert_eq!(lora_d.lora, LoraSpec { rank: 4, alpha: Some(16.0), input_dropout: 0.0, update_dropout: 0.3 });
+    let dm = up("dmlora", 2, 0.0);
+    assert_eq!(dm.dmlora, DmloraSpec { branches: 3, branch_rank: 2, ..Default::default() });
+    // the upgraded specs resolve to what the flat layout meant: same counts as before
+    let dims = ModelDims::vit_b16(10, 224);
+    assert_eq!(
+        dm.resolve(2).unwrap().count_params(&dims).adapter,
+        2 * ((6 * 3072 + 1) + (6 * (768 + 3072) + 1))
+    );
+    // [dmlora] had the current layout already (less branch_rank): it stays as stored
+    let dmlora = DmloraSpec { branches: 3, ..Default::default() };
+    let probe = AdapterSpec { kind: AdapterKind::LinearProbe, targets, dmlora, ..Default::default() };
+    assert_eq!(up("linear-probe", 8, 0.0), probe);
+    // the current layout reads as it is, from TOML and from JSON (adapter files' metadata)
+    let spec = AdapterSpec {
+        kind: AdapterKind::Lora,
+        lora: LoraSpec { rank: 4, ..Default::default() },
+        ..Default::default()
+    };
+    let toml_value = toml::Value::try_from(&spec).unwrap();
+    assert_eq!(AdapterSpec::from_stored(toml_value).unwrap(), spec);
+    let json = serde_json::to_string(&spec).unwrap();
+    assert_eq!(AdapterSpec::from_stored(&mut serde_json::Deserializer::from_str(&json)).unwrap(), spec);
+    // and what is neither fails, naming the key
+    let bad = toml::Value::Table(toml::from_str("kind = 'lora'\nrnak = 4").unwrap());
+    assert!(AdapterSpec::from_stored(bad).unwrap_err().to_string().contains("rnak"));
+}
+
+#[test]
+fn unused_sections_are_not_validated() {
+    let mut s = AdapterSpec { kind: AdapterKind::Lora, ..Default::default() };
+    s.mlae.mask =
+        MaskSpec { strategy: MaskStrategy::Stochastic, pattern: LayerPattern::Random, ..Default::default() };
+    s.mlae.experts = 0;
+    s.dmlora.branches = 0;
+    assert!(s.resolve(12).is_ok());
+    let lp = AdapterSpec {
+        kind: AdapterKind::LinearProbe,
+        targets: vec![],
+        lora: LoraSpec { rank: 0, ..Default::default() },
+        ..Default::default()
+    };
+    let plan = lp.resolve(12).unwrap();
+    assert!(plan.sites().is_empty());
+    assert_eq!(plan, AdapterPlan::LinearProbe(linear_probe::LinearProbePlan));
+}
+
+#[test]
+fn common_checks() {
+    let err = |s: AdapterSpec, depth| s.resolve(depth).unwrap_err();
+    for kind in AdapterKind::ALL.iter().filter(|k| k.has_adapter()) {
+        let e = err(AdapterSpec { kind: *kind, targets: vec![], ..Default::default() }, 12);
+        assert_eq!(e.field(), "adapter.targets", "{kind}");
+        let twice = AdapterSpec {
+            kind: *kind,
+            targets: vec![TargetLayer::Qkv, TargetLayer::Qkv],
+            ..Default::default()
+        };
+        assert!(err(twice, 12).to_string().contains("qkv is listed twice"));
+    }
+    assert_eq!(err(AdapterSpec::default(), 0).field(), "model.depth");
+    assert_eq!(err(AdapterSpec { kind: AdapterKind::Full, ..Default::default() }, 0).field(), "model.depth");
+}
+
+#[test]
+fn plans_per_kind() {
+    let plan = |kind| AdapterSpec { kind, ..Default::default() }.resolve(12).unwrap();
+    // lora-dropout keeps its dropout in the plan, lora its own
+    let mut spec = AdapterSpec { kind: AdapterKind::LoraDropout, ..Default::default() };
+    spec.lora = LoraSpec { input_dropout: 0.2, update_dropout: 0.1, ..Default::default() };
+    let AdapterPlan::LoraDropout(p) = spec.resolve(12).unwrap() else { panic!("kind") };
+    assert_eq!((p.input_dropout, p.update_dropout, p.scale), (0.0, 0.1, 1.0));
+    spec.kind = AdapterKind::Lora;
+    let AdapterPlan::Lora(p) = spec.resolve(12).unwrap() else { panic!("kind") };
+    assert_eq!((p.input_dropout, p.update_dropout), (0.2, 0.0));
+    // dmlora: K branches of rank r on every layer
+    let mut spec = AdapterSpec { kind: AdapterKind::Dmlora, ..Default::default() };
+    spec.dmlora.branch_rank = 2;
+    let AdapterPlan::Dmlora(p) = spec.resolve(12).unwrap() else { panic!("kind") };
+    assert_eq!((p.spec.branches, p.spec.branch_rank, p.layers.len()), (4, 2, 12));
+    assert_eq!(p.spec, DmloraSpec { branch_rank: 2, ..Default::default() });
+    // sites and their order are the same for every adapter kind
+    let sites = plan(AdapterKind::Mlae).sites();
+    for k in [AdapterKind::Lora, AdapterKind::LoraDropout, AdapterKind::Dmlora] {
+        assert_eq!(plan(k).sites(), sites, "{k}");
+    }
+    // plans serialise tagged by kind, and come back
+    for k in AdapterKind::ALL {
+        let p = plan(*k);
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains(&format!("\"{k}\"")), "{json}");
+        assert_eq!(serde_json::from_str::<AdapterPlan>(&json).unwrap(), p);
+    }
+}
+
+fn count(spec: AdapterSpec) -> ParamCount {
+    count_params(&spec.resolve(12).unwrap(), &ModelDims::vit_b16(100, 224))
+}
+
+#[test]
+fn counts_per_kind() {
+    let lp = count(AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() });
+    assert_eq!((lp.adapter, lp.trainable), (0, 76_900));
+    let full = count(AdapterSpec { kind: AdapterKind::Full, ..Default::default() });
+    assert_eq!((full.adapter, full.trainable), (0, 85_798_656 + 76_900));
+    let lora = count(AdapterSpec { kind: AdapterKind::Lora, ..Default::default() });
+    assert_eq!(lora.adapter, 12 * 8 * 3072);
+    let lora_d = count(AdapterSpec { kind: AdapterKind::LoraDropout, ..Default::default() });
+    assert_eq!(lora_d.adapter, lora.adapter);
+    let dmlora = DmloraSpec { branch_rank: 2, ..Default::default() };
+    let dm = count(AdapterSpec { kind: AdapterKind::Dmlora, dmlora, ..Default::default() });
+    assert_eq!(dm.adapter, 12 * (4 * 2 * 3072 + 1));
+    // the 8x1 / 4x2 / 2x4 ablation: same A/B budget, fewer lambdas
+    let k = |experts, expert_rank| {
+        count(AdapterSpec {
+            mlae: MlaeSpec { experts, expert_rank, ..Default::default() },
+            ..Default::default()
+        })
+        .adapter
+    };
+    assert_eq!(k(8, 1), 295_008);
+    assert_eq!(k(4, 2), 12 * (8 * 3072 + 4));
+    assert_eq!(k(2, 4), 12 * (8 * 3072 + 2));
+    // fixed patterns spend the same budget as 8 everywhere
+    for pattern in [LayerPattern::Incremental, LayerPattern::Hourglass, LayerPattern::Random] {
+        let mask = MaskSpec { strategy: MaskStrategy::Fixed, pattern, ..Default::default() };
+        let spec = AdapterSpec { mlae: MlaeSpec { mask, ..Default::default() }, ..Default::default() };
+        assert_eq!(count(spec).adapter, 295_008, "{pattern}");
+    }
+    // all four targets
+    let all = count(AdapterSpec { targets: TargetLayer::ALL.to_vec(), ..Default::default() });
+    assert_eq!(all.adapter, 12 * 8 * ((768 + 2304 + 1) + (768 + 768 + 1) + 2 * (768 + 3072 + 1)));
+    assert!(format!("{all}").starts_with("trainable "));
+}
+
+#[test]
+fn one_stage_methods_train_every_role_at_the_main_rate() {
+    let main = |step: u64| 1e-3 * (1.0 - step as f64 / 200.0);
+    for kind in [
+        AdapterKind::LinearProbe,
+        AdapterKind::Full,
+        AdapterKind::Lora,
+        AdapterKind::LoraDropout,
+        AdapterKind::Mlae,
+    ] {
+        let plan = AdapterSpec { kind, ..Default::default() }.resolve(12).unwrap();
+        let s = plan.schedule();
+        assert_eq!(
+            (s.stage(0, 100), s.stage(99, 100), s.stage_start(0, 100), s.stage_start(1, 100)),
+            (0, 0, Some(0), None)
+        );
+        for role in ParamRole::ALL {
+            assert!(s.trains(*role, 0), "{kind} {role:?}");
+            assert_eq!(s.lr(*role, 42, 100, &main), main(42), "{kind} {role:?}");
+        }
+        assert_eq!(s.describe(100), None);
+    }
+}
