@@ -282,7 +282,10 @@ mod tests {
         (vit.patch_size, vit.dim, vit.depth, vit.heads, vit.mlp_dim) = (8, 32, 2, 2, 64);
         BenchConfig {
             vit,
-            adapter: AdapterSpec { experts: 4, dropout: 0.5, ..Default::default() },
+            adapter: AdapterSpec {
+                mlae: mlae_core::MlaeSpec { experts: 4, expert_dropout: 0.5, ..Default::default() },
+                ..Default::default()
+            },
             batch: 4,
             steps: 3,
             warmup: 1,

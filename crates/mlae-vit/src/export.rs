@@ -44,8 +44,9 @@ impl AdaptedVit {
             )));
         }
         let field = |k: &str| meta.get(k).ok_or_else(|| err(format!("metadata has no `{k}`")));
-        let spec: AdapterSpec =
-            serde_json::from_str(field("adapter_spec")?).map_err(|e| err(format!("adapter_spec: {e}")))?;
+        // Stored by this toolkit, possibly in the flat [adapter] layout of older versions.
+        let spec = AdapterSpec::from_stored(&mut serde_json::Deserializer::from_str(field("adapter_spec")?))
+            .map_err(|e| err(format!("adapter_spec: {e}")))?;
         let cfg: VitConfig =
             serde_json::from_str(field("model_config")?).map_err(|e| err(format!("model_config: {e}")))?;
         self.check_fits(&cfg, spec.kind).map_err(err)?;
@@ -119,7 +120,7 @@ impl AdaptedVit {
     /// only for `full`.
     pub(crate) fn set_spec(&mut self, spec: &AdapterSpec) -> Result<()> {
         let plan = spec.resolve(self.cfg.depth as usize)?;
-        let full = plan.kind == AdapterKind::Full;
+        let full = plan.trains_backbone();
         if full && self.compute_kind() != Kind::Float {
             return Err(VitError::Config(
                 "switch to f32 before loading a full fine-tuning checkpoint".into(),
@@ -140,7 +141,7 @@ impl AdaptedVit {
     fn merged_tensors(&self) -> Vec<(String, Tensor)> {
         let merged: HashMap<String, Tensor> = self
             .adapted_layers()
-            .filter_map(|l| Some((format!("{}.weight", l.adapter()?.layer_plan().name()), l.merged_weight())))
+            .filter_map(|l| Some((format!("{}.weight", l.adapter()?.site().name()), l.merged_weight())))
             .collect();
         tch::no_grad(|| {
             let mut out: Vec<(String, Tensor)> = self
@@ -190,7 +191,7 @@ impl AdaptedVit {
         if self.adapters().next().is_none() {
             return Err(VitError::Config(format!(
                 "adapter kind {} has no low-rank adapter to export as PEFT LoRA; export the merged timm model",
-                self.plan.kind
+                self.plan.kind()
             )));
         }
         std::fs::create_dir_all(dir).map_err(VitError::io(dir))?;
@@ -198,7 +199,7 @@ impl AdaptedVit {
         let mut layers: Vec<(String, usize, f64)> = Vec::new();
         let mut fields = Vec::new();
         for a in self.adapters() {
-            let name = a.layer_plan().name();
+            let name = a.site().name();
             let peft = a.peft_layer()?;
             for (suffix, t) in peft.tensors {
                 tensors.push((format!("base_model.model.{name}.{suffix}"), t));
@@ -262,7 +263,7 @@ impl AdaptedVit {
         std::fs::write(&cfg_path, text + "\n").map_err(VitError::io(&cfg_path))?;
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        meta.insert("mlae_adapter_kind".to_string(), self.plan.kind.to_string());
+        meta.insert("mlae_adapter_kind".to_string(), self.plan.kind().to_string());
         write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, meta)
     }
 }

@@ -5,7 +5,9 @@
 //!   DMLoRA adapters on any of `qkv`, `proj`, `fc1`, `fc2`, or a linear probe / full
 //!   fine-tuning; merge/unmerge; adapter checkpoints; merged timm and PEFT LoRA exports;
 //! - [`adapter`]: the adapter layers behind one trait, [`AdapterLayer`], one module per kind
-//!   and the registry that builds them;
+//!   and the registry that builds them. A method's config, plan, parameter count and schedule
+//!   live in its mlae-core module (`mlae_core::methods`); its libtorch layer lives here, with
+//!   one line in this side's registry (`adapter::build`);
 //! - [`linear`]: the frozen linear layer and [`AdaptedLinear`], which owns a frozen layer, its
 //!   adapter and its merge state;
 //! - [`import`]: readers of foreign checkpoint formats into timm naming;

@@ -4,7 +4,9 @@
 mod common;
 
 use common::*;
-use mlae_core::{AdapterKind, AdapterSpec, DmloraSpec, MaskSampler, TargetLayer, dmlora, merge_delta};
+use mlae_core::{
+    AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MaskSampler, MlaeSpec, TargetLayer, dmlora, merge_delta,
+};
 use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx};
 use tch::Tensor;
 
@@ -39,9 +41,15 @@ fn tensor2(a: &ndarray::Array2<f32>) -> Tensor {
 
 #[test]
 fn dmlora_is_the_scaled_weighted_sum_of_its_branches() {
-    let dm = DmloraSpec { branches: 3, p_start: 0.5, p_end: 0.5, stage2_start: 0.9, ..Default::default() };
-    let spec =
-        AdapterSpec { kind: AdapterKind::Dmlora, experts: 2, dmlora: dm.clone(), ..Default::default() };
+    let dm = DmloraSpec {
+        branches: 3,
+        branch_rank: 2,
+        p_start: 0.5,
+        p_end: 0.5,
+        stage2_start: 0.9,
+        ..Default::default()
+    };
+    let spec = AdapterSpec { kind: AdapterKind::Dmlora, dmlora: dm.clone(), ..Default::default() };
     let m = adapted(&spec);
     let a = m.adapter(1, TargetLayer::Qkv).unwrap();
     let (x, base) = qkv_input();
@@ -81,7 +89,8 @@ fn dmlora_is_the_scaled_weighted_sum_of_its_branches() {
 
 #[test]
 fn mlae_merge_and_export_agree_with_mlae_core() {
-    let spec = AdapterSpec { experts: 4, expert_rank: 2, dropout: 0.5, ..Default::default() };
+    let mlae = MlaeSpec { experts: 4, expert_rank: 2, expert_dropout: 0.5, ..Default::default() };
+    let spec = AdapterSpec { mlae, ..Default::default() };
     let m = adapted(&spec);
     let a = m.adapter(1, TargetLayer::Qkv).unwrap();
     let (am, bm, l) = (param(a, "mlae_A"), param(a, "mlae_B"), param(a, "mlae_lambda"));
@@ -108,8 +117,10 @@ fn lora_kinds_place_their_dropout_where_they_say() {
     let (x, base) = qkv_input();
     let sampler = MaskSampler::new(0);
     for kind in [AdapterKind::Lora, AdapterKind::LoraDropout] {
-        let spec =
-            AdapterSpec { kind, experts: 4, lora_alpha: Some(2.0), dropout: 0.5, ..Default::default() };
+        // each kind reads its own dropout: 0.5 where it acts, the other one set to show it is ignored
+        let (input_dropout, update_dropout) = if kind == AdapterKind::Lora { (0.5, 0.9) } else { (0.9, 0.5) };
+        let lora = LoraSpec { rank: 4, alpha: Some(2.0), input_dropout, update_dropout };
+        let spec = AdapterSpec { kind, lora, ..Default::default() };
         let m = adapted(&spec);
         let a = m.adapter(1, TargetLayer::Qkv).unwrap();
         let (am, bm) = (param(a, "lora_A"), param(a, "lora_B"));
@@ -143,10 +154,13 @@ fn lora_kinds_place_their_dropout_where_they_say() {
 fn the_models_mask_draws_follow_the_plan_order() {
     // qkv and fc1 of 2 blocks: plan layers 0..4; the layer index of each adapter's masks is its
     // place in the plan, so a model forward equals one assembled from explicit scales.
-    let spec =
-        AdapterSpec { targets: vec![TargetLayer::Fc1, TargetLayer::Qkv], dropout: 0.5, ..Default::default() };
+    let spec = AdapterSpec {
+        targets: vec![TargetLayer::Fc1, TargetLayer::Qkv],
+        mlae: MlaeSpec { expert_dropout: 0.5, ..Default::default() },
+        ..Default::default()
+    };
     let m = adapted(&spec);
-    let order: Vec<String> = m.adapters().map(|a| a.layer_plan().name()).collect();
+    let order: Vec<String> = m.adapters().map(|a| a.site().name()).collect();
     assert_eq!(order, ["blocks.0.mlp.fc1", "blocks.0.attn.qkv", "blocks.1.mlp.fc1", "blocks.1.attn.qkv"]);
     let x = det_randn(&[2, 3, 32, 32], 5);
     let a = m.forward_t(&x, &ForwardCtx::train(7, 10));

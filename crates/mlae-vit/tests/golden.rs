@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use mlae_core::{AdapterKind, AdapterSpec, LayerPlan, MaskSampler, TargetLayer};
+use mlae_core::{AdapterKind, AdapterSpec, LayerSite, LoraSpec, MaskSampler, MlaeLayerPlan, TargetLayer};
 use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx, HeadLoad, MlaeLayer};
 use tch::{Device, Kind};
 
@@ -79,8 +79,7 @@ fn lora_matches_peft() {
     let spec = AdapterSpec {
         kind: AdapterKind::Lora,
         targets: vec![TargetLayer::Qkv, TargetLayer::Fc1],
-        experts: 4,
-        lora_alpha: Some(8.0),
+        lora: LoraSpec { rank: 4, alpha: Some(8.0), ..Default::default() },
         ..Default::default()
     };
     let m = tiny_model(&spec, 0);
@@ -104,7 +103,12 @@ fn lora_matches_peft() {
 #[test]
 fn mlae_layer_forward_and_backward_match_the_formula() {
     let f = tensors("mlae_layer.safetensors");
-    let plan = LayerPlan { block: 0, target: TargetLayer::Qkv, experts: 3, expert_rank: 2, p: 0.5 };
+    let plan = MlaeLayerPlan {
+        site: LayerSite { block: 0, target: TargetLayer::Qkv },
+        experts: 3,
+        expert_rank: 2,
+        expert_dropout: 0.5,
+    };
     for case in ["train", "eval"] {
         let layer = MlaeLayer::from_tensors(&plan, &f["a"], &f["bb"], &f["lambda"]).unwrap();
         let x = f["x"].copy().set_requires_grad(true);
@@ -138,7 +142,12 @@ fn mlae_layer_forward_and_backward_match_the_formula() {
 #[test]
 fn the_model_uses_the_mask_samplers_scales_in_training_and_none_at_eval() {
     let f = tensors("mlae_layer.safetensors");
-    let plan = LayerPlan { block: 0, target: TargetLayer::Qkv, experts: 3, expert_rank: 2, p: 0.5 };
+    let plan = MlaeLayerPlan {
+        site: LayerSite { block: 0, target: TargetLayer::Qkv },
+        experts: 3,
+        expert_rank: 2,
+        expert_dropout: 0.5,
+    };
     let layer = MlaeLayer::from_tensors(&plan, &f["a"], &f["bb"], &f["lambda"]).unwrap();
     let x2 = f["x"].flatten(0, 1);
     let base = x2.linear(&f["w"], Some(&f["b"]));

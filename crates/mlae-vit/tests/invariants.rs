@@ -3,7 +3,10 @@
 mod common;
 
 use common::*;
-use mlae_core::{AdapterKind, AdapterSpec, MaskSpec, MaskStrategy, TargetLayer, count_params};
+use mlae_core::{
+    AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MaskSpec, MaskStrategy, MlaeSpec, TargetLayer,
+    count_params,
+};
 use mlae_vit::{AdaptedVit, ForwardCtx, HeadLoad, ParamRole, Preset, StateDict, VitConfig, VitError};
 use tch::{Device, Kind, Tensor};
 
@@ -15,40 +18,43 @@ fn adapter_specs() -> Vec<AdapterSpec> {
         AdapterSpec {
             kind: AdapterKind::Lora,
             targets: all.clone(),
-            experts: 4,
-            lora_alpha: Some(8.0),
-            dropout: 0.2,
+            lora: LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.2, ..Default::default() },
             ..Default::default()
         },
         AdapterSpec {
             kind: AdapterKind::LoraDropout,
             targets: all.clone(),
-            experts: 4,
-            dropout: 0.3,
+            lora: LoraSpec { rank: 4, update_dropout: 0.3, ..Default::default() },
             ..Default::default()
         },
         AdapterSpec {
             kind: AdapterKind::Mlae,
             targets: all.clone(),
-            experts: 4,
-            dropout: 0.5,
-            coeff_init: 0.5,
+            mlae: MlaeSpec { experts: 4, expert_dropout: 0.5, coeff_init: 0.5, ..Default::default() },
             ..Default::default()
         },
         AdapterSpec {
             kind: AdapterKind::Mlae,
             targets: vec![TargetLayer::Qkv, TargetLayer::Fc2],
-            experts: 4,
-            expert_rank: 2,
-            dropout: 0.5,
-            mask: MaskSpec {
-                strategy: MaskStrategy::Mixed,
-                experts_per_layer: Some(vec![1, 3]),
+            mlae: MlaeSpec {
+                experts: 4,
+                expert_rank: 2,
+                expert_dropout: 0.5,
+                mask: MaskSpec {
+                    strategy: MaskStrategy::Mixed,
+                    experts_per_layer: Some(vec![1, 3]),
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             ..Default::default()
         },
-        AdapterSpec { kind: AdapterKind::Dmlora, targets: all, experts: 2, ..Default::default() },
+        AdapterSpec {
+            kind: AdapterKind::Dmlora,
+            targets: all,
+            dmlora: DmloraSpec { branch_rank: 2, ..Default::default() },
+            ..Default::default()
+        },
     ]
 }
 
@@ -165,7 +171,7 @@ fn merged_equals_unmerged_and_unmerge_restores_the_weights() {
         let unmerged = m.forward_t(&x, &ForwardCtx::eval());
         let weights: Vec<(String, Tensor)> = m
             .plan()
-            .layers
+            .sites()
             .iter()
             .map(|l| format!("{}.weight", l.name()))
             .map(|n| (n.clone(), m.tensor(&n).unwrap().copy()))
@@ -197,7 +203,7 @@ fn merged_equals_unmerged_and_unmerge_restores_the_weights() {
         let mut worst = 0.0f64;
         for (name, w) in &weights {
             let now = m.tensor(name).unwrap();
-            let a = m.adapters().find(|a| format!("{}.weight", a.layer_plan().name()) == *name).unwrap();
+            let a = m.adapters().find(|a| format!("{}.weight", a.site().name()) == *name).unwrap();
             // one rounding of W + dW: |error| <= ulp(|W| + |dW|) <= 2^-23 (|W| + |dW|)
             let bound = (w.abs() + a.merged_delta().abs()) * f64::from(f32::EPSILON);
             let err = (&now - w).abs();
@@ -380,8 +386,13 @@ fn the_fresh_head_is_timms_init() {
     assert!(w.abs().max().double_value(&[]) <= 0.04 + 1e-7);
     assert_eq!(m.tensor("head.bias").unwrap().abs().max().double_value(&[]), 0.0);
     // adapter A: U(+-1/sqrt(in)), B: 0, lambda: coeff_init
-    let m = AdaptedVit::new(&cfg, &AdapterSpec { coeff_init: 0.25, ..Default::default() }, 0, Device::Cpu)
-        .unwrap();
+    let m = AdaptedVit::new(
+        &cfg,
+        &AdapterSpec { mlae: MlaeSpec { coeff_init: 0.25, ..Default::default() }, ..Default::default() },
+        0,
+        Device::Cpu,
+    )
+    .unwrap();
     let a = m.tensor("blocks.0.attn.qkv.mlae_A").unwrap();
     assert_eq!(a.size(), [8, 384]);
     let bound = 1.0 / 384f64.sqrt();
@@ -402,7 +413,8 @@ fn the_fresh_head_is_timms_init() {
 fn bf16_compute_runs_and_stays_close_to_fp32() {
     let _rng = rng_lock();
     let x = input(4, 8);
-    let spec = AdapterSpec { dropout: 0.5, ..Default::default() };
+    let spec =
+        AdapterSpec { mlae: MlaeSpec { expert_dropout: 0.5, ..Default::default() }, ..Default::default() };
     let m32 = tiny_model(&spec, 1);
     randomize_trainable(&m32, 1);
     let want = m32.forward_t(&x, &ForwardCtx::eval());
@@ -482,14 +494,14 @@ fn layer_input_is_what_each_linear_layer_sees() {
     assert!(m.layer_input(&x, 2, TargetLayer::Qkv).is_err());
     // accessors
     let a = m.adapter(1, TargetLayer::Qkv).unwrap();
-    assert_eq!(a.layer_plan().name(), "blocks.1.attn.qkv");
+    assert_eq!(a.site().name(), "blocks.1.attn.qkv");
     let f = a.factors();
     assert_eq!(
         (f.a.size(), f.b.size(), f.coefficients.size(), f.expert_rank),
         (vec![8, 32], vec![8, 96], vec![8], 1)
     );
     assert!(m.adapter(1, TargetLayer::Fc1).is_none());
-    assert_eq!(m.plan().layers.len(), 2);
+    assert_eq!(m.plan().sites().len(), 2);
 }
 
 #[test]

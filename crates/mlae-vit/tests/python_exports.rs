@@ -8,7 +8,9 @@
 mod common;
 
 use common::*;
-use mlae_core::{AdapterKind, AdapterSpec, MaskSpec, MaskStrategy, TargetLayer};
+use mlae_core::{
+    AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MaskSpec, MaskStrategy, MlaeSpec, TargetLayer,
+};
 use mlae_vit::{AdaptedVit, ForwardCtx, VitConfig};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,12 +49,15 @@ struct Case {
 fn cases() -> Vec<Case> {
     let mlae_mixed = AdapterSpec {
         targets: vec![TargetLayer::Qkv, TargetLayer::Fc2],
-        experts: 4,
-        expert_rank: 2,
-        dropout: 0.5,
-        mask: MaskSpec {
-            strategy: MaskStrategy::Mixed,
-            experts_per_layer: Some(vec![1, 3]),
+        mlae: MlaeSpec {
+            experts: 4,
+            expert_rank: 2,
+            expert_dropout: 0.5,
+            mask: MaskSpec {
+                strategy: MaskStrategy::Mixed,
+                experts_per_layer: Some(vec![1, 3]),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..Default::default()
@@ -65,8 +70,7 @@ fn cases() -> Vec<Case> {
             spec: AdapterSpec {
                 kind: AdapterKind::Lora,
                 targets: vec![TargetLayer::Qkv, TargetLayer::Fc1],
-                experts: 4,
-                lora_alpha: Some(8.0),
+                lora: LoraSpec { rank: 4, alpha: Some(8.0), ..Default::default() },
                 ..Default::default()
             },
         },
@@ -74,7 +78,11 @@ fn cases() -> Vec<Case> {
             name: "lora-dropout",
             cfg: tiny_vit(32),
             backbone: "tiny_vit.safetensors",
-            spec: AdapterSpec { kind: AdapterKind::LoraDropout, dropout: 0.3, ..Default::default() },
+            spec: AdapterSpec {
+                kind: AdapterKind::LoraDropout,
+                lora: LoraSpec { update_dropout: 0.3, ..Default::default() },
+                ..Default::default()
+            },
         },
         Case {
             name: "mlae",
@@ -94,7 +102,7 @@ fn cases() -> Vec<Case> {
             backbone: "tiny_vit.safetensors",
             spec: AdapterSpec {
                 kind: AdapterKind::Dmlora,
-                experts: 2,
+                dmlora: DmloraSpec { branch_rank: 2, ..Default::default() },
                 targets: vec![TargetLayer::Proj, TargetLayer::Qkv],
                 ..Default::default()
             },
@@ -182,11 +190,14 @@ fn timm_and_peft_reproduce_the_exports() {
 fn peft_config_uses_patterns_for_layers_of_other_ranks() {
     let spec = AdapterSpec {
         targets: vec![TargetLayer::Qkv, TargetLayer::Fc2],
-        experts: 4,
-        expert_rank: 2,
-        mask: MaskSpec {
-            strategy: MaskStrategy::Fixed,
-            experts_per_layer: Some(vec![1, 3]),
+        mlae: MlaeSpec {
+            experts: 4,
+            expert_rank: 2,
+            mask: MaskSpec {
+                strategy: MaskStrategy::Fixed,
+                experts_per_layer: Some(vec![1, 3]),
+                ..Default::default()
+            },
             ..Default::default()
         },
         ..Default::default()

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use mlae_core::{AdapterKind, AdapterSpec, TargetLayer};
+use mlae_core::{AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MlaeSpec, TargetLayer};
 use mlae_train::bench::{self, BenchConfig};
 use mlae_vit::{Preset, VitConfig};
 use std::process::ExitCode;
@@ -43,13 +43,15 @@ pub struct BenchArgs {
     /// Fine-tuning method (`adapter.kind`).
     #[arg(long, default_value = "mlae")]
     pub adapter: AdapterKind,
-    /// Experts (MLAE), rank (LoRA) or rank per branch (DMLoRA): `adapter.experts`.
+    /// `adapter.mlae.experts` (mlae), `adapter.lora.rank` (lora, lora-dropout) or
+    /// `adapter.dmlora.branch_rank` (dmlora).
     #[arg(long, default_value_t = 8)]
     pub experts: usize,
-    /// Rank of each MLAE expert (`adapter.expert_rank`).
+    /// Rank of each MLAE expert (`adapter.mlae.expert_rank`).
     #[arg(long, default_value_t = 1)]
     pub expert_rank: usize,
-    /// `adapter.dropout` (MLAE: expert dropout p).
+    /// `adapter.mlae.expert_dropout` (mlae), `adapter.lora.input_dropout` (lora) or
+    /// `adapter.lora.update_dropout` (lora-dropout).
     #[arg(long, default_value_t = 0.5)]
     pub dropout: f64,
     /// Adapted layers of every block.
@@ -113,13 +115,23 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         }
         tch::set_num_threads(n);
     }
+    // Each flag sets the key of every method that has one; the kind reads its own.
     let adapter = AdapterSpec {
         kind: args.adapter,
         targets: args.targets.clone(),
-        experts: args.experts,
-        expert_rank: args.expert_rank,
-        dropout: args.dropout,
-        ..Default::default()
+        mlae: MlaeSpec {
+            experts: args.experts,
+            expert_rank: args.expert_rank,
+            expert_dropout: args.dropout,
+            ..Default::default()
+        },
+        lora: LoraSpec {
+            rank: args.experts,
+            input_dropout: args.dropout,
+            update_dropout: args.dropout,
+            ..Default::default()
+        },
+        dmlora: DmloraSpec { branch_rank: args.experts, ..Default::default() },
     };
     adapter.validate().context("adapter options")?;
     let cfg = BenchConfig {

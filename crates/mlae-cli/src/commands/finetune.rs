@@ -15,7 +15,7 @@ pub struct FinetuneArgs {
     /// Experiment config (TOML). Repeat to layer fragments on a task config; later files win.
     #[arg(long = "config", value_name = "FILE")]
     pub configs: Vec<PathBuf>,
-    /// Override a config key, e.g. --set train.lr=1e-3 --set adapter.dropout=0.7.
+    /// Override a config key, e.g. --set train.lr=1e-3 --set adapter.mlae.expert_dropout=0.7.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
     /// Continue the run in DIR from its last checkpoint (its config.toml is used as is).

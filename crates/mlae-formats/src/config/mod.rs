@@ -5,7 +5,8 @@
 //! ```toml
 //! extends = "../base/vtab.toml"      # optional, relative to this file; deep-merged
 //! [model]    preset = "vit-b16", checkpoint = "ckpt/ViT-B_16.npz", image_size = 224
-//! [adapter]  kind = "mlae", experts = 8, dropout = 0.5, coeff_init = 1.0
+//! [adapter]  kind = "mlae", targets = ["qkv"]
+//! [adapter.mlae] experts = 8, expert_dropout = 0.5, coeff_init = 1.0
 //! [data]     benchmark = "vtab", task = "cifar", root = "data/vtab-1k", protocol = "paper"
 //! [train]    epochs = 500, batch_size = 64, lr = 5e-4, weight_decay = 1e-4
 //! [output]   dir = "runs"
@@ -203,16 +204,7 @@ impl ExperimentConfig {
 
     /// A name a reader can tell runs apart by: task, method, hyper-parameters, seed.
     pub fn default_run_name(&self) -> String {
-        use mlae_core::AdapterKind as K;
-        let a = &self.adapter;
-        let method = match a.kind {
-            K::LinearProbe => "linear".to_string(),
-            K::Full => "full".to_string(),
-            K::Lora => format!("lora-r{}", a.experts),
-            K::LoraDropout => format!("lora-dropout-r{}-p{}", a.experts, a.dropout),
-            K::Mlae => format!("mlae-{}x{}-p{}-init{}", a.experts, a.expert_rank, a.dropout, a.coeff_init),
-            K::Dmlora => format!("dmlora-k{}-r{}", a.dmlora.branches, a.experts),
-        };
+        let method = self.adapter.label();
         format!("{}-{}-{}-s{}", self.data.task, method, self.data.protocol.as_str(), self.train.seed)
     }
 

@@ -29,14 +29,14 @@ fn extends_merges_and_overrides_win() {
     let child = write(
         tmp.path(),
         "child.toml",
-        "extends = \"base.toml\"\n[adapter]\nkind = \"lora\"\nexperts = 4\n[train]\nepochs = 7\n",
+        "extends = \"base.toml\"\n[adapter]\nkind = \"lora\"\n[adapter.lora]\nrank = 4\n[train]\nepochs = 7\n",
     );
     let cfg = ExperimentConfig::load(&[&child], &["train.lr=0.01".into(), "data.task=dtd".into()]).unwrap();
     assert_eq!(cfg.train.epochs, 7);
     assert_eq!(cfg.train.lr, 0.01);
     assert_eq!(cfg.train.batch_size, 64, "unset keys keep the paper's defaults");
     assert_eq!(cfg.data.task, "dtd");
-    assert_eq!(cfg.adapter.experts, 4);
+    assert_eq!(cfg.adapter.lora.rank, 4);
     assert_eq!(cfg.train_split(), "train800val200");
     // The resolved TOML parses back to the same config.
     let again = ExperimentConfig::from_table(cfg.to_toml().parse().unwrap(), &child).unwrap();
@@ -59,8 +59,13 @@ fn unknown_keys_and_bad_values_name_the_file_and_key() {
     assert!(err.contains("train.label_smoothing"), "{err}");
     let err = ExperimentConfig::load(&[&p], &["train.device=tpu".into()]).unwrap_err().to_string();
     assert!(err.contains("train.device"), "{err}");
-    let err = ExperimentConfig::load(&[&p], &["adapter.dropout=1.5".into()]).unwrap_err().to_string();
-    assert!(err.contains("dropout"), "{err}");
+    let err =
+        ExperimentConfig::load(&[&p], &["adapter.mlae.expert_dropout=1.5".into()]).unwrap_err().to_string();
+    assert!(err.contains("adapter.mlae.expert_dropout"), "{err}");
+    // a key of the old flat layout names its new place, and the file
+    let err = ExperimentConfig::load(&[&p], &["adapter.dropout=0.5".into()]).unwrap_err().to_string();
+    assert!(err.contains("adapter.dropout was renamed: use adapter.mlae.expert_dropout (mlae)"), "{err}");
+    assert!(err.contains("e.toml"), "{err}");
     let err = ExperimentConfig::load::<&Path>(&[], &[]).unwrap_err().to_string();
     assert!(err.contains("no config file"), "{err}");
 }
@@ -95,7 +100,7 @@ fn validation_covers_every_section() {
         ("model.num_classes", |c| c.model.num_classes = Some(0)),
         ("model.arch.heads", |c| c.model.arch = Some(ArchOverride { heads: Some(0), ..Default::default() })),
         ("data.task", |c| c.data.task.clear()),
-        ("adapter.dropout", |c| c.adapter.dropout = 1.5),
+        ("adapter.mlae.expert_dropout", |c| c.adapter.mlae.expert_dropout = 1.5),
     ];
     for (key, spoil) in cases {
         let mut bad = cfg.clone();
@@ -119,9 +124,9 @@ fn later_config_files_win_over_earlier_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let base = write(tmp.path(), "task.toml", BASE);
     let frag =
-        write(tmp.path(), "frag.toml", "[adapter]\ndropout = 0.0\n[adapter.mask]\nstrategy = \"fixed\"\n");
+        write(tmp.path(), "frag.toml", "[adapter.mlae]\nexpert_dropout = 0.0\n[adapter.mlae.mask]\nstrategy = \"fixed\"\n");
     let cfg = ExperimentConfig::load(&[&base, &frag], &[]).unwrap();
-    assert_eq!(cfg.adapter.dropout, 0.0);
+    assert_eq!(cfg.adapter.mlae.expert_dropout, 0.0);
     assert_eq!(cfg.train.epochs, 3);
 }
 
@@ -138,12 +143,13 @@ fn extends_cycles_are_reported() {
 fn run_names_tell_runs_apart() {
     let tmp = tempfile::tempdir().unwrap();
     let p = write(tmp.path(), "c.toml", BASE);
-    let a = ExperimentConfig::load(&[&p], &["adapter.dropout=0.5".into()]).unwrap();
-    let b = ExperimentConfig::load(&[&p], &["adapter.dropout=0.7".into()]).unwrap();
-    let c = ExperimentConfig::load(&[&p], &["train.seed=1".into(), "adapter.dropout=0.5".into()]).unwrap();
+    let p_is = |p: f64| format!("adapter.mlae.expert_dropout={p}");
+    let a = ExperimentConfig::load(&[&p], &[p_is(0.5)]).unwrap();
+    let b = ExperimentConfig::load(&[&p], &[p_is(0.7)]).unwrap();
+    let c = ExperimentConfig::load(&[&p], &["train.seed=1".into(), p_is(0.5)]).unwrap();
     let names = [a.default_run_name(), b.default_run_name(), c.default_run_name()];
     assert!(names[0] != names[1] && names[0] != names[2], "{names:?}");
-    assert!(names[0].starts_with("cifar-mlae-"), "{}", names[0]);
+    assert_eq!(names[0], "cifar-mlae-8x1-p0.5-init1-paper-s0", "the names of existing run directories");
 }
 
 #[test]

@@ -87,7 +87,7 @@ pub fn expert_contributions(
 }
 
 fn adapted_list(model: &AdaptedVit) -> String {
-    let names: Vec<String> = model.adapters().map(|a| a.layer_plan().name()).collect();
+    let names: Vec<String> = model.adapters().map(|a| a.site().name()).collect();
     if names.is_empty() { "none".into() } else { names.join(", ") }
 }
 
@@ -200,7 +200,7 @@ pub fn expert_maps(
         block: opts.block,
         target,
         experts: n_exp as usize,
-        expert_rank: adapter.layer_plan().expert_rank,
+        expert_rank: adapter.factors().expert_rank,
         grid,
         sizes: maps,
     };

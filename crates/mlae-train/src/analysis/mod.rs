@@ -73,7 +73,7 @@ mod tests {
     #[test]
     fn similarity_matches_mlae_core_with_coefficients() {
         tch::manual_seed(0);
-        let spec = AdapterSpec { experts: 4, ..Default::default() };
+        let spec = AdapterSpec { mlae: mlae_core::MlaeSpec { experts: 4, ..Default::default() }, ..Default::default() };
         let model = tiny(&spec);
         let (layers, mean) = model_similarity(&model).unwrap();
         assert_eq!(layers.len(), 2);
@@ -98,12 +98,17 @@ mod tests {
     #[test]
     fn contributions_match_the_direct_formula() {
         tch::manual_seed(1);
-        for (kind, k) in [(mlae_core::AdapterKind::Mlae, 2), (mlae_core::AdapterKind::Lora, 1)] {
-            let spec = AdapterSpec { kind, experts: 3, expert_rank: k, ..Default::default() };
+        let mlae = mlae_core::MlaeSpec { experts: 3, expert_rank: 2, ..Default::default() };
+        let lora = mlae_core::LoraSpec { rank: 3, ..Default::default() };
+        for spec in [
+            AdapterSpec { mlae, ..Default::default() },
+            AdapterSpec { kind: mlae_core::AdapterKind::Lora, lora, ..Default::default() },
+        ] {
             let model = tiny(&spec);
             let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
             let got = expert_contributions(&model, &x, 1, TargetLayer::Qkv).unwrap();
-            let n = model.adapter(1, TargetLayer::Qkv).unwrap().layer_plan().experts as i64;
+            let n = model.adapter(1, TargetLayer::Qkv).unwrap().factors().coefficients.size()[0];
+            assert_eq!(n, 3);
             assert_eq!(got.size(), [2, n, 16]);
             // Direct: build each expert's matrix and apply it to every patch token.
             let f = model.adapter(1, TargetLayer::Qkv).unwrap().factors();
@@ -116,7 +121,7 @@ mod tests {
                 let c = input.matmul(&w.tr()); // (N, P, out)
                 let want = c.norm_scalaropt_dim(2.0, [2i64].as_slice(), false);
                 let diff = (got.select(1, i) - want).abs().max().double_value(&[]);
-                assert!(diff < 1e-4, "{kind} expert {i}: {diff}");
+                assert!(diff < 1e-4, "{} expert {i}: {diff}", spec.kind);
             }
         }
         // Linear layers without an adapter are refused with the adapted list.

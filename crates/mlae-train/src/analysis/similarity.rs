@@ -94,25 +94,27 @@ pub fn model_similarity(model: &AdaptedVit) -> Result<(Vec<LayerSimilarity>, Opt
     if adapters.is_empty() {
         return Err(TrainError::Analysis(format!(
             "the model has no adapter layers (method {}): nothing to compare",
-            model.plan().kind
+            model.plan().kind()
         )));
     }
     let mut factors = Vec::with_capacity(adapters.len());
     for a in &adapters {
-        factors.push((a.layer_plan().clone(), a.factors().expert_rank, folded_factors(&a.factors())?));
+        let f = a.factors();
+        let n = f.coefficients.size()[0] as usize;
+        factors.push((a.site(), n, f.expert_rank, folded_factors(&f)?));
     }
     let report = SimilarityReport::try_from_layers(
-        factors.iter().map(|(plan, k, (a, b))| (plan.name(), a.view(), b.view(), *k)),
+        factors.iter().map(|(site, _, k, (a, b))| (site.name(), a.view(), b.view(), *k)),
     )?;
     let layers = report
         .layers
         .into_iter()
         .zip(&factors)
-        .map(|(l, (plan, k, _))| LayerSimilarity {
+        .map(|(l, (site, n, k, _))| LayerSimilarity {
             name: l.name,
-            block: plan.block,
-            target: plan.target,
-            experts: plan.experts,
+            block: site.block,
+            target: site.target,
+            experts: *n,
             expert_rank: *k,
             mean: finite(l.mean),
             matrix: l.matrix.outer_iter().map(|r| r.to_vec()).collect(),

@@ -3,10 +3,10 @@
 
 use super::stacked_delta;
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, cast, kaiming_a, param, repeat_rows};
-use crate::error::{Result, VitError};
+use crate::error::Result;
 use crate::init;
 use crate::tensor_io::to_array2;
-use mlae_core::{AdapterKind, AdapterPlan, DmloraSpec, LayerPlan, PeftLora};
+use mlae_core::{AdapterKind, DmloraPlan, DmloraSpec, LayerSite, PeftLora};
 use tch::{Kind, Tensor};
 
 /// K branches of rank r stacked in MLAE's layout, each initialised like a LoRA, and one
@@ -18,7 +18,7 @@ use tch::{Kind, Tensor};
 /// in stage 2 is the training loop's job (their role is [`ParamRole::Adapter`], the scale's
 /// [`ParamRole::BranchScale`]).
 pub struct DmloraLayer {
-    plan: LayerPlan,
+    site: LayerSite,
     spec: DmloraSpec,
     a: Tensor,
     b: Tensor,
@@ -27,19 +27,15 @@ pub struct DmloraLayer {
 
 impl DmloraLayer {
     /// The layer of a `dmlora` plan, with its branch schedule and scale init.
-    pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Self> {
-        let spec = plan
-            .dmlora
-            .as_ref()
-            .ok_or_else(|| VitError::Config("a dmlora plan without adapter.dmlora settings".into()))?;
-        Ok(Self::new(init, spec))
+    pub(crate) fn build(plan: &DmloraPlan, init: &Init<'_>) -> Self {
+        Self::new(init, &plan.spec)
     }
 
     /// A: Kaiming-uniform(a = sqrt 5) (each branch its own rows), B: zero, s_l: `scale_init`.
     pub(crate) fn new(init: &Init<'_>, spec: &DmloraSpec) -> Self {
-        let r = init.plan.rank() as i64;
+        let r = (spec.branches * spec.branch_rank) as i64;
         DmloraLayer {
-            plan: init.plan.clone(),
+            site: init.site,
             spec: spec.clone(),
             a: param(kaiming_a(init.seed, &format!("{}.dmlora_A", init.name), r, init.in_dim, init.device)),
             b: param(Tensor::zeros([r, init.out_dim], (Kind::Float, init.device))),
@@ -49,7 +45,7 @@ impl DmloraLayer {
 
     fn branch_coefficients(&self, weights: &[f32]) -> Tensor {
         let w = Tensor::from_slice(weights).to_device(self.scale.device());
-        repeat_rows(&self.scale * w, self.plan.expert_rank)
+        repeat_rows(&self.scale * w, self.spec.branch_rank)
     }
 }
 
@@ -58,8 +54,8 @@ impl AdapterLayer for DmloraLayer {
         AdapterKind::Dmlora
     }
 
-    fn layer_plan(&self) -> &LayerPlan {
-        &self.plan
+    fn site(&self) -> LayerSite {
+        self.site
     }
 
     fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
@@ -67,14 +63,14 @@ impl AdapterLayer for DmloraLayer {
         let w = if ctx.train {
             mlae_core::dmlora::branch_weights(ctx.sampler, &self.spec, ctx.step, ctx.total_steps, ctx.layer)
         } else {
-            mlae_core::dmlora::branch_weights_inference(self.plan.experts)
+            mlae_core::dmlora::branch_weights_inference(self.spec.branches)
         };
         let h = x.mm(&cast(&self.a, kind).tr()) * cast(&self.branch_coefficients(&w), kind);
         base.addmm(&h, &cast(&self.b, kind))
     }
 
     fn merged_delta(&self) -> Tensor {
-        let w = mlae_core::dmlora::branch_weights_inference(self.plan.experts);
+        let w = mlae_core::dmlora::branch_weights_inference(self.spec.branches);
         let c = tch::no_grad(|| self.branch_coefficients(&w).to_kind(Kind::Float));
         stacked_delta(&self.a, &self.b, &c)
     }
@@ -89,20 +85,20 @@ impl AdapterLayer for DmloraLayer {
 
     fn factors(&self) -> ExpertFactors {
         let s = self.scale.double_value(&[0]) as f32;
-        let c = mlae_core::dmlora::branch_coefficients(self.plan.experts, s);
+        let c = mlae_core::dmlora::branch_coefficients(self.spec.branches, s);
         ExpertFactors {
             a: self.a.detach().copy(),
             b: self.b.detach().copy(),
             coefficients: Tensor::from_slice(c.as_slice().expect("contiguous")).to_device(self.a.device()),
-            expert_rank: self.plan.expert_rank,
+            expert_rank: self.spec.branch_rank,
         }
     }
 
     fn to_peft(&self) -> Result<PeftLora> {
         let s = self.scale.double_value(&[0]) as f32;
-        let c = mlae_core::dmlora::branch_coefficients(self.plan.experts, s);
+        let c = mlae_core::dmlora::branch_coefficients(self.spec.branches, s);
         let (a, b) = (to_array2(&self.a)?, to_array2(&self.b)?);
-        mlae_core::check_expert_shapes(a.view(), b.view(), Some(c.len()), None, self.plan.expert_rank)?;
-        Ok(mlae_core::to_peft_lora(a.view(), b.view(), c.view(), self.plan.expert_rank))
+        mlae_core::check_expert_shapes(a.view(), b.view(), Some(c.len()), None, self.spec.branch_rank)?;
+        Ok(mlae_core::to_peft_lora(a.view(), b.view(), c.view(), self.spec.branch_rank))
     }
 }

@@ -3,12 +3,13 @@
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, PeftLayer, cast, kaiming_a, param};
 use crate::error::Result;
 use crate::tensor_io::to_array2;
-use mlae_core::{AdapterKind, AdapterPlan, LayerPlan, PeftLora};
+use mlae_core::{AdapterKind, LayerSite, LoraPlan, PeftLora};
 use tch::{Kind, Tensor};
 
 /// Plain LoRA in PEFT's layout (`A: (r, in)`, `B: (out, r)`), dropout on the input.
 pub struct LoraLayer {
-    pub(super) plan: LayerPlan,
+    pub(super) site: LayerSite,
+    rank: usize,
     pub(super) a: Tensor,
     pub(super) b: Tensor,
     pub(super) scale: f64,
@@ -16,16 +17,18 @@ pub struct LoraLayer {
 }
 
 impl LoraLayer {
-    /// The layer of a `lora` plan: scale alpha / r, PEFT's input dropout.
-    pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Self> {
-        Ok(Self::new(init, plan.lora_scale, plan.lora_dropout))
+    /// The layer of a `lora` plan: rank r, scale alpha / r, PEFT's input dropout.
+    pub(crate) fn build(plan: &LoraPlan, init: &Init<'_>) -> Self {
+        Self::new(init, plan.rank, plan.scale, plan.input_dropout)
     }
 
-    /// A: Kaiming-uniform(a = sqrt 5), B: zero, as PEFT initialises them.
-    pub(crate) fn new(init: &Init<'_>, scale: f64, dropout: f64) -> Self {
-        let r = init.plan.rank() as i64;
+    /// A: Kaiming-uniform(a = sqrt 5), B: zero, as PEFT initialises them; `dropout` on the
+    /// input.
+    pub(crate) fn new(init: &Init<'_>, rank: usize, scale: f64, dropout: f64) -> Self {
+        let r = rank as i64;
         LoraLayer {
-            plan: init.plan.clone(),
+            site: init.site,
+            rank,
             a: param(kaiming_a(init.seed, &format!("{}.lora_A", init.name), r, init.in_dim, init.device)),
             b: param(Tensor::zeros([init.out_dim, r], (Kind::Float, init.device))),
             scale,
@@ -45,8 +48,8 @@ impl AdapterLayer for LoraLayer {
         AdapterKind::Lora
     }
 
-    fn layer_plan(&self) -> &LayerPlan {
-        &self.plan
+    fn site(&self) -> LayerSite {
+        self.site
     }
 
     fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
@@ -65,7 +68,7 @@ impl AdapterLayer for LoraLayer {
     }
 
     fn factors(&self) -> ExpertFactors {
-        let r = self.plan.rank() as i64;
+        let r = self.rank as i64;
         ExpertFactors {
             a: self.a.detach().copy(),
             b: self.b.detach().tr().contiguous(),
@@ -75,7 +78,7 @@ impl AdapterLayer for LoraLayer {
     }
 
     fn to_peft(&self) -> Result<PeftLora> {
-        let rank = self.plan.rank();
+        let rank = self.rank;
         Ok(PeftLora {
             lora_a: to_array2(&self.a)?,
             lora_b: to_array2(&self.b)?,

@@ -2,7 +2,7 @@
 
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, LoraLayer, ParamRole, cast};
 use crate::error::Result;
-use mlae_core::{AdapterKind, AdapterPlan, LayerPlan, PeftLora};
+use mlae_core::{AdapterKind, LayerSite, LoraPlan, PeftLora};
 use tch::Tensor;
 
 /// `base(x) + dropout(scale * B A x)`: a [`LoraLayer`] without input dropout whose update is
@@ -13,14 +13,14 @@ pub struct LoraDropoutLayer {
 }
 
 impl LoraDropoutLayer {
-    /// The layer of a `lora-dropout` plan: scale alpha / r, dropout on the update.
-    pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Self> {
-        Ok(Self::new(init, plan.lora_scale, plan.lora_dropout))
+    /// The layer of a `lora-dropout` plan: rank r, scale alpha / r, dropout on the update.
+    pub(crate) fn build(plan: &LoraPlan, init: &Init<'_>) -> Self {
+        Self::new(init, plan.rank, plan.scale, plan.update_dropout)
     }
 
-    /// Initialised as [`LoraLayer`].
-    pub(crate) fn new(init: &Init<'_>, scale: f64, dropout: f64) -> Self {
-        LoraDropoutLayer { inner: LoraLayer::new(init, scale, 0.0), dropout }
+    /// Initialised as [`LoraLayer`]; `dropout` on the update's output.
+    pub(crate) fn new(init: &Init<'_>, rank: usize, scale: f64, dropout: f64) -> Self {
+        LoraDropoutLayer { inner: LoraLayer::new(init, rank, scale, 0.0), dropout }
     }
 }
 
@@ -29,8 +29,8 @@ impl AdapterLayer for LoraDropoutLayer {
         AdapterKind::LoraDropout
     }
 
-    fn layer_plan(&self) -> &LayerPlan {
-        &self.inner.plan
+    fn site(&self) -> LayerSite {
+        self.inner.site
     }
 
     fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {

@@ -5,30 +5,31 @@ use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, cast, kaim
 use crate::error::{Result, VitError};
 use crate::init;
 use crate::tensor_io::{to_array1, to_array2};
-use mlae_core::{AdapterKind, AdapterPlan, LayerPlan, PeftLora};
+use mlae_core::{AdapterKind, LayerSite, MlaeLayerPlan, MlaePlan, PeftLora};
 use tch::{Kind, Tensor};
 
 /// `base(x) + ((x A^T) * repeat_k(lambda * s)) B`, with `s` the expert mask scales of
 /// [`mlae_core::MaskSampler`] for (seed, step, layer) during training and all ones at inference.
 pub struct MlaeLayer {
-    plan: LayerPlan,
+    plan: MlaeLayerPlan,
     a: Tensor,
     b: Tensor,
     lambda: Tensor,
 }
 
 impl MlaeLayer {
-    /// The layer of an `mlae` plan: lambda starts at the plan's coefficient init.
-    pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Self> {
-        Ok(Self::new(init, plan.coeff_init))
+    /// The layer of an `mlae` plan: its experts and expert dropout, lambda starting at the
+    /// plan's coefficient init.
+    pub(crate) fn build(plan: &MlaePlan, init: &Init<'_>) -> Self {
+        Self::new(init, &plan.layers[init.layer], plan.coeff_init)
     }
 
     /// A: Kaiming-uniform(a = sqrt 5) per row (every expert its own initial state), B: zero,
     /// lambda: `coeff_init`.
-    pub(crate) fn new(init: &Init<'_>, coeff_init: f64) -> Self {
-        let (n, r) = (init.plan.experts as i64, init.plan.rank() as i64);
+    pub(crate) fn new(init: &Init<'_>, plan: &MlaeLayerPlan, coeff_init: f64) -> Self {
+        let (n, r) = (plan.experts as i64, plan.rank() as i64);
         MlaeLayer {
-            plan: init.plan.clone(),
+            plan: *plan,
             a: param(kaiming_a(init.seed, &format!("{}.mlae_A", init.name), r, init.in_dim, init.device)),
             b: param(Tensor::zeros([r, init.out_dim], (Kind::Float, init.device))),
             lambda: param(init::full(&[n], coeff_init, init.device)),
@@ -38,7 +39,7 @@ impl MlaeLayer {
     /// A layer from given tensors, `a: (n k, in)`, `b: (n k, out)`, `lambda: (n,)` with n and k
     /// from `plan` (copied, f32, trainable). For tests and tools that need an MLAE layer
     /// outside a model.
-    pub fn from_tensors(plan: &LayerPlan, a: &Tensor, b: &Tensor, lambda: &Tensor) -> Result<Self> {
+    pub fn from_tensors(plan: &MlaeLayerPlan, a: &Tensor, b: &Tensor, lambda: &Tensor) -> Result<Self> {
         let (n, r) = (plan.experts as i64, plan.rank() as i64);
         let ok = a.dim() == 2 && b.dim() == 2 && a.size()[0] == r && b.size()[0] == r && lambda.size() == [n];
         if !ok {
@@ -52,7 +53,7 @@ impl MlaeLayer {
             )));
         }
         let p = |t: &Tensor| param(t.detach().to_kind(Kind::Float).copy());
-        Ok(MlaeLayer { plan: plan.clone(), a: p(a), b: p(b), lambda: p(lambda) })
+        Ok(MlaeLayer { plan: *plan, a: p(a), b: p(b), lambda: p(lambda) })
     }
 
     /// The forward with explicit per-expert mask scales (`None`: all on, unscaled). The model
@@ -77,13 +78,13 @@ impl AdapterLayer for MlaeLayer {
         AdapterKind::Mlae
     }
 
-    fn layer_plan(&self) -> &LayerPlan {
-        &self.plan
+    fn site(&self) -> LayerSite {
+        self.plan.site
     }
 
     fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
-        if ctx.train && self.plan.p > 0.0 {
-            let s = ctx.sampler.layer_scales(ctx.step, ctx.layer, self.plan.experts, self.plan.p);
+        if ctx.train && self.plan.expert_dropout > 0.0 {
+            let s = ctx.sampler.layer_scales(ctx.step, ctx.layer, self.plan.experts, self.plan.expert_dropout);
             self.forward_with_scales(x, base, Some(&s))
         } else {
             self.forward_with_scales(x, base, None)

@@ -27,26 +27,11 @@ use crate::error::{Result, VitError};
 use crate::init;
 use crate::linear::Linear;
 use crate::tensor_io::from_array2;
-use mlae_core::{AdapterKind, AdapterPlan, LayerPlan, MaskSampler, PeftLora};
-use serde::{Deserialize, Serialize};
+use mlae_core::{AdapterKind, AdapterPlan, LayerSite, MaskSampler, PeftLora};
 use tch::{Device, Kind, Tensor};
 
-/// What a trainable tensor is, so the training loop can treat groups differently (DMLoRA's
-/// stage 2 freezes `Adapter` tensors and keeps training `BranchScale` and `Head`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ParamRole {
-    /// The classification head.
-    Head,
-    /// Low-rank factors A and B.
-    Adapter,
-    /// MLAE's per-expert coefficients lambda.
-    Coefficient,
-    /// DMLoRA's per-layer scale s_l.
-    BranchScale,
-    /// A backbone weight (trainable only in `full` fine-tuning).
-    Backbone,
-}
+/// What a trainable tensor is (mlae-core's, so that a method's schedule can name roles).
+pub use mlae_core::ParamRole;
 
 /// What an adapter needs to know about the current forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +42,8 @@ pub struct AdapterCtx<'a> {
     pub step: u64,
     /// Total training steps, for DMLoRA's schedule.
     pub total_steps: u64,
-    /// This layer's index in [`mlae_core::AdapterPlan::layers`] (the `layer` of the mask draws).
+    /// This layer's index in the plan's sites ([`mlae_core::AdapterPlan::sites`], the `layer`
+    /// of the mask draws).
     pub layer: usize,
     /// The run's mask sampler.
     pub sampler: &'a MaskSampler,
@@ -114,8 +100,8 @@ impl PeftLayer {
 pub trait AdapterLayer: Send {
     /// The adapter kind.
     fn kind(&self) -> AdapterKind;
-    /// The layer's plan (block, target, experts, rank, dropout).
-    fn layer_plan(&self) -> &LayerPlan;
+    /// Where the layer is (block, target).
+    fn site(&self) -> LayerSite;
     /// `base + update(x)` for `x: (m, in)` and the frozen layer's output `base: (m, out)`,
     /// computed in the kind of `x` (trainable f32 tensors are cast, so gradients reach them).
     fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor;
@@ -157,7 +143,9 @@ pub trait AdapterLayer: Send {
 
 /// Shared construction arguments.
 pub(crate) struct Init<'a> {
-    pub plan: &'a LayerPlan,
+    pub site: LayerSite,
+    /// The layer's index in the plan's sites.
+    pub layer: usize,
     pub in_dim: i64,
     pub out_dim: i64,
     pub seed: u64,
@@ -166,16 +154,17 @@ pub(crate) struct Init<'a> {
     pub device: Device,
 }
 
-/// The registry: the layer of each adapter kind, built from the resolved plan (its
-/// constructor reads the plan fields it needs). A new kind is its module plus one line here.
+/// The registry: the layer of each method, built from the method's own plan (mlae-core's
+/// `methods` module; the constructor reads what it needs). A new method is its module plus
+/// one line here (and its mlae-core module and registry line).
 pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Box<dyn AdapterLayer>> {
-    Ok(match plan.kind {
-        AdapterKind::Lora => Box::new(LoraLayer::build(plan, init)?),
-        AdapterKind::LoraDropout => Box::new(LoraDropoutLayer::build(plan, init)?),
-        AdapterKind::Mlae => Box::new(MlaeLayer::build(plan, init)?),
-        AdapterKind::Dmlora => Box::new(DmloraLayer::build(plan, init)?),
-        AdapterKind::LinearProbe | AdapterKind::Full => {
-            return Err(VitError::Config(format!("adapter kind {} has no adapter layers", plan.kind)));
+    Ok(match plan {
+        AdapterPlan::Lora(p) => Box::new(LoraLayer::build(p, init)),
+        AdapterPlan::LoraDropout(p) => Box::new(LoraDropoutLayer::build(p, init)),
+        AdapterPlan::Mlae(p) => Box::new(MlaeLayer::build(p, init)),
+        AdapterPlan::Dmlora(p) => Box::new(DmloraLayer::build(p, init)),
+        AdapterPlan::LinearProbe(_) | AdapterPlan::Full(_) => {
+            return Err(VitError::Config(format!("adapter kind {} has no adapter layers", plan.kind())));
         }
     })
 }

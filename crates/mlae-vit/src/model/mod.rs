@@ -20,7 +20,7 @@ use crate::error::{Result, VitError};
 use crate::linear::{AdaptedLinear, Linear};
 use crate::pos_embed::{PosResample, resample_pos_embed};
 use block::{Pass, Rows};
-use mlae_core::{AdapterKind, AdapterPlan, AdapterSpec, MaskSampler, ParamCount, TargetLayer};
+use mlae_core::{AdapterPlan, AdapterSpec, MaskSampler, ParamCount, TargetLayer};
 use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
 
@@ -70,7 +70,7 @@ impl std::fmt::Debug for AdaptedVit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdaptedVit")
             .field("config", &self.cfg)
-            .field("kind", &self.plan.kind)
+            .field("kind", &self.plan.kind())
             .field("adapted_layers", &self.adapted.len())
             .field("device", &self.device)
             .field("compute_kind", &self.compute_kind)
@@ -91,7 +91,7 @@ impl AdaptedVit {
         cfg.validate()?;
         let plan = spec.resolve(cfg.depth as usize)?;
         let mut backbone = Backbone::random(cfg, seed, device);
-        if plan.kind == AdapterKind::Full {
+        if plan.trains_backbone() {
             for (_, t) in backbone.tensors_mut() {
                 *t = t.set_requires_grad(true);
             }
@@ -119,19 +119,21 @@ impl AdaptedVit {
     pub(crate) fn build_adapters(&mut self, plan: &AdapterPlan) -> Result<()> {
         let dims = self.cfg.dims();
         // Build them all before attaching any, so an error leaves the model as it was.
-        let mut built = Vec::with_capacity(plan.layers.len());
-        for layer in &plan.layers {
-            let (inn, out) = mlae_core::layer_in_out(layer.target, &dims);
-            let name = layer.name();
+        let sites = plan.sites();
+        let mut built = Vec::with_capacity(sites.len());
+        for (i, site) in sites.into_iter().enumerate() {
+            let (inn, out) = mlae_core::layer_in_out(site.target, &dims);
+            let name = site.name();
             let init = adapter::Init {
-                plan: layer,
+                site,
+                layer: i,
                 in_dim: inn as i64,
                 out_dim: out as i64,
                 seed: self.seed,
                 name: &name,
                 device: self.device,
             };
-            built.push((LayerId { block: layer.block, target: layer.target }, adapter::build(plan, &init)?));
+            built.push((LayerId { block: site.block, target: site.target }, adapter::build(plan, &init)?));
         }
         for id in std::mem::take(&mut self.adapted) {
             self.layer_mut(id).detach();
@@ -217,7 +219,7 @@ impl AdaptedVit {
     }
 
     fn backbone_trainable(&self) -> bool {
-        self.plan.kind == AdapterKind::Full
+        self.plan.trains_backbone()
     }
 
     /// The trainable tensors, in a stable order (backbone in timm order for `full`, then the
@@ -233,7 +235,7 @@ impl AdaptedVit {
             }
         }
         for a in self.adapters() {
-            let prefix = a.layer_plan().name();
+            let prefix = a.site().name();
             for (suffix, t, role) in a.params() {
                 v.push((format!("{prefix}.{suffix}"), t.shallow_clone(), role));
             }
@@ -446,7 +448,8 @@ mod tests {
         tch::manual_seed(1);
         let cfg = tiny_cfg();
         let targets = vec![TargetLayer::Qkv, TargetLayer::Proj, TargetLayer::Fc1, TargetLayer::Fc2];
-        let spec = AdapterSpec { experts: 3, dropout: 0.5, targets, ..Default::default() };
+        let mlae = mlae_core::MlaeSpec { experts: 3, expert_dropout: 0.5, ..Default::default() };
+        let spec = AdapterSpec { mlae, targets, ..Default::default() };
         let model = AdaptedVit::new(&cfg, &spec, 7, Device::Cpu).unwrap();
         tch::no_grad(|| {
             for (_, mut t, _) in model.trainable() {
@@ -509,7 +512,7 @@ mod tests {
         // without adapters there is nothing to merge, and nothing is merged
         let mut probe = AdaptedVit::new(
             &tiny_cfg(),
-            &AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() },
+            &AdapterSpec { kind: mlae_core::AdapterKind::LinearProbe, ..Default::default() },
             3,
             Device::Cpu,
         )
