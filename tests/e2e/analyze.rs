@@ -5,8 +5,8 @@ use ndarray::{Array1, Array2};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const MLAE: &str = "kind = \"mlae\"\nexperts = 4\ndropout = 0.5\ncoeff_init = 1.0";
-const LORA: &str = "kind = \"lora\"\nexperts = 4";
+const MLAE: &str = "kind = \"mlae\"\n[adapter.mlae]\nexperts = 4\nexpert_dropout = 0.5\ncoeff_init = 1.0";
+const LORA: &str = "kind = \"lora\"\n[adapter.lora]\nrank = 4";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()

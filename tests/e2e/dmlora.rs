@@ -10,10 +10,10 @@ use tch::Tensor;
 /// K = 3 branches of rank 2; the drop probability ramps 0 -> 0.5 (cosine) over the first 40%
 /// of training; stage 2 from half-way, with the scales' own learning rate.
 const DMLORA: &str = "kind = \"dmlora\"
-experts = 2
 
 [adapter.dmlora]
 branches = 3
+branch_rank = 2
 p_start = 0.0
 p_end = 0.5
 schedule = \"cosine\"

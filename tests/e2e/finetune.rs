@@ -3,7 +3,7 @@
 use crate::support::*;
 use std::path::Path;
 
-const MLAE: &str = "kind = \"mlae\"\nexperts = 4\ndropout = 0.5\ncoeff_init = 1.0";
+const MLAE: &str = "kind = \"mlae\"\n[adapter.mlae]\nexperts = 4\nexpert_dropout = 0.5\ncoeff_init = 1.0";
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -247,9 +247,18 @@ fn configs_that_do_not_fit_are_rejected_before_training() {
     assert!(!tmp.path().join("runs").exists(), "a rejected config left a run directory");
 
     // So does an adapter value out of range, naming the field.
-    let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--set", "adapter.dropout=1.5"]);
+    let set = |kv: &str| cli_run(&["finetune", "--config", s(&cfg), "--set", kv]);
+    let (code, _, stderr) = set("adapter.mlae.expert_dropout=1.5");
     assert_ne!(code, 0);
-    assert!(stderr.contains("adapter.dropout"), "{stderr}");
+    assert!(stderr.contains("adapter.mlae.expert_dropout"), "{stderr}");
+    // And a key of the old flat layout, naming its new place.
+    let (code, _, stderr) = set("adapter.dropout=0.5");
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("adapter.dropout was renamed: use adapter.mlae.expert_dropout (mlae)"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("runs").exists(), "a rejected config left a run directory");
 }
 
 #[test]

@@ -317,14 +317,14 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
         tmp.path(),
         "slurm-test",
         &template,
-        "protocol = \"paper\"\n[axes]\n\"adapter.dropout\" = [0.1, 0.5]\n",
+        "protocol = \"paper\"\n[axes]\n\"adapter.mlae.expert_dropout\" = [0.1, 0.5]\n",
     );
     let sweep = tmp.path().join("sweep");
     let cache = tmp.path().join("cache");
     let runs: Vec<String> =
-        tasks.iter().flat_map(|t| ["0.1", "0.5"].map(|p| format!("{t}.mlae.dropout={p}.s0"))).collect();
+        tasks.iter().flat_map(|t| ["0.1", "0.5"].map(|p| format!("{t}.mlae.expert_dropout={p}.s0"))).collect();
     let names: Vec<&str> = runs.iter().map(String::as_str).collect();
-    let target = "digits.mlae.dropout=0.5.s0";
+    let target = "digits.mlae.expert_dropout=0.5.s0";
     assert_eq!(names.last(), Some(&target));
     let others: Vec<&str> = names.iter().copied().filter(|r| *r != target).collect();
     let submit = || {
@@ -429,12 +429,12 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
     for p in ["0.1", "0.5"] {
         let row = md
             .lines()
-            .find(|l| l.starts_with(&format!("| mlae (dropout={p}) |")))
+            .find(|l| l.starts_with(&format!("| mlae (expert_dropout={p}) |")))
             .unwrap_or_else(|| panic!("{md}"));
         let acc: Vec<f64> = tasks
             .iter()
             .map(|t| {
-                100.0 * summary(&sweep, &format!("{t}.mlae.dropout={p}.s0"))["test_acc"].as_f64().unwrap()
+                100.0 * summary(&sweep, &format!("{t}.mlae.expert_dropout={p}.s0"))["test_acc"].as_f64().unwrap()
             })
             .collect();
         let cells: Vec<String> = acc.iter().map(|a| format!("{a:.2}")).collect();

@@ -38,7 +38,7 @@ fn dry_run_of_the_vtab_search_grid_lists_19_x_36_search_runs_and_19_finals() {
         let name = l.split_whitespace().next().unwrap();
         let task = name.split('.').nth(1).unwrap().to_string();
         assert_eq!(field(l, "data.protocol").as_deref(), Some("val"), "search runs select on val200: {l}");
-        let point = (field(l, "adapter.dropout").unwrap(), field(l, "adapter.coeff_init").unwrap());
+        let point = (field(l, "adapter.mlae.expert_dropout").unwrap(), field(l, "adapter.mlae.coeff_init").unwrap());
         assert!(per_task.entry(task).or_default().insert(point), "duplicate setting: {l}");
     }
     assert_eq!(per_task.len(), 19);
@@ -71,8 +71,8 @@ fn dry_run_of_the_vtab_paper_grid_uses_table_10() {
             .iter()
             .find(|l| l.starts_with(&format!("  {task}.mlae.s0 ")))
             .unwrap_or_else(|| panic!("no run for {task}:\n{out}"));
-        assert_eq!(field(line, "adapter.dropout").unwrap().parse::<f64>().unwrap(), p, "{line}");
-        assert_eq!(field(line, "adapter.coeff_init").unwrap().parse::<f64>().unwrap(), init, "{line}");
+        assert_eq!(field(line, "adapter.mlae.expert_dropout").unwrap().parse::<f64>().unwrap(), p, "{line}");
+        assert_eq!(field(line, "adapter.mlae.coeff_init").unwrap().parse::<f64>().unwrap(), init, "{line}");
         assert_eq!(field(line, "data.protocol").as_deref(), Some("paper"));
         assert_eq!(field(line, "adapter.kind").as_deref(), Some("mlae"));
         assert_eq!(field(line, "train.epochs").as_deref(), Some("500"), "the paper's recipe");
@@ -101,11 +101,11 @@ fn dry_runs_of_the_other_grids_plan_valid_configs() {
     let line =
         |variant: &str| *plan_lines(&out).iter().find(|l| l.contains(&format!("dtd.{variant}.s0"))).unwrap();
     let fixed = line("fixed-hourglass");
-    assert_eq!(field(fixed, "adapter.mask.strategy").as_deref(), Some("fixed"));
-    assert_eq!(field(fixed, "adapter.dropout").as_deref(), Some("0.0"));
+    assert_eq!(field(fixed, "adapter.mlae.mask.strategy").as_deref(), Some("fixed"));
+    assert_eq!(field(fixed, "adapter.mlae.expert_dropout").as_deref(), Some("0.0"));
     let ours = line("stochastic-uniform");
-    assert_eq!(field(ours, "adapter.dropout").as_deref(), Some("0.7"), "Table 10's p for dtd");
-    assert_eq!(field(ours, "adapter.coeff_init").as_deref(), Some("0.25"), "Table 10's init for dtd");
+    assert_eq!(field(ours, "adapter.mlae.expert_dropout").as_deref(), Some("0.7"), "Table 10's p for dtd");
+    assert_eq!(field(ours, "adapter.mlae.coeff_init").as_deref(), Some("0.25"), "Table 10's init for dtd");
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn bad_requests_are_refused_with_the_reason() {
             "--grid",
             "search",
             "--set",
-            "adapter.dropout=0.1"
+            "adapter.mlae.expert_dropout=0.1"
         ])
         .contains("is an axis")
     );
@@ -302,7 +302,7 @@ fn runs_spread_over_the_listed_gpus_one_at_a_time_each() {
         tmp.path(),
         "six",
         "configs/demo/{task}.toml",
-        "protocol = \"paper\"\n[axes]\n\"adapter.dropout\" = [0.1, 0.3, 0.5]\n",
+        "protocol = \"paper\"\n[axes]\n\"adapter.mlae.expert_dropout\" = [0.1, 0.3, 0.5]\n",
     );
     run_ok(
         xtask()

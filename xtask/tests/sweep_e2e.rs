@@ -30,7 +30,7 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
         tmp.path(),
         "search-small",
         &template,
-        "protocol = \"val\"\nseeds = [0, 1]\n[axes]\n\"adapter.dropout\" = [0.1, 0.5]\n\
+        "protocol = \"val\"\nseeds = [0, 1]\n[axes]\n\"adapter.mlae.expert_dropout\" = [0.1, 0.5]\n\
          [select]\nmetric = \"best_val_acc\"\nfinal_protocol = \"paper\"\n",
     );
     let sweep = tmp.path().join("sweep");
@@ -42,7 +42,7 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
     for task in &tasks {
         for p in ["0.1", "0.5"] {
             for seed in [0, 1] {
-                search.push(format!("search.{task}.mlae.dropout={p}.s{seed}"));
+                search.push(format!("search.{task}.mlae.expert_dropout={p}.s{seed}"));
             }
         }
     }
@@ -182,7 +182,7 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
             let fin = format!("final.{task}.mlae.s{seed}");
             let (mut best, mut best_p) = (f64::NEG_INFINITY, "");
             for p in ["0.1", "0.5"] {
-                let v = summary(&sweep, &format!("search.{task}.mlae.dropout={p}.s{seed}"))["best_val_acc"]
+                let v = summary(&sweep, &format!("search.{task}.mlae.expert_dropout={p}.s{seed}"))["best_val_acc"]
                     .as_f64()
                     .unwrap();
                 if v > best {
@@ -193,11 +193,11 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
                 .unwrap()
                 .parse()
                 .unwrap();
-            assert_eq!(cfg["adapter"]["dropout"].as_float(), Some(best_p.parse().unwrap()), "{fin}");
+            assert_eq!(cfg["adapter"]["mlae"]["expert_dropout"].as_float(), Some(best_p.parse().unwrap()), "{fin}");
             assert_eq!(cfg["data"]["protocol"].as_str(), Some("paper"), "{fin}");
             assert_eq!(cfg["train"]["seed"].as_integer(), Some(seed), "{fin}");
             assert!(cfg["model"].get("checkpoint").is_none(), "random init: {fin}");
-            assert_eq!(selection[&fin]["selected"], format!("search.{task}.mlae.dropout={best_p}.s{seed}"));
+            assert_eq!(selection[&fin]["selected"], format!("search.{task}.mlae.expert_dropout={best_p}.s{seed}"));
             assert_eq!(selection[&fin]["value"].as_f64(), Some(best));
             let s = summary(&sweep, &fin);
             assert_eq!(s["protocol"], "paper");
@@ -258,7 +258,7 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
     for fin in &finals {
         let c = &selection[fin];
         let line = format!(
-            "| {fin} | {} | mlae | {} | adapter.dropout={} | {:.2} | 2 |",
+            "| {fin} | {} | mlae | {} | adapter.mlae.expert_dropout={} | {:.2} | 2 |",
             c["task"].as_str().unwrap(),
             c["seed"],
             c["point"][0][1].as_str().unwrap(),
@@ -306,8 +306,8 @@ fn the_vtab_paper_grid_trains_every_task_with_table_10_and_reports_the_domain_me
             .unwrap()
             .parse()
             .unwrap();
-        assert_eq!(cfg["adapter"]["dropout"].as_float(), Some(p), "{run}: Table 10's p");
-        assert_eq!(cfg["adapter"]["coeff_init"].as_float(), Some(init), "{run}: Table 10's init");
+        assert_eq!(cfg["adapter"]["mlae"]["expert_dropout"].as_float(), Some(p), "{run}: Table 10's p");
+        assert_eq!(cfg["adapter"]["mlae"]["coeff_init"].as_float(), Some(init), "{run}: Table 10's init");
         assert_eq!(cfg["data"]["protocol"].as_str(), Some("paper"));
         assert_eq!(cfg["train"]["epochs"].as_integer(), Some(epochs as i64));
         let s = summary(&sweep, &run);

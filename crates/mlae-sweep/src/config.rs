@@ -96,7 +96,7 @@ fn canonical(v: &toml::Value, out: &mut String) {
 
 /// Checks a planned run's whole config as the trainer will: the sections are known, every
 /// key parses into its typed section (unknown keys are refused) and every value is in range
-/// (`train.lr`, `adapter.dropout`, ...). A plan with a bad run fails before anything starts,
+/// (`train.lr`, `adapter.mlae.expert_dropout`, ...). A plan with a bad run fails before anything starts,
 /// naming the run and the key. `origin` is where the run's generated config goes.
 pub fn check_merged(merged: &toml::Table, origin: &Path, run: &str) -> Result<ExperimentConfig> {
     for k in merged.keys() {
@@ -194,14 +194,18 @@ mod tests {
 
     #[test]
     fn every_section_is_checked_and_errors_name_the_run_and_key() {
-        let cfg = check("[adapter]\nkind = \"mlae\"\ndropout = 0.5\n").unwrap();
-        assert_eq!(cfg.adapter.dropout, 0.5);
+        let cfg = check("[adapter]\nkind = \"mlae\"\n[adapter.mlae]\nexpert_dropout = 0.5\n").unwrap();
+        assert_eq!(cfg.adapter.mlae.expert_dropout, 0.5);
         let err = check(
-            "[adapter]\ndropout = 0.5\n[adapter.mask]\nstrategy = \"stochastic\"\npattern = \"hourglass\"\n",
+            "[adapter.mlae]\nexpert_dropout = 0.5\n[adapter.mlae.mask]\nstrategy = \"stochastic\"\n\
+             pattern = \"hourglass\"\n",
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("run r: ") && err.contains("adapter.dropout"), "{err}");
+        assert!(err.starts_with("run r: ") && err.contains("adapter.mlae.expert_dropout"), "{err}");
+        // a key of the old flat layout names its new place
+        let err = check("[adapter]\ndropout = 0.5\n").unwrap_err().to_string();
+        assert!(err.contains("adapter.dropout was renamed: use adapter.mlae.expert_dropout"), "{err}");
         assert!(check("[adapter]\ndropuot = 0.5\n").unwrap_err().to_string().contains("dropuot"));
         let err = check("[train]\nlr = -1\n").unwrap_err().to_string();
         assert!(err.starts_with("run r: ") && err.contains("train.lr"), "{err}");

@@ -10,7 +10,7 @@
 //! [set]                                        # overrides for every run
 //! "train.eval_every" = 50
 //! [axes]                                       # cartesian product of overrides
-//! "adapter.dropout" = [0.0, 0.5]
+//! "adapter.mlae.expert_dropout" = [0.0, 0.5]
 //! [[variants]]                                 # named variants (methods, ablations)
 //! name = "lora"
 //! set = { "adapter.kind" = "lora" }

@@ -17,17 +17,9 @@ pub struct Prepared {
     pub summary: String,
 }
 
-/// Keys shown for each run of a plan, when the merged config has them and the method uses
-/// them (masks and coefficients are MLAE's; linear probe and full fine-tuning have no dropout).
-const SHOWN: &[&str] = &[
-    "adapter.kind",
-    "adapter.dropout",
-    "adapter.coeff_init",
-    "adapter.mask.strategy",
-    "adapter.mask.pattern",
-    "data.protocol",
-    "train.epochs",
-];
+/// Keys shown for each run of a plan, when the merged config has them: the method, its own key
+/// settings (`AdapterKind::key_settings`), then these.
+const SHOWN: &[&str] = &["data.protocol", "train.epochs"];
 
 /// Builds each run's generated config, checks the whole config it resolves to, and
 /// fingerprints it. Writes nothing.
@@ -44,12 +36,11 @@ pub fn prepare(
         let path = sweep.config(&spec.name);
         let text = config::render(&table, &format!("grid {grid_name}, run {}", spec.name))?;
         let merged = config::merged(&table, &path)?;
-        config::check_merged(&merged, &path, &spec.name)?;
-        let kind = config::get_path(&merged, "adapter.kind").and_then(|v| v.as_str()).unwrap_or("mlae");
-        let summary = SHOWN
+        let cfg = config::check_merged(&merged, &path, &spec.name)?;
+        let summary = ["adapter.kind"]
             .iter()
-            .filter(|k| kind == "mlae" || !(k.starts_with("adapter.mask") || **k == "adapter.coeff_init"))
-            .filter(|k| kind != "linear-probe" && kind != "full" || !k.starts_with("adapter.d"))
+            .chain(cfg.adapter.kind.key_settings())
+            .chain(SHOWN)
             .filter_map(|k| config::get_path(&merged, k).map(|v| format!("{k}={}", grid::value_text(v))))
             .collect::<Vec<_>>()
             .join(" ");

@@ -1,7 +1,7 @@
 //! The shipped DMLoRA configs load, validate and describe what their comments say: DMLoRA on
 //! the MLAE recipe of each benchmark, at MLAE's budget, and a variant of the `baselines` grid.
 
-use mlae_core::{AdapterKind, AdapterSpec, ModelDims, count_params};
+use mlae_core::{AdapterKind, AdapterPlan, AdapterSpec, DmloraSpec, ModelDims, count_params};
 use mlae_data::Benchmark;
 use mlae_train::config::ExperimentConfig;
 use std::path::{Path, PathBuf};
@@ -33,12 +33,13 @@ fn the_dmlora_configs_are_dmlora_on_the_mlae_recipe_and_budget() {
         assert_eq!((a.kind, cfg.data.benchmark, cfg.train.epochs), (AdapterKind::Dmlora, benchmark, epochs));
         same_recipe(&cfg, &load(&[mlae]));
         // the documented defaults of this project's reading of the paper
-        assert_eq!(a.dmlora, mlae_core::DmloraSpec { branches: 4, ..Default::default() }, "{file}");
+        assert_eq!(a.dmlora, DmloraSpec { branches: 4, branch_rank: 2, ..Default::default() }, "{file}");
         // K r = 8 rows per layer, MLAE's 8 rank-1 experts, one scale instead of 8 lambdas
         let dims = ModelDims::vit_b16(100, 224);
         let plan = a.resolve(12).unwrap();
         let mlae = AdapterSpec::default().resolve(12).unwrap();
-        assert_eq!(plan.total_rank(), mlae.total_rank());
+        let (AdapterPlan::Dmlora(dm), AdapterPlan::Mlae(ml)) = (&plan, &mlae) else { panic!("kinds") };
+        assert!(dm.layers.len() == 12 && dm.rank() * 12 == ml.total_rank());
         assert_eq!(
             count_params(&mlae, &dims).adapter - count_params(&plan, &dims).adapter,
             12 * (8 - 1),
@@ -55,12 +56,13 @@ fn the_baselines_grid_runs_dmlora_on_each_task_config() {
     let dm = variants.iter().find(|v| v["name"].as_str() == Some("dmlora")).expect("a dmlora variant");
     let extends: Vec<&str> = dm["extends"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(extends, ["configs/dmlora/base.toml"]);
-    // The sweep layers the variant on each task config; the task's MLAE settings (dropout,
-    // coefficient init) must not leak into DMLoRA.
+    // The sweep layers the variant on each task config; the task's MLAE settings (expert
+    // dropout, coefficient init) must not leak into DMLoRA: its plan is the fragment's alone.
+    let alone = load(&["configs/dmlora/vtab.toml"]).adapter.resolve(12).unwrap();
     for task in ["configs/vtab/cifar.toml", "configs/fgvc/cub.toml"] {
         let cfg = load(&[task, extends[0]]);
         assert_eq!(cfg.adapter.kind, AdapterKind::Dmlora, "{task}");
-        assert_eq!(cfg.adapter.dropout, 0.0, "{task}");
+        assert_eq!(cfg.adapter.resolve(12).unwrap(), alone, "{task}");
         same_recipe(&cfg, &load(&[task]));
     }
 }

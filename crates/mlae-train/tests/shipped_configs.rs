@@ -3,7 +3,7 @@
 //! fragment layered on a task config resolves for ViT-B/16's 12 blocks. A typo in a config
 //! must fail here, not hours into a sweep.
 
-use mlae_core::{AdapterKind, MaskStrategy};
+use mlae_core::{AdapterKind, AdapterPlan, MaskStrategy};
 use mlae_data::Benchmark;
 use mlae_train::config::ExperimentConfig;
 use std::collections::BTreeSet;
@@ -36,6 +36,10 @@ fn tasks_of(dir: &str, benchmark: Benchmark) -> BTreeSet<String> {
             let cfg = load(std::slice::from_ref(&f));
             assert_eq!(cfg.data.benchmark, benchmark, "{}", f.display());
             assert_eq!(cfg.adapter.kind, AdapterKind::Mlae, "{}", f.display());
+            // the baselines grid's LoRA+Dropout runs with the task's p, on dW x
+            let (mlae, lora) = (&cfg.adapter.mlae, &cfg.adapter.lora);
+            assert_eq!(lora.update_dropout, mlae.expert_dropout, "{}", f.display());
+            assert_eq!((lora.rank, lora.input_dropout), (8, 0.0), "{}", f.display());
             cfg.adapter.resolve(12).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
             assert_eq!(cfg.data.task, stem, "{}: the file name is the task", f.display());
@@ -78,9 +82,11 @@ fn every_masking_ablation_layers_on_a_task_config() {
         let cfg = load(&[task.clone(), frag.clone()]);
         let plan = cfg.adapter.resolve(12).unwrap_or_else(|e| panic!("{}: {e}", frag.display()));
         let name = frag.file_stem().unwrap().to_str().unwrap();
-        let strategy = cfg.adapter.mask.strategy;
+        let mask = &cfg.adapter.mlae.mask;
+        let strategy = mask.strategy;
         assert!(name.contains(strategy.as_str()), "{name}: strategy {strategy}");
-        assert!(name.ends_with(cfg.adapter.mask.pattern.as_str()), "{name}");
+        assert!(name.ends_with(mask.pattern.as_str()), "{name}");
+        let AdapterPlan::Mlae(plan) = plan else { panic!("{name}: not an MLAE plan") };
         if strategy != MaskStrategy::Stochastic {
             // fixed allocations: the paper's patterns keep 8 experts per block on average
             let kept: usize = plan.layers.iter().map(|l| l.experts).sum();
@@ -88,7 +94,7 @@ fn every_masking_ablation_layers_on_a_task_config() {
         }
         // the fragment changes the adapter only
         assert_eq!((&cfg.train, &cfg.model, &cfg.data.task), (&base.train, &base.model, &base.data.task));
-        seen.insert((strategy.as_str(), cfg.adapter.mask.pattern.as_str()));
+        seen.insert((strategy.as_str(), mask.pattern.as_str()));
     }
     assert_eq!(seen.len(), 15, "Table 4: 3 strategies x 5 patterns (stochastic: uniform in place of random)");
 }

@@ -108,14 +108,19 @@ impl RunLayout {
             .collect()
     }
 
-    /// The resolved config stored in the run (`config.toml`), parsed as written.
+    /// The resolved config stored in the run (`config.toml`). A run written with the flat
+    /// `[adapter]` layout of older versions is upgraded (`AdapterSpec::from_stored`: the stored
+    /// kind says what each old key meant), so old runs resume; a config a person writes fails
+    /// on old keys instead.
     pub fn read_config(&self) -> Result<ExperimentConfig> {
         let path = self.config();
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| FormatError::Config {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let err = |message: String| FormatError::Config { path: path.clone(), message };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
+        if let Some(adapter) = table.get_mut("adapter") {
+            let spec = mlae_core::AdapterSpec::from_stored(adapter.clone()).map_err(|e| err(format!("adapter: {e}")))?;
+            *adapter = toml::Value::try_from(&spec).map_err(|e| err(format!("adapter: {e}")))?;
+        }
         ExperimentConfig::from_table(table, &path)
     }
 
