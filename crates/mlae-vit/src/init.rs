@@ -1,18 +1,12 @@
 //! Seeded parameter initialisation that does not touch libtorch's global RNG.
 //!
 //! Every tensor's values are a pure function of (seed, tensor name, element index): a
-//! counter-based hash (SplitMix64 finaliser) gives uniform numbers, which libtorch turns into
+//! counter-based hash (mlae-core's SplitMix64 finaliser) gives uniform numbers, which libtorch turns into
 //! the wanted distribution. So a model's initial state does not depend on the device, the
 //! order tensors are created in, or what the training loop did to the global RNG.
 
+use mlae_core::rng::{GOLDEN, mix64};
 use tch::{Device, Kind, Tensor};
-
-/// The SplitMix64 output function: a bijective avalanche mix of 64 bits.
-fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// FNV-1a of a name, so that streams are keyed by what they initialise.
 fn name_hash(name: &str) -> u64 {
@@ -24,7 +18,7 @@ fn open_uniform(seed: u64, name: &str, n: usize) -> Vec<f32> {
     let key = mix64(seed ^ mix64(name_hash(name)));
     (0..n as u64)
         .map(|i| {
-            let bits = mix64(key.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15))) >> 40;
+            let bits = mix64(key.wrapping_add(i.wrapping_mul(GOLDEN))) >> 40;
             (bits as f32 + 0.5) / (1u64 << 24) as f32
         })
         .collect()
