@@ -6,6 +6,7 @@
 //! The schedule is a function of (step, total steps) alone, so a resumed run re-derives its
 //! stage and learning rates from the step it resumes at.
 
+use crate::names::named_enum;
 use serde::{Deserialize, Serialize};
 
 /// What a trainable tensor is, so a schedule can treat groups differently (DMLoRA's stage 2
@@ -25,16 +26,10 @@ pub enum ParamRole {
     Backbone,
 }
 
-impl ParamRole {
-    /// Every role, in declaration order.
-    pub const ALL: &'static [ParamRole] = &[
-        ParamRole::Head,
-        ParamRole::Adapter,
-        ParamRole::Coefficient,
-        ParamRole::BranchScale,
-        ParamRole::Backbone,
-    ];
-}
+named_enum!(ParamRole, "role", {
+    Head => "head", Adapter => "adapter", Coefficient => "coefficient", BranchScale => "branch-scale",
+    Backbone => "backbone",
+});
 
 /// Which roles train at a step, and each role's learning rate. The defaults are a one-stage
 /// schedule where every trainable role follows the run's main learning-rate schedule; a

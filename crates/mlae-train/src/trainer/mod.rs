@@ -6,8 +6,9 @@
 //! replays exactly what the uninterrupted run would have done.
 //!
 //! The loop is split by job: `session` builds everything a run needs, `train_loop` runs
-//! the epochs, `checkpointing` saves and restores (resume), `stage` holds the one
-//! method-specific part (DMLoRA's stages), and `summary` finishes the run. Evaluation is
+//! the epochs, `checkpointing` saves and restores (resume), `stage` applies the method's
+//! training schedule (its stages and per-role learning rates, from mlae-core), and `summary`
+//! finishes the run. Evaluation is
 //! [`crate::evaluator`]'s, shared with `eval`, `export` and `analyze`.
 
 mod checkpointing;

@@ -41,8 +41,11 @@ pub(super) struct Session {
     pub(super) device: Device,
     pub(super) model: AdaptedVit,
     pub(super) opt: AdamW,
-    /// Role of each optimizer parameter, by name (DMLoRA's stage 2 freezes by role).
+    /// Role of each optimizer parameter, by name (the method's stages freeze by role).
     pub(super) roles: HashMap<String, ParamRole>,
+    /// The role of each optimizer group (one group per role, so that the method's schedule
+    /// can give each role its learning rate).
+    pub(super) group_roles: Vec<ParamRole>,
     pub(super) schedule: LrSchedule,
     pub(super) train: TrainData,
     pub(super) evals: Vec<(String, ImageSet)>,
@@ -126,7 +129,7 @@ impl Session {
             total_steps,
         };
 
-        let (groups, params, roles) = super::stage::param_groups(&model, cfg.train.weight_decay);
+        let (groups, params, roles, group_roles) = super::stage::param_groups(&model, cfg.train.weight_decay);
         let opt = AdamW::new(AdamWConfig::default(), groups, params);
 
         let info = mlae_vit::runtime::runtime_info();
@@ -151,6 +154,7 @@ impl Session {
             model,
             opt,
             roles,
+            group_roles,
             schedule,
             train,
             evals,

@@ -1,158 +1,110 @@
-//! The method-specific part of the loop: DMLoRA's two stages. Everything DMLoRA needs from
-//! the generic loop is here (the optimizer's parameter groups, the stage switch and the
-//! per-group learning rates); the loop calls [`Session::log_stage_plan`],
-//! [`Session::sync_stage`] and [`Session::group_lrs`] and knows nothing of DMLoRA. Other
-//! kinds have one stage and one schedule.
+//! The method's training schedule in the loop: the optimizer's parameter groups (one per
+//! parameter role), the stage switch and the per-group learning rates. The loop calls
+//! [`Session::log_stage_plan`], [`Session::sync_stage`] and [`Session::group_lrs`]; what they
+//! do comes from the plan's [`TrainSchedule`] (mlae-core's method modules), so the loop knows
+//! no method (DMLoRA's two stages are its schedule's; other methods have one stage and the
+//! main learning rate).
 
 use super::session::Session;
 use crate::optim::ParamGroup;
 use crate::schedule::LrSchedule;
-use mlae_core::{AdapterKind, DmloraSpec};
+use mlae_core::TrainSchedule;
 use mlae_vit::{AdaptedVit, ParamRole};
 use std::collections::HashMap;
 use tch::Tensor;
 
-/// The optimizer's parameter groups: `main` (head and adapter factors) and `scales`
-/// (DMLoRA's per-layer scales), each parameter with its group index, and the role of each
-/// parameter by name (stage 2 freezes by role).
+/// The optimizer's parameter groups, one per parameter role present (so the schedule can give
+/// each role its rate), each parameter with its group index, the role of each parameter by name
+/// (stages freeze by role) and the role of each group.
 #[allow(clippy::type_complexity)]
 pub(super) fn param_groups(
     model: &AdaptedVit,
     weight_decay: f64,
-) -> (Vec<ParamGroup>, Vec<(String, Tensor, usize)>, HashMap<String, ParamRole>) {
-    let groups = vec![
-        ParamGroup { name: "main".into(), weight_decay },
-        ParamGroup { name: "scales".into(), weight_decay },
-    ];
+) -> (Vec<ParamGroup>, Vec<(String, Tensor, usize)>, HashMap<String, ParamRole>, Vec<ParamRole>) {
+    let trainable = model.trainable();
+    let group_roles: Vec<ParamRole> =
+        ParamRole::ALL.iter().copied().filter(|r| trainable.iter().any(|(_, _, x)| x == r)).collect();
+    let groups = group_roles.iter().map(|r| ParamGroup { name: r.to_string(), weight_decay }).collect();
     let mut roles = HashMap::new();
-    let params: Vec<(String, Tensor, usize)> = model
-        .trainable()
+    let params: Vec<(String, Tensor, usize)> = trainable
         .into_iter()
         .map(|(name, t, role)| {
-            let group = usize::from(role == ParamRole::BranchScale);
+            let group = group_roles.iter().position(|&r| r == role).expect("a group per role");
             roles.insert(name.clone(), role);
             (name, t, group)
         })
         .collect();
-    (groups, params, roles)
+    (groups, params, roles, group_roles)
 }
 
 impl Session {
-    /// DMLoRA's settings when this run trains a dmlora adapter.
-    pub(super) fn dmlora(&self) -> Option<&DmloraSpec> {
-        (self.cfg.adapter.kind == AdapterKind::Dmlora).then_some(&self.cfg.adapter.dmlora)
+    /// The method's training schedule (which roles train, each role's rate, the stages).
+    fn method_schedule(&self) -> &dyn TrainSchedule {
+        self.model.plan().schedule()
     }
 
-    fn is_stage2(&self, step: u64) -> bool {
-        self.dmlora().is_some_and(|d| mlae_core::dmlora::in_stage2(d, step, self.total_steps))
-    }
-
-    /// Puts the model and optimizer in the stage of `step`. Both derive from the step alone,
-    /// so a resumed run re-applies them here (the loop calls this at its first step) and
-    /// crosses the switch at the same step as an uninterrupted one.
+    /// Puts the model and optimizer in the method's stage at `step`. Both derive from the
+    /// step alone, so a resumed run re-applies them here (the loop calls this at its first
+    /// step) and crosses a switch at the same step as an uninterrupted one.
     ///
-    /// Stage 2 freezes the branches twice over: `requires_grad` off, so autograd computes no
-    /// gradient for them (the scales' and earlier layers' gradients still flow through), and
-    /// the optimizer's frozen flag, so AdamW neither decays them nor moves their moments
-    /// (tch cannot unset a gradient left over from stage 1; see [`AdamW::set_frozen`]).
+    /// A role that does not train in the stage is frozen twice over: `requires_grad` off, so
+    /// autograd computes no gradient for it (other tensors' gradients still flow through), and
+    /// the optimizer's frozen flag, so AdamW neither decays it nor moves its moments (tch
+    /// cannot unset a gradient left over from an earlier stage; see
+    /// [`crate::optim::AdamW::set_frozen`]).
     fn apply_stage(&mut self, step: u64) {
-        let stage2 = self.is_stage2(step);
+        let total = self.total_steps;
+        let schedule = self.model.plan().schedule();
+        let stage = schedule.stage(step, total);
         let roles = &self.roles;
-        let frozen = self.opt.set_frozen(stage2, |name| roles.get(name) == Some(&ParamRole::Adapter));
+        let trains = |name: &str| roles.get(name).is_none_or(|&r| schedule.trains(r, stage));
+        let frozen = self.opt.set_frozen(true, |name| !trains(name));
+        self.opt.set_frozen(false, trains);
         for (_, t, role) in self.model.trainable() {
-            if role == ParamRole::Adapter {
-                let _ = t.set_requires_grad(!stage2);
-            }
+            let _ = t.set_requires_grad(schedule.trains(role, stage));
         }
-        if stage2 {
-            let start = self.dmlora().and_then(|d| mlae_core::dmlora::stage2_start_step(d, self.total_steps));
-            let when = if start == Some(step) {
-                format!("begins at step {step}")
-            } else {
-                format!("since step {} (resumed at step {step})", start.unwrap_or(step))
-            };
-            tracing::info!(
-                "DMLoRA stage 2 {when} of {}: {frozen} branch tensors frozen, all branches on; the \
-                 per-layer scales and the head train on",
-                self.total_steps
-            );
+        if stage > 0 {
+            let since = schedule.stage_start(stage, total).unwrap_or(step);
+            tracing::info!("{} ({frozen} tensors frozen)", schedule.describe_stage(stage, since, step, total));
         }
     }
 
     /// Puts the model and optimizer in the stage of `step` when it differs from `current`
     /// (the stage in force in this process; `None` before its first step, so a resumed run
     /// applies its stage at once).
-    pub(super) fn sync_stage(&mut self, step: u64, current: &mut Option<bool>) {
-        if *current != Some(self.is_stage2(step)) {
+    pub(super) fn sync_stage(&mut self, step: u64, current: &mut Option<usize>) {
+        let stage = self.method_schedule().stage(step, self.total_steps);
+        if *current != Some(stage) {
             self.apply_stage(step);
-            *current = Some(self.is_stage2(step));
+            *current = Some(stage);
         }
     }
 
     /// Learning rates of the optimizer's groups at `step` (see [`group_lrs`]).
-    pub(super) fn group_lrs(&self, step: u64) -> [f64; 2] {
-        group_lrs(&self.schedule, self.dmlora(), step)
+    pub(super) fn group_lrs(&self, step: u64) -> Vec<f64> {
+        group_lrs(self.method_schedule(), &self.group_roles, &self.schedule, step)
     }
 
-    /// DMLoRA: the first step of stage 2 when this run has passed it (for the summary).
+    /// The first step of the method's second stage when this run has passed it (for the
+    /// summary; DMLoRA's stage 2).
     pub(super) fn stage2_step_reached(&self) -> Option<u64> {
-        self.dmlora()
-            .and_then(|d| mlae_core::dmlora::stage2_start_step(d, self.total_steps))
-            .filter(|&s| s < self.state.step)
+        self.method_schedule().stage_start(1, self.total_steps).filter(|&s| s < self.state.step)
     }
 
-    /// Logs DMLoRA's plan (drop probabilities, the stage switch) at the start of a run.
+    /// Logs the method's plan over the run (DMLoRA: drop probabilities, the stage switch).
     pub(super) fn log_stage_plan(&self) {
-        if let Some(d) = self.dmlora() {
-            let p = |step| mlae_core::branch_drop_prob(d, step, self.total_steps);
-            match mlae_core::dmlora::stage2_start_step(d, self.total_steps) {
-                Some(s) => tracing::info!(
-                    "DMLoRA: {} branches per layer, drop probability {:.3} at step 0 -> {:.3} at step {}; \
-                 stage 2 (branches frozen, scales and head train) from step {s} of {}",
-                    d.branches,
-                    p(0),
-                    p(s - 1),
-                    s - 1,
-                    self.total_steps
-                ),
-                None => tracing::info!(
-                    "DMLoRA: {} branches per layer, drop probability {:.3} at step 0 -> {:.3} at the end; \
-                 no stage 2 in {} steps",
-                    d.branches,
-                    p(0),
-                    p(self.total_steps.saturating_sub(1)),
-                    self.total_steps
-                ),
-            }
+        if let Some(line) = self.method_schedule().describe(self.total_steps) {
+            tracing::info!("{line}");
         }
     }
 }
 
-/// Learning rates of the optimizer's groups at `step`: `[main, scales]`, where "main" holds
-/// the head and the adapter factors (DMLoRA's branches) and "scales" DMLoRA's per-layer
-/// scales.
-///
-/// Both follow `schedule` except in DMLoRA's stage 2, where the branches are frozen, the head
-/// stays on the main schedule, and the scales get their own rate: `stage2_lr` at the first
-/// step of stage 2, then decaying with the main schedule's shape,
-/// `stage2_lr * lr(step) / lr(stage2 start)`. So `stage2_lr` is the rate the scales have when
-/// stage 2 begins (not a peak to be rescaled by how far the cosine has already decayed), and
-/// leaving it unset is the same as setting it to the main rate at that step.
-fn group_lrs(schedule: &LrSchedule, dmlora: Option<&DmloraSpec>, step: u64) -> [f64; 2] {
-    let lr = schedule.lr_at(step);
-    let scales = match dmlora {
-        Some(d) if mlae_core::in_stage2(d, step, schedule.total_steps) => {
-            let start = mlae_core::dmlora::stage2_start_step(d, schedule.total_steps).unwrap_or(step);
-            let at_start = schedule.lr_at(start);
-            match d.stage2_lr {
-                Some(s2) if at_start > 0.0 => s2 * lr / at_start,
-                Some(s2) => s2,
-                None => lr,
-            }
-        }
-        _ => lr,
-    };
-    [lr, scales]
+/// Learning rates of the optimizer's groups at `step`, one group per role in `roles`: what
+/// the method's schedule gives each role, given the run's main schedule (DMLoRA's scales get
+/// their own rate in stage 2; every other role of every method follows `lr`).
+fn group_lrs(method: &dyn TrainSchedule, roles: &[ParamRole], lr: &LrSchedule, step: u64) -> Vec<f64> {
+    let main = |s: u64| lr.lr_at(s);
+    roles.iter().map(|&r| method.lr(r, step, lr.total_steps, &main)).collect()
 }
 
 #[cfg(test)]
@@ -160,7 +112,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stage2_lr_is_the_scales_rate_when_stage_2_begins_then_decays_with_the_schedule() {
+    fn group_rates_come_from_the_methods_schedule() {
         let schedule = LrSchedule {
             kind: crate::schedule::ScheduleKind::Cosine,
             peak: 1e-3,
@@ -169,23 +121,19 @@ mod tests {
             warmup_start: 1e-7,
             total_steps: 100,
         };
-        let d = DmloraSpec { stage2_start: 0.8, stage2_lr: Some(0.05), ..Default::default() };
-        let unset = DmloraSpec { stage2_lr: None, ..d.clone() };
+        let roles = [ParamRole::Head, ParamRole::Adapter, ParamRole::BranchScale];
+        let dmlora = mlae_core::DmloraSpec { stage2_start: 0.8, stage2_lr: Some(0.05), ..Default::default() };
+        let spec = mlae_core::AdapterSpec { kind: mlae_core::AdapterKind::Dmlora, dmlora, ..Default::default() };
+        let dm = spec.resolve(2).unwrap();
+        let mlae = mlae_core::AdapterSpec::default().resolve(2).unwrap();
         for step in 0..100 {
             let lr = schedule.lr_at(step);
-            assert_eq!(group_lrs(&schedule, None, step), [lr, lr], "other kinds: one schedule");
-            assert_eq!(group_lrs(&schedule, Some(&unset), step), [lr, lr], "stage2_lr unset: the main rate");
-            let [main, scales] = group_lrs(&schedule, Some(&d), step);
-            assert_eq!(main, lr, "the head and branches stay on the main schedule");
-            if step < 80 {
-                assert_eq!(scales, lr, "stage 1: the scales train with everything else");
-            } else {
-                // 0.05 at the switch, then the main schedule's decay
-                let want = 0.05 * lr / schedule.lr_at(80);
-                assert!((scales - want).abs() < 1e-15, "step {step}: {scales} vs {want}");
-            }
+            assert_eq!(group_lrs(mlae.schedule(), &roles, &schedule, step), [lr; 3], "one schedule");
+            let got = group_lrs(dm.schedule(), &roles, &schedule, step);
+            assert_eq!(got[..2], [lr, lr], "the head and branches stay on the main schedule");
+            // stage 2: 0.05 at the switch, then the main schedule's decay
+            let want = if step < 80 { lr } else { 0.05 * lr / schedule.lr_at(80) };
+            assert!((got[2] - want).abs() < 1e-15, "step {step}: {} vs {want}", got[2]);
         }
-        assert!((group_lrs(&schedule, Some(&d), 80)[1] - 0.05).abs() < 1e-15);
-        assert!(group_lrs(&schedule, Some(&d), 99)[1] < 0.05 * 0.01, "annealed by the end");
     }
 }

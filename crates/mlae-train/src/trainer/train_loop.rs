@@ -223,12 +223,9 @@ impl Session {
     }
 }
 
-/// SplitMix64 of (seed, x): decorrelated seeds for epochs and steps.
+/// SplitMix64 of (seed, x) (mlae-core's finaliser): decorrelated seeds for epochs and steps.
 fn mix(seed: u64, x: u64) -> u64 {
-    let mut z = seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    mlae_core::rng::mix64(seed ^ x.wrapping_mul(mlae_core::rng::GOLDEN))
 }
 
 /// A seeded Fisher-Yates permutation of 0..n.
@@ -246,6 +243,19 @@ fn permutation(n: usize, seed: u64) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mix_is_the_splitmix64_the_data_order_always_used() {
+        let former = |seed: u64, x: u64| {
+            let mut z = seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        for (seed, x) in [(0, 0), (0, 0x5eed_0000), (3, 17), (u64::MAX, 12_345)] {
+            assert_eq!(mix(seed, x), former(seed, x));
+        }
+    }
 
     #[test]
     fn permutations_are_seeded_and_complete() {
