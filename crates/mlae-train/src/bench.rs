@@ -131,14 +131,11 @@ pub fn bench_train(cfg: &BenchConfig) -> Result<TrainBench> {
     let labels = Tensor::randint(cfg.vit.num_classes, [n], (Kind::Int64, device));
     let prep = preprocess(device);
     let groups = vec![
-        ParamGroup { name: "main".into(), weight_decay: BENCH_WEIGHT_DECAY },
-        ParamGroup { name: "scales".into(), weight_decay: BENCH_WEIGHT_DECAY },
+        // One rate for everything: the bench times steps, not a method's schedule.
+        ParamGroup { name: "all".into(), weight_decay: BENCH_WEIGHT_DECAY },
     ];
-    let params: Vec<(String, Tensor, usize)> = model
-        .trainable()
-        .into_iter()
-        .map(|(name, t, role)| (name, t, usize::from(role == ParamRole::BranchScale)))
-        .collect();
+    let params: Vec<(String, Tensor, usize)> =
+        model.trainable().into_iter().map(|(name, t, _)| (name, t, 0)).collect();
     let trainable_params = params.iter().map(|(_, t, _)| t.numel()).sum();
     let mut opt = AdamW::new(AdamWConfig::default(), groups, params);
     let setup_mem_mb = if device.is_cuda() { mem_now(device, &mut probe) } else { current_rss_mb() };
@@ -160,7 +157,7 @@ pub fn bench_train(cfg: &BenchConfig) -> Result<TrainBench> {
         last_loss = loss.double_value(&[]);
         opt.zero_grad();
         loss.backward();
-        opt.step(&[BENCH_LR, BENCH_LR]);
+        opt.step(&[BENCH_LR]);
         let _correct =
             tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
         let secs = start.elapsed().as_secs_f64();
