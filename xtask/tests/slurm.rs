@@ -321,8 +321,10 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
     );
     let sweep = tmp.path().join("sweep");
     let cache = tmp.path().join("cache");
-    let runs: Vec<String> =
-        tasks.iter().flat_map(|t| ["0.1", "0.5"].map(|p| format!("{t}.mlae.expert_dropout={p}.s0"))).collect();
+    let runs: Vec<String> = tasks
+        .iter()
+        .flat_map(|t| ["0.1", "0.5"].map(|p| format!("{t}.mlae.expert_dropout={p}.s0")))
+        .collect();
     let names: Vec<&str> = runs.iter().map(String::as_str).collect();
     let target = "digits.mlae.expert_dropout=0.5.s0";
     assert_eq!(names.last(), Some(&target));
@@ -434,7 +436,10 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
         let acc: Vec<f64> = tasks
             .iter()
             .map(|t| {
-                100.0 * summary(&sweep, &format!("{t}.mlae.expert_dropout={p}.s0"))["test_acc"].as_f64().unwrap()
+                100.0
+                    * summary(&sweep, &format!("{t}.mlae.expert_dropout={p}.s0"))["test_acc"]
+                        .as_f64()
+                        .unwrap()
             })
             .collect();
         let cells: Vec<String> = acc.iter().map(|a| format!("{a:.2}")).collect();

@@ -38,7 +38,8 @@ fn dry_run_of_the_vtab_search_grid_lists_19_x_36_search_runs_and_19_finals() {
         let name = l.split_whitespace().next().unwrap();
         let task = name.split('.').nth(1).unwrap().to_string();
         assert_eq!(field(l, "data.protocol").as_deref(), Some("val"), "search runs select on val200: {l}");
-        let point = (field(l, "adapter.mlae.expert_dropout").unwrap(), field(l, "adapter.mlae.coeff_init").unwrap());
+        let point =
+            (field(l, "adapter.mlae.expert_dropout").unwrap(), field(l, "adapter.mlae.coeff_init").unwrap());
         assert!(per_task.entry(task).or_default().insert(point), "duplicate setting: {l}");
     }
     assert_eq!(per_task.len(), 19);

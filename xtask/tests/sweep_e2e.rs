@@ -193,11 +193,18 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
                 .unwrap()
                 .parse()
                 .unwrap();
-            assert_eq!(cfg["adapter"]["mlae"]["expert_dropout"].as_float(), Some(best_p.parse().unwrap()), "{fin}");
+            assert_eq!(
+                cfg["adapter"]["mlae"]["expert_dropout"].as_float(),
+                Some(best_p.parse().unwrap()),
+                "{fin}"
+            );
             assert_eq!(cfg["data"]["protocol"].as_str(), Some("paper"), "{fin}");
             assert_eq!(cfg["train"]["seed"].as_integer(), Some(seed), "{fin}");
             assert!(cfg["model"].get("checkpoint").is_none(), "random init: {fin}");
-            assert_eq!(selection[&fin]["selected"], format!("search.{task}.mlae.expert_dropout={best_p}.s{seed}"));
+            assert_eq!(
+                selection[&fin]["selected"],
+                format!("search.{task}.mlae.expert_dropout={best_p}.s{seed}")
+            );
             assert_eq!(selection[&fin]["value"].as_f64(), Some(best));
             let s = summary(&sweep, &fin);
             assert_eq!(s["protocol"], "paper");

@@ -123,8 +123,11 @@ fn devices_parse_to_their_spec() {
 fn later_config_files_win_over_earlier_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let base = write(tmp.path(), "task.toml", BASE);
-    let frag =
-        write(tmp.path(), "frag.toml", "[adapter.mlae]\nexpert_dropout = 0.0\n[adapter.mlae.mask]\nstrategy = \"fixed\"\n");
+    let frag = write(
+        tmp.path(),
+        "frag.toml",
+        "[adapter.mlae]\nexpert_dropout = 0.0\n[adapter.mlae.mask]\nstrategy = \"fixed\"\n",
+    );
     let cfg = ExperimentConfig::load(&[&base, &frag], &[]).unwrap();
     assert_eq!(cfg.adapter.mlae.expert_dropout, 0.0);
     assert_eq!(cfg.train.epochs, 3);

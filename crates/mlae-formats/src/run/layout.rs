@@ -118,7 +118,8 @@ impl RunLayout {
         let err = |message: String| FormatError::Config { path: path.clone(), message };
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| err(e.to_string()))?;
         if let Some(adapter) = table.get_mut("adapter") {
-            let spec = mlae_core::AdapterSpec::from_stored(adapter.clone()).map_err(|e| err(format!("adapter: {e}")))?;
+            let spec = mlae_core::AdapterSpec::from_stored(adapter.clone())
+                .map_err(|e| err(format!("adapter: {e}")))?;
             *adapter = toml::Value::try_from(&spec).map_err(|e| err(format!("adapter: {e}")))?;
         }
         ExperimentConfig::from_table(table, &path)

@@ -73,7 +73,10 @@ mod tests {
     #[test]
     fn similarity_matches_mlae_core_with_coefficients() {
         tch::manual_seed(0);
-        let spec = AdapterSpec { mlae: mlae_core::MlaeSpec { experts: 4, ..Default::default() }, ..Default::default() };
+        let spec = AdapterSpec {
+            mlae: mlae_core::MlaeSpec { experts: 4, ..Default::default() },
+            ..Default::default()
+        };
         let model = tiny(&spec);
         let (layers, mean) = model_similarity(&model).unwrap();
         assert_eq!(layers.len(), 2);

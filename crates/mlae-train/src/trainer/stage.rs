@@ -65,7 +65,10 @@ impl Session {
         }
         if stage > 0 {
             let since = schedule.stage_start(stage, total).unwrap_or(step);
-            tracing::info!("{} ({frozen} tensors frozen)", schedule.describe_stage(stage, since, step, total));
+            tracing::info!(
+                "{} ({frozen} tensors frozen)",
+                schedule.describe_stage(stage, since, step, total)
+            );
         }
     }
 
@@ -123,7 +126,8 @@ mod tests {
         };
         let roles = [ParamRole::Head, ParamRole::Adapter, ParamRole::BranchScale];
         let dmlora = mlae_core::DmloraSpec { stage2_start: 0.8, stage2_lr: Some(0.05), ..Default::default() };
-        let spec = mlae_core::AdapterSpec { kind: mlae_core::AdapterKind::Dmlora, dmlora, ..Default::default() };
+        let spec =
+            mlae_core::AdapterSpec { kind: mlae_core::AdapterKind::Dmlora, dmlora, ..Default::default() };
         let dm = spec.resolve(2).unwrap();
         let mlae = mlae_core::AdapterSpec::default().resolve(2).unwrap();
         for step in 0..100 {

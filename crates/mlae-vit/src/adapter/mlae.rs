@@ -84,7 +84,8 @@ impl AdapterLayer for MlaeLayer {
 
     fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
         if ctx.train && self.plan.expert_dropout > 0.0 {
-            let s = ctx.sampler.layer_scales(ctx.step, ctx.layer, self.plan.experts, self.plan.expert_dropout);
+            let s =
+                ctx.sampler.layer_scales(ctx.step, ctx.layer, self.plan.experts, self.plan.expert_dropout);
             self.forward_with_scales(x, base, Some(&s))
         } else {
             self.forward_with_scales(x, base, None)
