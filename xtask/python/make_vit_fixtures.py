@@ -22,12 +22,25 @@ Writes into crates/mlae-vit/tests/fixtures/ (all fp32, CPU, a few hundred KB in 
   `y = x W^T + b + ((x A^T) * repeat_k(lambda * s)) B` with 3 experts of rank 2 and given mask
   scales s, forward and backward of `sum(y * g)`: y and the gradients of x, A, B, lambda; plus an
   inference case (s = 1).
+- peft_dora.safetensors: a PEFT DoRA (`use_dora=True`, r 4, alpha 8, target qkv) on the tiny ViT
+  with seeded non-zero A and B and magnitudes perturbed from PEFT's init: the factors, PEFT's
+  initial magnitudes, the logits and the gradients of `sum(logits * g)` w.r.t. A, B and the
+  magnitudes, the `merge_and_unload` qkv weights and logits; and one layer (block 0's qkv) alone,
+  `sum(y * g)` for its captured input, at inference and in training with a fixed dropout mask.
+  Metadata: the adapter file's key names and adapter_config.json fields of `save_pretrained`.
 
-Run:  .venv/bin/python xtask/python/make_vit_fixtures.py [out_dir]
+Run:  .venv/bin/python xtask/python/make_vit_fixtures.py [out_dir] [--only NAME,...]
+(NAME: tiny_vit, tiny_dinov2, pos_resample, peft_lora, mlae_layer, peft_dora; default all).
+Alone, a fixture is reproduced exactly only if it does not draw from torch's global RNG:
+tiny_vit, tiny_dinov2 and peft_lora do (timm's and PEFT's init), so regenerate those in a full run;
+peft_dora overwrites every drawn tensor with its own generator and needs tiny_vit.safetensors in
+out_dir.
 It installs its pinned packages into the running interpreter when they are missing.
 """
+import argparse
+import copy
 import json
-import sys
+import tempfile
 from pathlib import Path
 
 
@@ -38,6 +51,7 @@ ensure("torch", "torchvision", "timm", "peft", "safetensors")
 import torch  # noqa: E402
 import timm  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
+from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from timm.layers import resample_abs_pos_embed  # noqa: E402
 
@@ -166,16 +180,151 @@ def mlae_layer_fixture(out: Path, seed: int) -> None:
               metadata={"experts": str(n), "expert_rank": str(k)})
 
 
+class FixedDropout(torch.nn.Module):
+    """Dropout with a given (already rescaled) mask, so a training forward is reproducible
+    outside PyTorch's RNG. It is not nn.Identity, so PEFT takes its dropout path."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask
+
+
+def dora_fixture(out: Path, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    r, alpha, d_in = 4, 8, TINY_VIT["embed_dim"]
+    ckpt = out / "tiny_vit.safetensors"
+    model = create(TINY_VIT, pretrained=True, pretrained_cfg_overlay=overlay(TINY_VIT, ckpt))
+    cfg = LoraConfig(r=r, lora_alpha=alpha, use_dora=True, target_modules=["qkv"], lora_dropout=0.0)
+    peft_model = get_peft_model(model, cfg).eval()
+    tensors = {}
+    params = {}
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if not p.requires_grad:
+                continue
+            # base_model.model.blocks.0.attn.qkv.lora_A.default.weight -> blocks.0.attn.qkv.lora_A
+            key = name.replace("base_model.model.", "").replace(".default.weight", "")
+            if key.endswith("lora_A"):
+                p.uniform_(-d_in ** -0.5, d_in ** -0.5, generator=g)
+            elif key.endswith("lora_B"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+            elif key.endswith("lora_magnitude_vector"):
+                # PEFT's init (||W|| per output row, B being 0 then), then moved so it matters
+                tensors[key.replace("lora_magnitude_vector", "magnitude_init")] = p.detach().clone()
+                p.mul_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                raise AssertionError(f"unexpected trainable parameter {name}")
+            tensors[key] = p.detach().clone()
+            params[key] = p
+    assert len(params) == 6, "2 blocks x (A, B, magnitude)"
+
+    # the whole model: logits and the gradients of a fixed loss
+    qkv0 = peft_model.base_model.model.blocks[0].attn.qkv
+    captured = {}
+
+    def capture(_module, inputs, _output):  # returns None: the output is kept
+        captured["x"] = inputs[0].detach().clone()
+
+    hook = qkv0.register_forward_hook(capture)
+    x = torch.randn(2, 3, 32, 32, generator=g)
+    logits = peft_model(x)
+    hook.remove()
+    g_logits = torch.randn(logits.shape, generator=g)
+    (logits * g_logits).sum().backward()
+    tensors["x"] = x
+    tensors["logits"] = logits.detach()
+    tensors["g"] = g_logits
+    for key, p in params.items():
+        tensors[f"grad.{key}"] = p.grad.detach().clone()
+        p.grad = None
+
+    # one layer alone: block 0's qkv on its captured input, at inference and in training with a
+    # fixed dropout mask (PEFT then recomputes the base term from the dropped input)
+    base = qkv0.get_base_layer()
+    tensors["layer.w"] = base.weight.detach().clone()
+    tensors["layer.b"] = base.bias.detach().clone()
+    lx = captured["x"]
+    tensors["layer.x"] = lx
+    lg = torch.randn(lx.shape[:-1] + (base.out_features,), generator=g)
+    tensors["layer.g"] = lg
+    p_drop = 0.25
+    keep = (torch.rand(lx.shape, generator=g) >= p_drop).float() / (1.0 - p_drop)
+    tensors["layer.train.mask"] = keep
+    layer_keys = {"grad_a": "blocks.0.attn.qkv.lora_A", "grad_b": "blocks.0.attn.qkv.lora_B",
+                  "grad_m": "blocks.0.attn.qkv.lora_magnitude_vector"}
+    for case in ("eval", "train"):
+        if case == "train":
+            qkv0.lora_dropout["default"] = FixedDropout(keep)
+            qkv0.train()
+        xi = lx.clone().requires_grad_(True)
+        y = qkv0(xi)
+        (y * lg).sum().backward()
+        tensors[f"layer.{case}.y"] = y.detach()
+        tensors[f"layer.{case}.grad_x"] = xi.grad.detach().clone()
+        for short, key in layer_keys.items():
+            tensors[f"layer.{case}.{short}"] = params[key].grad.detach().clone()
+            params[key].grad = None
+        for p in params.values():
+            p.grad = None
+    qkv0.lora_dropout["default"] = torch.nn.Identity()
+    qkv0.eval()
+
+    # the saved adapter's key names and config, as PEFT writes them
+    with tempfile.TemporaryDirectory() as d:
+        peft_model.save_pretrained(d)
+        with safe_open(str(Path(d) / "adapter_model.safetensors"), "pt") as fh:
+            saved_keys = sorted(fh.keys())
+        saved_cfg = json.loads((Path(d) / "adapter_config.json").read_text())
+    cfg_fields = ["peft_type", "r", "lora_alpha", "lora_dropout", "target_modules", "use_dora", "use_rslora",
+                  "fan_in_fan_out", "bias", "lora_bias", "init_lora_weights"]
+
+    # merge_and_unload: the merged qkv weights (bias untouched) and the merged model's logits
+    with torch.no_grad():
+        merged = copy.deepcopy(peft_model).merge_and_unload().eval()
+        for i, blk in enumerate(merged.blocks):
+            tensors[f"merged.blocks.{i}.attn.qkv.weight"] = blk.attn.qkv.weight.detach().clone()
+            tensors[f"merged.blocks.{i}.attn.qkv.bias"] = blk.attn.qkv.bias.detach().clone()
+        tensors["merged_logits"] = merged(x)
+    meta = {
+        "r": str(r),
+        "lora_alpha": str(alpha),
+        "targets": json.dumps(["qkv"]),
+        "layer_dropout": str(p_drop),
+        "adapter_keys": json.dumps(saved_keys),
+        "adapter_config": json.dumps({k: saved_cfg.get(k) for k in cfg_fields}, sort_keys=True),
+    }
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "peft_dora.safetensors"), metadata=meta)
+
+
+FIXTURES = {
+    "tiny_vit": lambda out: backbone_fixture(out, TINY_VIT, "tiny_vit", [48, 24], seed=1),
+    "tiny_dinov2": lambda out: backbone_fixture(out, TINY_DINOV2, "tiny_dinov2", [42], seed=2),
+    "pos_resample": lambda out: pos_resample_fixture(out, seed=3),
+    "peft_lora": lambda out: peft_fixture(out, seed=4),
+    "mlae_layer": lambda out: mlae_layer_fixture(out, seed=5),
+    "peft_dora": lambda out: dora_fixture(out, seed=6),
+}
+
+
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "crates/mlae-vit/tests/fixtures")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", nargs="?", default="crates/mlae-vit/tests/fixtures")
+    ap.add_argument("--only", default=",".join(FIXTURES), help="comma-separated fixture names (in this order)")
+    args = ap.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in FIXTURES]
+    if unknown:
+        ap.error(f"unknown fixtures {unknown}; known: {list(FIXTURES)}")
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     torch.set_num_threads(1)  # deterministic reductions
-    backbone_fixture(out, TINY_VIT, "tiny_vit", [48, 24], seed=1)
-    backbone_fixture(out, TINY_DINOV2, "tiny_dinov2", [42], seed=2)
-    pos_resample_fixture(out, seed=3)
-    peft_fixture(out, seed=4)
-    mlae_layer_fixture(out, seed=5)
+    for name in FIXTURES:  # the fixed order, so the global RNG state each one sees is unchanged
+        if name in names:
+            FIXTURES[name](out)
     total = sum(p.stat().st_size for p in out.glob("*.safetensors"))
     print(f"wrote fixtures to {out} ({total / 1024:.0f} KiB)")
 

@@ -1,0 +1,194 @@
+//! DoRA's math in tch against PEFT (`use_dora=True`), before it becomes an adapter kind: the
+//! fixture `peft_dora.safetensors` (`xtask/python/make_vit_fixtures.py`, `dora_fixture`) holds
+//! one PEFT DoRA layer's output and gradients, the merged weights and the model's logits.
+//! fp32 on the CPU, tolerance 1e-5 (max abs diff), as the other golden tests.
+//!
+//! The functions here are the layer's math as the `dora` kind will use it: per output row,
+//! `y = base + (m/n - 1) (x W^T) + (m/n) s (x A^T B^T)` with `n = ||W + s B A||` detached, and the
+//! merge `W' = (m/n) (W + s B A)`; the bias is never rescaled.
+
+mod common;
+
+use common::*;
+use mlae_core::{AdapterKind, AdapterSpec};
+use mlae_vit::{AdaptedVit, ForwardCtx};
+use tch::{Device, Kind, Tensor};
+
+const TOL: f64 = 1e-5;
+/// The fixture's `lora_alpha / r` (8 / 4).
+const SCALE: f64 = 2.0;
+const LAYERS: [&str; 2] = ["blocks.0.attn.qkv", "blocks.1.attn.qkv"];
+
+/// The magnitude PEFT starts from: the L2 norm of each output row of `w (out, in)` (B is zero at
+/// init, so `W + s B A = W`).
+fn dora_magnitude_init(w: &Tensor) -> Tensor {
+    tch::no_grad(|| w.to_kind(Kind::Float).norm_scalaropt_dim(2.0, [1], false))
+}
+
+/// `n = ||W + s B A||` per output row, without gradient: PEFT (after the DoRA paper, section 4.3)
+/// treats the norm as a constant, so A and B get gradient only through the low-rank term.
+fn dora_weight_norm(w: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Tensor {
+    tch::no_grad(|| {
+        let v = w.to_kind(Kind::Float) + b.to_kind(Kind::Float).mm(&a.to_kind(Kind::Float)) * scale;
+        v.norm_scalaropt_dim(2.0, [1], false)
+    })
+}
+
+/// The layer's output `y: (rows, out)` for `x: (rows, in)` and the frozen output `base = x W^T + b`.
+/// `dropped`: the training input after dropout (PEFT then recomputes the base term `x W^T` from
+/// it, while `base` keeps the undropped input); `None` at inference, where `x W^T = base - b`.
+#[allow(clippy::too_many_arguments)]
+fn dora_forward(
+    x: &Tensor,
+    base: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    magnitude: &Tensor,
+    scale: f64,
+    dropped: Option<&Tensor>,
+) -> Tensor {
+    let n = dora_weight_norm(w, a, b, scale);
+    let factor = (magnitude / n).unsqueeze(0);
+    let (xd, xw) = match dropped {
+        Some(xd) => (xd.shallow_clone(), xd.mm(&w.tr())),
+        None => (x.shallow_clone(), bias.map_or_else(|| base.shallow_clone(), |bias| base - bias)),
+    };
+    let lora = (xd.mm(&a.tr()) * scale).mm(&b.tr());
+    base + (&factor - 1.0) * xw + factor * lora
+}
+
+/// PEFT's merge: `W' = (m / n) (W + s B A)` per output row, n from the unmerged W.
+fn dora_merge(w: &Tensor, a: &Tensor, b: &Tensor, magnitude: &Tensor, scale: f64) -> Tensor {
+    tch::no_grad(|| {
+        let n = dora_weight_norm(w, a, b, scale);
+        let v = w + b.mm(a) * scale;
+        (magnitude / n).unsqueeze(1) * v
+    })
+}
+
+/// The exact inverse of [`dora_merge`], given the norm n of the unmerged weight (PEFT caches it at
+/// merge time: it cannot be recomputed from W').
+fn dora_unmerge(
+    merged: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    magnitude: &Tensor,
+    n: &Tensor,
+    scale: f64,
+) -> Tensor {
+    tch::no_grad(|| merged / (magnitude / n).unsqueeze(1) - b.mm(a) * scale)
+}
+
+fn leaf(t: &Tensor) -> Tensor {
+    t.detach().copy().set_requires_grad(true)
+}
+
+#[test]
+fn magnitude_starts_at_the_row_norms_of_w() {
+    let f = tensors("peft_dora.safetensors");
+    let sd = checkpoint("tiny_vit.safetensors");
+    for layer in LAYERS {
+        let w = sd.get(&format!("{layer}.weight")).unwrap();
+        let init = dora_magnitude_init(w);
+        assert_close(&format!("{layer} magnitude init"), &init, &f[&format!("{layer}.magnitude_init")], TOL);
+        let m = &f[&format!("{layer}.lora_magnitude_vector")];
+        assert!(max_abs_diff(&init, m) > 1e-2, "the fixture's magnitude must be moved from its init");
+    }
+}
+
+#[test]
+fn layer_output_and_gradients_match_peft() {
+    let f = tensors("peft_dora.safetensors");
+    let (w, bias) = (&f["layer.w"], &f["layer.b"]);
+    let layer = LAYERS[0];
+    for case in ["eval", "train"] {
+        let x = leaf(&f["layer.x"]);
+        let a = leaf(&f[&format!("{layer}.lora_A")]);
+        let b = leaf(&f[&format!("{layer}.lora_B")]);
+        let m = leaf(&f[&format!("{layer}.lora_magnitude_vector")]);
+        let x2 = x.flatten(0, 1);
+        let base = x2.linear(w, Some(bias));
+        let dropped = (case == "train").then(|| &x2 * f["layer.train.mask"].flatten(0, 1));
+        let y = dora_forward(&x2, &base, w, Some(bias), &a, &b, &m, SCALE, dropped.as_ref());
+        let y = y.view_as(&f["layer.g"]);
+        assert_close(&format!("DoRA layer y ({case})"), &y, &f[&format!("layer.{case}.y")], TOL);
+        (&y * &f["layer.g"]).sum(Kind::Float).backward();
+        for (what, t, key) in [("dL/dm", &m, "grad_m"), ("dL/dA", &a, "grad_a"), ("dL/dB", &b, "grad_b")] {
+            assert_close(
+                &format!("DoRA {what} ({case})"),
+                &t.grad(),
+                &f[&format!("layer.{case}.{key}")],
+                TOL,
+            );
+        }
+        assert_close(&format!("DoRA dL/dx ({case})"), &x.grad(), &f[&format!("layer.{case}.grad_x")], TOL);
+    }
+    // the fixtures tell the two DoRA cases and plain LoRA apart
+    assert!(max_abs_diff(&f["layer.eval.y"], &f["layer.train.y"]) > 1e-2, "dropout must change y");
+    let x2 = f["layer.x"].flatten(0, 1);
+    let (a, b) = (&f[&format!("{layer}.lora_A")], &f[&format!("{layer}.lora_B")]);
+    let lora = (x2.linear(w, Some(bias)) + (x2.mm(&a.tr()) * SCALE).mm(&b.tr())).view_as(&f["layer.g"]);
+    assert!(max_abs_diff(&lora, &f["layer.eval.y"]) > 1e-2, "DoRA must differ from LoRA");
+}
+
+#[test]
+fn the_weight_norm_is_detached_as_in_peft() {
+    // the same forward with the norm on the gradient graph gives other A and B gradients, so the
+    // match above pins PEFT's detach
+    let f = tensors("peft_dora.safetensors");
+    let (w, bias, layer) = (&f["layer.w"], &f["layer.b"], LAYERS[0]);
+    let x2 = f["layer.x"].flatten(0, 1);
+    let a = leaf(&f[&format!("{layer}.lora_A")]);
+    let b = leaf(&f[&format!("{layer}.lora_B")]);
+    let m = &f[&format!("{layer}.lora_magnitude_vector")];
+    let n = (w + b.mm(&a) * SCALE).norm_scalaropt_dim(2.0, [1], false);
+    let factor = (m / n).unsqueeze(0);
+    let lora = (x2.mm(&a.tr()) * SCALE).mm(&b.tr());
+    let y = x2.linear(w, Some(bias)) + (&factor - 1.0) * x2.mm(&w.tr()) + factor * lora;
+    (y.view_as(&f["layer.g"]) * &f["layer.g"]).sum(Kind::Float).backward();
+    let d = max_abs_diff(&a.grad(), &f["layer.eval.grad_a"]);
+    assert!(d > 1e-2, "an attached norm changes dL/dA by only {d:e}");
+}
+
+#[test]
+fn merged_weights_match_peft_and_unmerge_exactly() {
+    let f = tensors("peft_dora.safetensors");
+    let sd = checkpoint("tiny_vit.safetensors");
+    for layer in LAYERS {
+        let w = sd.get(&format!("{layer}.weight")).unwrap();
+        let (a, b) = (&f[&format!("{layer}.lora_A")], &f[&format!("{layer}.lora_B")]);
+        let m = &f[&format!("{layer}.lora_magnitude_vector")];
+        let merged = dora_merge(w, a, b, m, SCALE);
+        assert_close(&format!("{layer} merged weight"), &merged, &f[&format!("merged.{layer}.weight")], TOL);
+        let bias = sd.get(&format!("{layer}.bias")).unwrap();
+        assert!(f[&format!("merged.{layer}.bias")].equal(bias), "PEFT leaves the bias as it is");
+        let n = dora_weight_norm(w, a, b, SCALE);
+        let back = dora_unmerge(&merged, a, b, m, &n, SCALE);
+        assert_close(&format!("{layer} unmerged weight"), &back, w, TOL);
+    }
+}
+
+#[test]
+fn the_merged_model_gives_peft_dora_logits() {
+    // the whole model through our merge: the tiny ViT with the two qkv weights replaced by
+    // `dora_merge` must give the logits of PEFT's unmerged DoRA model
+    let f = tensors("peft_dora.safetensors");
+    let mut sd = checkpoint("tiny_vit.safetensors");
+    for layer in LAYERS {
+        let name = format!("{layer}.weight");
+        let (a, b) = (&f[&format!("{layer}.lora_A")], &f[&format!("{layer}.lora_B")]);
+        let m = &f[&format!("{layer}.lora_magnitude_vector")];
+        let slot = sd.tensors.iter_mut().find(|(n, _)| *n == name).unwrap();
+        slot.1 = dora_merge(&slot.1, a, b, m, SCALE);
+    }
+    let probe = AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() };
+    let mut model = AdaptedVit::new(&tiny_vit(32), &probe, 0, Device::Cpu).unwrap();
+    model.load_state_dict(&sd).unwrap();
+    let logits = model.forward_t(&f["x"], &ForwardCtx::eval());
+    assert_close("merged DoRA model vs PEFT DoRA logits", &logits, &f["logits"], TOL);
+    assert_close("merged DoRA model vs PEFT merge_and_unload", &logits, &f["merged_logits"], TOL);
+    let base = tiny_model(&probe, 0).forward_t(&f["x"], &ForwardCtx::eval());
+    assert!(max_abs_diff(&logits, &base) > 1e-2, "the fixture's DoRA must change the logits");
+}
