@@ -89,9 +89,18 @@ impl AdaptedLinear {
     }
 
     /// Attaches `layer` as plan entry `index`, replacing any adapter; the layer must be unmerged.
-    pub(crate) fn attach(&mut self, index: usize, layer: Box<dyn AdapterLayer>) {
+    pub(crate) fn attach(&mut self, index: usize, mut layer: Box<dyn AdapterLayer>) {
         debug_assert!(!self.merged, "attach to a merged layer");
+        layer.rebase(&self.base);
         self.adapter = Some(Attached { index, layer });
+    }
+
+    /// Tells the adapter that the base weights were replaced (see [`AdapterLayer::rebase`]).
+    pub(crate) fn rebase(&mut self) {
+        if let Some(a) = &mut self.adapter {
+            debug_assert!(!self.merged, "rebase of a merged layer");
+            a.layer.rebase(&self.base);
+        }
     }
 
     /// Removes the adapter, if any; the layer must be unmerged.

@@ -158,6 +158,7 @@ impl AdaptedVit {
             copy_into(dst, s);
         }
         self.pos_resample = PosResample::for_format(sd.format);
+        self.rebase_adapters();
         if let HeadLoad::Fresh(why) = &head {
             // fresh even if an earlier load had filled the head
             let (w, b) = fresh_head(&self.cfg, self.seed, self.device);

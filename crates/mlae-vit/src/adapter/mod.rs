@@ -111,6 +111,13 @@ pub trait AdapterLayer: Send {
     fn forward_frozen(&self, x: &Tensor, frozen: &Linear, kind: Kind, ctx: &AdapterCtx<'_>) -> Tensor {
         self.forward(x, frozen.forward(x, kind), ctx)
     }
+    /// Called when the frozen layer under this adapter is set or its weights replaced (on
+    /// attach, and after a backbone checkpoint is loaded; before any saved adapter tensors are
+    /// restored). A kind whose parameters start from the frozen weight (DoRA's magnitude)
+    /// initialises them here; the default does nothing.
+    fn rebase(&mut self, base: &Linear) {
+        let _ = base;
+    }
     /// The update at inference as a weight, `dW: (out, in)`, f32, without gradient.
     fn merged_delta(&self) -> Tensor;
     /// The merged weight `W'` for the frozen weight `w: (out, in)` (f32), without gradient:

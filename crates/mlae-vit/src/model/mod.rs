@@ -204,6 +204,13 @@ impl AdaptedVit {
         self.adapted.iter().map(|&id| self.layer(id).adapter().expect("an adapted layer has an adapter"))
     }
 
+    /// Tells every adapter that its frozen layer's weights were replaced (a loaded backbone).
+    pub(crate) fn rebase_adapters(&mut self) {
+        for id in self.adapted.clone() {
+            self.layer_mut(id).rebase();
+        }
+    }
+
     /// Every adapted layer, in plan order.
     pub(crate) fn adapted_layers(&self) -> impl Iterator<Item = &AdaptedLinear> {
         self.adapted.iter().map(|&id| self.layer(id))
