@@ -9,6 +9,7 @@
 //! registry line (and, for its libtorch layer, one line in mlae-vit's adapter registry).
 
 pub mod dmlora;
+pub mod dora;
 pub mod full;
 mod legacy;
 pub mod linear_probe;
@@ -315,6 +316,8 @@ registry! {
     Mlae = "mlae" => mlae::Mlae, section mlae: mlae::MlaeSpec;
     /// Dropout-mixture LoRA: several LoRA branches per layer, gradually dropped out.
     Dmlora = "dmlora" => dmlora::Dmlora, section dmlora: dmlora::DmloraSpec;
+    /// DoRA: LoRA plus a trainable magnitude per output row (PEFT's `use_dora`).
+    Dora = "dora" => dora::Dora, reads lora;
 }
 
 impl Default for AdapterKind {

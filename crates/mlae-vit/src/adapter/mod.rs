@@ -14,11 +14,13 @@
 //! `i k .. (i+1) k`), the layout of mlae-core's math.
 
 pub mod dmlora;
+pub mod dora;
 pub mod lora;
 pub mod lora_dropout;
 pub mod mlae;
 
 pub use dmlora::DmloraLayer;
+pub use dora::DoraLayer;
 pub use lora::LoraLayer;
 pub use lora_dropout::LoraDropoutLayer;
 pub use mlae::MlaeLayer;
@@ -170,6 +172,7 @@ pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Box<dyn Adapt
         AdapterPlan::LoraDropout(p) => Box::new(LoraDropoutLayer::build(p, init)),
         AdapterPlan::Mlae(p) => Box::new(MlaeLayer::build(p, init)),
         AdapterPlan::Dmlora(p) => Box::new(DmloraLayer::build(p, init)),
+        AdapterPlan::Dora(p) => Box::new(DoraLayer::build(p, init)),
         AdapterPlan::LinearProbe(_) | AdapterPlan::Full(_) => {
             return Err(VitError::Config(format!("adapter kind {} has no adapter layers", plan.kind())));
         }
