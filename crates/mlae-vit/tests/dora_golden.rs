@@ -1,17 +1,18 @@
-//! DoRA's math in tch against PEFT (`use_dora=True`), before it becomes an adapter kind: the
-//! fixture `peft_dora.safetensors` (`xtask/python/make_vit_fixtures.py`, `dora_fixture`) holds
-//! one PEFT DoRA layer's output and gradients, the merged weights and the model's logits.
-//! fp32 on the CPU, tolerance 1e-5 (max abs diff), as the other golden tests.
+//! DoRA (`adapter.kind = "dora"`) against PEFT (`use_dora=True`): the fixture
+//! `peft_dora.safetensors` (`xtask/python/make_vit_fixtures.py`, `dora_fixture`) holds one PEFT
+//! DoRA layer's output and gradients, the merged weights and the model's logits. fp32 on the
+//! CPU, tolerance 1e-5 (max abs diff), as the other golden tests.
 //!
-//! The functions here are the layer's math as the `dora` kind will use it: per output row,
+//! The first tests pin PEFT's semantics with the formulas written out here (per output row,
 //! `y = base + (m/n - 1) (x W^T) + (m/n) s (x A^T B^T)` with `n = ||W + s B A||` detached, and the
-//! merge `W' = (m/n) (W + s B A)`; the bias is never rescaled.
+//! merge `W' = (m/n) (W + s B A)`; the bias is never rescaled); the `dora_kind_*` tests run the
+//! toolkit's own `dora` layer in the model against the same fixture.
 
 mod common;
 
 use common::*;
-use mlae_core::{AdapterKind, AdapterSpec};
-use mlae_vit::{AdaptedVit, ForwardCtx};
+use mlae_core::{AdapterKind, AdapterSpec, LoraSpec, MaskSampler, TargetLayer};
+use mlae_vit::{AdaptedVit, AdapterCtx, ForwardCtx};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;
@@ -191,4 +192,138 @@ fn the_merged_model_gives_peft_dora_logits() {
     assert_close("merged DoRA model vs PEFT merge_and_unload", &logits, &f["merged_logits"], TOL);
     let base = tiny_model(&probe, 0).forward_t(&f["x"], &ForwardCtx::eval());
     assert!(max_abs_diff(&logits, &base) > 1e-2, "the fixture's DoRA must change the logits");
+}
+
+/// The fixture's DoRA (r 4, alpha 8, on qkv) as the toolkit's `dora` kind on the tiny ViT.
+fn dora_model() -> AdaptedVit {
+    let spec = AdapterSpec {
+        kind: AdapterKind::Dora,
+        targets: vec![TargetLayer::Qkv],
+        lora: LoraSpec { rank: 4, alpha: Some(8.0), ..Default::default() },
+        ..Default::default()
+    };
+    tiny_model(&spec, 3)
+}
+
+/// Copies the fixture's trained A, B and m into the model.
+fn load_fixture_adapter(model: &AdaptedVit, f: &std::collections::HashMap<String, Tensor>) {
+    for layer in LAYERS {
+        for key in ["lora_A", "lora_B", "lora_magnitude_vector"] {
+            let name = format!("{layer}.{key}");
+            let mut t = model.tensor(&name).unwrap_or_else(|| panic!("the model has no {name}"));
+            tch::no_grad(|| t.copy_(&f[&name]));
+        }
+    }
+}
+
+#[test]
+fn dora_kind_starts_at_the_row_norms_and_leaves_the_model_unchanged() {
+    let f = tensors("peft_dora.safetensors");
+    let model = dora_model();
+    for layer in LAYERS {
+        let m = model.tensor(&format!("{layer}.lora_magnitude_vector")).unwrap();
+        assert_close(
+            &format!("{layer} magnitude after load"),
+            &m,
+            &f[&format!("{layer}.magnitude_init")],
+            TOL,
+        );
+    }
+    let probe = tiny_model(&AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() }, 3);
+    let x = &f["x"];
+    assert_close(
+        "fresh DoRA vs base model",
+        &model.forward_t(x, &ForwardCtx::eval()),
+        &probe.forward_t(x, &ForwardCtx::eval()),
+        TOL,
+    );
+    let names: Vec<String> = model.trainable().into_iter().map(|(n, _, _)| n).collect();
+    assert!(names.contains(&"blocks.1.attn.qkv.lora_magnitude_vector".to_string()), "{names:?}");
+    let count = model.param_count();
+    // per layer: r (in + out) + out = 4 (32 + 96) + 96
+    assert_eq!(count.adapter, 2 * (4 * (32 + 96) + 96));
+    assert_eq!(count.adapter, mlae_core::count_params(model.plan(), &tiny_vit(32).dims()).adapter);
+}
+
+#[test]
+fn dora_kind_gives_peft_logits_and_gradients() {
+    let f = tensors("peft_dora.safetensors");
+    let model = dora_model();
+    load_fixture_adapter(&model, &f);
+    let logits = model.forward_t(&f["x"], &ForwardCtx::eval());
+    assert_close("dora kind vs PEFT DoRA logits", &logits, &f["logits"], TOL);
+    (&logits * &f["g"]).sum(Kind::Float).backward();
+    for layer in LAYERS {
+        for key in ["lora_A", "lora_B", "lora_magnitude_vector"] {
+            let name = format!("{layer}.{key}");
+            let t = model.tensor(&name).unwrap();
+            assert_close(&format!("dL/d {name}"), &t.grad(), &f[&format!("grad.{name}")], TOL);
+        }
+    }
+}
+
+#[test]
+fn dora_kind_layer_with_input_dropout_follows_peft() {
+    // PEFT's training forward with dropout (checked above against the fixture's fixed mask by
+    // `dora_forward`): the layer's own dropout draw, replayed with the same torch seed
+    let f = tensors("peft_dora.safetensors");
+    let spec = AdapterSpec {
+        kind: AdapterKind::Dora,
+        targets: vec![TargetLayer::Qkv],
+        lora: LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.25, ..Default::default() },
+        ..Default::default()
+    };
+    let model = tiny_model(&spec, 3);
+    load_fixture_adapter(&model, &f);
+    let layer = model.adapter(0, TargetLayer::Qkv).unwrap();
+    let (w, bias) =
+        (model.tensor("blocks.0.attn.qkv.weight").unwrap(), model.tensor("blocks.0.attn.qkv.bias").unwrap());
+    let x2 = f["layer.x"].flatten(0, 1);
+    let base = x2.linear(&w, Some(&bias));
+    let sampler = MaskSampler::new(0);
+    let ctx = |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 0, sampler: &sampler };
+    tch::manual_seed(11);
+    let y = layer.forward(&x2, base.shallow_clone(), &ctx(true));
+    tch::manual_seed(11);
+    let dropped = x2.dropout(0.25, true);
+    let (a, b, m) = (
+        &f["blocks.0.attn.qkv.lora_A"],
+        &f["blocks.0.attn.qkv.lora_B"],
+        &f["blocks.0.attn.qkv.lora_magnitude_vector"],
+    );
+    let want = dora_forward(&x2, &base, &w, Some(&bias), a, b, m, SCALE, Some(&dropped));
+    assert_close("dora kind, training with input dropout", &y, &want, TOL);
+    let eval = layer.forward(&x2, base.shallow_clone(), &ctx(false));
+    assert_close("dora kind, eval", &eval.view_as(&f["layer.g"]), &f["layer.eval.y"], TOL);
+    assert!(max_abs_diff(&y, &eval) > 1e-2, "dropout must change the training output");
+}
+
+#[test]
+fn dora_kind_merges_to_peft_weights_and_unmerges() {
+    let f = tensors("peft_dora.safetensors");
+    let mut model = dora_model();
+    load_fixture_adapter(&model, &f);
+    let before: Vec<Tensor> =
+        LAYERS.iter().map(|l| model.tensor(&format!("{l}.weight")).unwrap().copy()).collect();
+    let unmerged_logits = model.forward_t(&f["x"], &ForwardCtx::eval());
+    model.merge().unwrap();
+    for layer in LAYERS {
+        let w = model.tensor(&format!("{layer}.weight")).unwrap();
+        assert_close(
+            &format!("{layer} merged by the dora kind"),
+            &w,
+            &f[&format!("merged.{layer}.weight")],
+            TOL,
+        );
+        let b = model.tensor(&format!("{layer}.bias")).unwrap();
+        assert!(b.equal(&f[&format!("merged.{layer}.bias")]), "the bias is not rescaled");
+    }
+    let merged_logits = model.forward_t(&f["x"], &ForwardCtx::eval());
+    assert_close("merged dora kind vs PEFT merge_and_unload", &merged_logits, &f["merged_logits"], TOL);
+    assert_close("merged vs unmerged dora kind", &merged_logits, &unmerged_logits, TOL);
+    model.unmerge().unwrap();
+    for (layer, w0) in LAYERS.iter().zip(&before) {
+        let w = model.tensor(&format!("{layer}.weight")).unwrap();
+        assert_close(&format!("{layer} after unmerge"), &w, w0, 1e-6);
+    }
 }

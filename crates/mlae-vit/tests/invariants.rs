@@ -51,8 +51,14 @@ fn adapter_specs() -> Vec<AdapterSpec> {
         },
         AdapterSpec {
             kind: AdapterKind::Dmlora,
-            targets: all,
+            targets: all.clone(),
             dmlora: DmloraSpec { branch_rank: 2, ..Default::default() },
+            ..Default::default()
+        },
+        AdapterSpec {
+            kind: AdapterKind::Dora,
+            targets: all,
+            lora: LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.2, ..Default::default() },
             ..Default::default()
         },
     ]
@@ -204,10 +210,15 @@ fn merged_equals_unmerged_and_unmerge_restores_the_weights() {
         for (name, w) in &weights {
             let now = m.tensor(name).unwrap();
             let a = m.adapters().find(|a| format!("{}.weight", a.site().name()) == *name).unwrap();
-            // one rounding of W + dW: |error| <= ulp(|W| + |dW|) <= 2^-23 (|W| + |dW|)
-            let bound = (w.abs() + a.merged_delta().abs()) * f64::from(f32::EPSILON);
             let err = (&now - w).abs();
-            assert_eq!(err.le_tensor(&bound).all().int64_value(&[]), 1, "{}: {name}", spec.kind);
+            if spec.kind == AdapterKind::Dora {
+                // DoRA's unmerge divides by the merge's m/n, then subtracts: a few roundings
+                assert_close(&format!("DoRA unmerged {name}"), &now, w, 1e-5);
+            } else {
+                // one rounding of W + dW: |error| <= ulp(|W| + |dW|) <= 2^-23 (|W| + |dW|)
+                let bound = (w.abs() + a.merged_delta().abs()) * f64::from(f32::EPSILON);
+                assert_eq!(err.le_tensor(&bound).all().int64_value(&[]), 1, "{}: {name}", spec.kind);
+            }
             worst = worst.max(err.max().double_value(&[]));
         }
         eprintln!("merge/unmerge round trip ({}): max abs weight error {worst:.3e}", spec.kind);

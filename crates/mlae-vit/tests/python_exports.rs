@@ -108,6 +108,17 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "dora",
+            cfg: tiny_vit(32),
+            backbone: "tiny_vit.safetensors",
+            spec: AdapterSpec {
+                kind: AdapterKind::Dora,
+                targets: vec![TargetLayer::Qkv, TargetLayer::Fc1],
+                lora: LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.1, ..Default::default() },
+                ..Default::default()
+            },
+        },
+        Case {
             name: "dinov2-mlae",
             cfg: tiny_dinov2(28),
             backbone: "tiny_dinov2.safetensors",
@@ -183,7 +194,7 @@ fn timm_and_peft_reproduce_the_exports() {
         String::from_utf8_lossy(&out.stderr)
     );
     // every case was checked: merged for all, PEFT for the adapter kinds
-    assert_eq!(stdout.lines().filter(|l| l.contains("(ok,")).count(), 7 + 6, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.contains("(ok,")).count(), 8 + 7, "{stdout}");
 }
 
 #[test]
