@@ -267,3 +267,41 @@ fn finetune_without_arguments_says_how_to_start() {
     assert_eq!(code, 2);
     assert!(stderr.contains("cargo xtask quickstart") && stderr.contains("--config"), "{stderr}");
 }
+
+#[test]
+fn a_dora_run_trains_resumes_and_exports() {
+    // `adapter.kind = "dora"` on LoRA's section: the magnitude trains and travels with every
+    // export (adapter file, merged model, PEFT directory with use_dora).
+    let (tmp, cfg) = setup("kind = \"dora\"\n[adapter.lora]\nrank = 4", 2);
+    run_ok(&["finetune", "--config", s(&cfg), "--no-progress"]);
+    let run = tmp.path().join("runs/run");
+    let summary = json(&run.join("summary.json"));
+    assert_eq!(summary["method"], "dora");
+    // 2 blocks x (4 x (32 + 96) + 96) on qkv
+    assert_eq!(summary["adapter_params"], 2 * (4 * (32 + 96) + 96));
+    let logits = tmp.path().join("logits.npy");
+    run_ok(&["eval", "--run", s(&run), "--dump-logits", s(&logits)]);
+    let t = tch::Tensor::read_npy(&logits).unwrap();
+    let adapter = tmp.path().join("adapter.safetensors");
+    run_ok(&["export", "--run", s(&run), "--format", "adapter", "--out", s(&adapter)]);
+    let logits2 = tmp.path().join("logits2.npy");
+    run_ok(&["eval", "--run", s(&run), "--adapter", s(&adapter), "--dump-logits", s(&logits2)]);
+    assert!(t.equal(&tch::Tensor::read_npy(&logits2).unwrap()), "adapter round trip changed the logits");
+    let merged = tmp.path().join("merged.safetensors");
+    run_ok(&["export", "--run", s(&run), "--format", "merged", "--out", s(&merged)]);
+    let logits3 = tmp.path().join("logits3.npy");
+    run_ok(&["eval", "--run", s(&run), "--merged", s(&merged), "--dump-logits", s(&logits3)]);
+    let diff = (&t - tch::Tensor::read_npy(&logits3).unwrap()).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged DoRA logits differ by {diff}");
+    let peft = tmp.path().join("peft");
+    run_ok(&["export", "--run", s(&run), "--format", "peft", "--out", s(&peft)]);
+    let config = json(&peft.join("adapter_config.json"));
+    assert_eq!(config["use_dora"], true, "{config}");
+    let tensors = tch::Tensor::read_safetensors(peft.join("adapter_model.safetensors")).unwrap();
+    let m = tensors
+        .iter()
+        .find(|(k, _)| k == "base_model.model.blocks.1.attn.qkv.lora_magnitude_vector")
+        .map(|(_, t)| t.shallow_clone())
+        .expect("the magnitude is exported");
+    assert_eq!(m.size(), [96]);
+}

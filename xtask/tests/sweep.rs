@@ -84,7 +84,7 @@ fn dry_run_of_the_vtab_paper_grid_uses_table_10() {
 fn dry_runs_of_the_other_grids_plan_valid_configs() {
     // Each planned run's whole config is checked (mlae-formats), so these fail on a bad fragment.
     let cases =
-        [("vtab", "baselines", 19 * 6), ("vtab", "ablation-masking", 19 * 15), ("fgvc", "paper", 5 * 3)];
+        [("vtab", "baselines", 19 * 7), ("vtab", "ablation-masking", 19 * 15), ("fgvc", "paper", 5 * 3)];
     for (bench, grid, n) in cases {
         let out = stdout(&run_ok(xtask().args(["sweep", "--dry-run", "--benchmark", bench, "--grid", grid])));
         assert_eq!(out.lines().last(), Some(format!("runs: {n}").as_str()), "{bench} {grid}");
@@ -104,6 +104,19 @@ fn dry_runs_of_the_other_grids_plan_valid_configs() {
     let fixed = line("fixed-hourglass");
     assert_eq!(field(fixed, "adapter.mlae.mask.strategy").as_deref(), Some("fixed"));
     assert_eq!(field(fixed, "adapter.mlae.expert_dropout").as_deref(), Some("0.0"));
+    let out = stdout(&run_ok(xtask().args([
+        "sweep",
+        "--dry-run",
+        "--benchmark",
+        "vtab",
+        "--grid",
+        "baselines",
+        "--tasks",
+        "dtd",
+    ])));
+    let dora = *plan_lines(&out).iter().find(|l| l.contains("dtd.dora.s0")).expect("a dora run");
+    assert_eq!(field(dora, "adapter.kind").as_deref(), Some("dora"), "{dora}");
+    assert_eq!(field(dora, "adapter.lora.rank").as_deref(), Some("8"), "{dora}");
     let ours = line("stochastic-uniform");
     assert_eq!(field(ours, "adapter.mlae.expert_dropout").as_deref(), Some("0.7"), "Table 10's p for dtd");
     assert_eq!(field(ours, "adapter.mlae.coeff_init").as_deref(), Some("0.25"), "Table 10's init for dtd");
