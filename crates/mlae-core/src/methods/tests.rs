@@ -87,7 +87,8 @@ fn sections_are_named_by_kind() {
             ("lora", Some("lora")),
             ("lora-dropout", Some("lora")),
             ("mlae", Some("mlae")),
-            ("dmlora", Some("dmlora"))
+            ("dmlora", Some("dmlora")),
+            ("dora", Some("lora"))
         ]
     );
 }
