@@ -16,6 +16,13 @@ Writes into crates/mlae-vit/tests/fixtures/ (all fp32, CPU, a few hundred KB in 
   at 28 px and 42 px.
 - pos_resample.safetensors: timm's resample_abs_pos_embed of a 1+37x37 table (DINOv2's native
   grid) to 16x16 and 20x20.
+- pos_resize.safetensors: the same table resized both ways the `PosResize` choice offers, by
+  timm's resample_abs_pos_embed: `antialias{n}` (antialias=True, timm's default) and `bicubic{n}`
+  (antialias=False, the DINOv2 code's plain bicubic) for n in 4 (the quickstart's 56 px grid),
+  16 and 20.
+- timm_init_stats.json: statistics of timm's fresh classifier (`vit_small_patch16_224`, 1000
+  classes: `trunc_normal_(std=.02)`, bounds +-2 absolute) and of `trunc_normal_(std=1)` (where
+  the bounds cut), for the init tests.
 - peft_lora.safetensors: a PEFT LoRA (r 4, alpha 8, targets qkv and fc1, non-zero random B) on
   the tiny ViT: its lora_A / lora_B and the PeftModel's logits.
 - mlae_layer.safetensors: one MLAE layer from the formula
@@ -124,6 +131,41 @@ def pos_resample_fixture(out: Path, seed: int) -> None:
     for n in (16, 20):
         tensors[f"pos{n}"] = resample_abs_pos_embed(pos, new_size=[n, n], num_prefix_tokens=1)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "pos_resample.safetensors"))
+
+
+def pos_resize_fixture(out: Path, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(1, 1 + 37 * 37, 4, generator=g)  # the table of pos_resample.safetensors
+    tensors = {"pos37": pos}
+    for n in (4, 16, 20):
+        for mode, aa in (("antialias", True), ("bicubic", False)):
+            tensors[f"{mode}{n}"] = resample_abs_pos_embed(pos, new_size=[n, n], num_prefix_tokens=1, antialias=aa)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "pos_resize.safetensors"))
+
+
+def stats(t: torch.Tensor, std: float) -> dict:
+    t = t.detach().double().flatten()
+    return {
+        "numel": t.numel(),
+        "std": t.std().item(),
+        "mean": t.mean().item(),
+        "max_abs": t.abs().max().item(),
+        "beyond_2std": (t.abs() > 2 * std).double().mean().item(),
+        "beyond_3std": (t.abs() > 3 * std).double().mean().item(),
+    }
+
+
+def init_stats_fixture(out: Path, seed: int) -> None:
+    with torch.random.fork_rng():  # leave the global stream of the later fixtures as it was
+        torch.manual_seed(seed)
+        head = timm.create_model("vit_small_patch16_224", num_classes=1000).head.weight
+        wide = timm.layers.trunc_normal_(torch.empty(200_000), std=1.0)
+    res = {
+        "timm": timm.__version__,
+        "head_vit_small_patch16_224_1000": stats(head, 0.02),
+        "trunc_normal_std1": stats(wide, 1.0),
+    }
+    (out / "timm_init_stats.json").write_text(json.dumps(res, indent=1) + "\n")
 
 
 def peft_fixture(out: Path, seed: int) -> None:
@@ -306,6 +348,9 @@ FIXTURES = {
     "peft_lora": lambda out: peft_fixture(out, seed=4),
     "mlae_layer": lambda out: mlae_layer_fixture(out, seed=5),
     "peft_dora": lambda out: dora_fixture(out, seed=6),
+    # last, so that the global RNG state the fixtures above see is unchanged
+    "pos_resize": lambda out: pos_resize_fixture(out, seed=3),
+    "init_stats": lambda out: init_stats_fixture(out, seed=6),
 }
 
 

@@ -14,7 +14,8 @@ const PY_PACKAGES: [&str; 5] =
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Set {
-    /// mlae-vit: tiny timm ViT/DINOv2 logits, the MLAE layer, PEFT LoRA, position resampling.
+    /// mlae-vit: tiny timm ViT/DINOv2 logits, the MLAE layer, PEFT LoRA, position resizing
+    /// both ways, timm's init statistics.
     Vit,
     /// mlae-vit importers: one tiny model in every checkpoint format (timm, npz, HF, ONNX).
     Import,

@@ -35,25 +35,40 @@ pub(crate) fn uniform(seed: u64, name: &str, shape: &[i64], lo: f64, hi: f64, de
     (u * (hi - lo) + lo).to_device(device)
 }
 
-/// N(0, std^2) truncated to +-2 std, by inverse CDF: uniform on [Phi(-2), Phi(2)], then
-/// `sqrt(2) erfinv(2u - 1)`. timm's `trunc_normal_(std=0.02)` truncates at +-2 absolute,
-/// i.e. +-100 std, which is the plain normal in practice; +-2 std is the usual intent.
+/// timm's `trunc_normal_(std = std)`: N(0, std^2) truncated to its default bounds, which are
+/// absolute values, -2 and 2, not multiples of std. For the usual std 0.02 that is +-100 std, so
+/// the draw is a plain normal (reading the bounds as +-2 std narrows it to 0.88 std).
 pub(crate) fn trunc_normal(seed: u64, name: &str, shape: &[i64], std: f64, device: Device) -> Tensor {
-    normal_between(seed, name, shape, std, 2.0, device)
+    trunc_normal_between(seed, name, shape, std, -2.0, 2.0, device)
 }
 
 /// N(0, std^2), by the same inverse CDF (clipped at +-5.3 std by the 24-bit uniforms).
 pub(crate) fn normal(seed: u64, name: &str, shape: &[i64], std: f64, device: Device) -> Tensor {
-    normal_between(seed, name, shape, std, f64::INFINITY, device)
+    trunc_normal_between(seed, name, shape, std, f64::NEG_INFINITY, f64::INFINITY, device)
 }
 
-fn normal_between(seed: u64, name: &str, shape: &[i64], std: f64, bound: f64, device: Device) -> Tensor {
-    // Phi(-bound) = erfc(bound / sqrt 2) / 2; only bound = 2 and infinity are used.
-    let lo = if bound.is_finite() { 0.022_750_131_948_179_2 } else { 0.0 };
+/// The standard normal CDF, `erfc(-x / sqrt 2) / 2` (libtorch's erfc, in f64).
+fn std_normal_cdf(x: f64) -> f64 {
+    Tensor::from(-x / std::f64::consts::SQRT_2).erfc().double_value(&[]) / 2.0
+}
+
+/// N(0, std^2) truncated to `[a, b]` (absolute bounds, as PyTorch's and timm's
+/// `trunc_normal_` take them), by inverse CDF as they do it: uniform on `[Phi(a/std),
+/// Phi(b/std)]`, then `std sqrt(2) erfinv(2u - 1)`, clamped to `[a, b]` against rounding.
+fn trunc_normal_between(
+    seed: u64,
+    name: &str,
+    shape: &[i64],
+    std: f64,
+    a: f64,
+    b: f64,
+    device: Device,
+) -> Tensor {
+    let (lo, hi) = (std_normal_cdf(a / std), std_normal_cdf(b / std));
     let u = Tensor::from_slice(&open_uniform(seed, name, numel(shape))).view(shape).to_kind(Kind::Double);
-    let p = u * (1.0 - 2.0 * lo) + lo;
-    let z = (p * 2.0 - 1.0).erfinv() * std::f64::consts::SQRT_2;
-    (z * std).to_kind(Kind::Float).to_device(device)
+    let p = u * (hi - lo) + lo;
+    let z = (p * 2.0 - 1.0).erfinv() * (std * std::f64::consts::SQRT_2);
+    z.clamp(a, b).to_kind(Kind::Float).to_device(device)
 }
 
 /// A constant tensor.
@@ -82,11 +97,29 @@ mod tests {
         let u = uniform(1, "u", &[n], -0.5, 0.5, Device::Cpu);
         assert!(u.abs().max().double_value(&[]) < 0.5);
         assert!(u.mean(Kind::Double).double_value(&[]).abs() < 0.01);
+        // timm's bounds are absolute: at std 0.02 the draw is the plain normal, so about 4.55 %
+        // of it lies beyond 2 std (none would, were the bounds read as +-2 std) ...
         let t = trunc_normal(1, "t", &[n], 0.02, Device::Cpu);
-        assert!(t.abs().max().double_value(&[]) <= 0.04 + 1e-7);
-        // variance of a standard normal truncated at +-2 is 0.7737
+        assert!(t.equal(&normal(1, "t", &[n], 0.02, Device::Cpu)));
         let sd = t.std(true).double_value(&[]);
-        assert!((sd - 0.02 * 0.7737f64.sqrt()).abs() < 2e-4, "{sd}");
+        assert!((sd - 0.02).abs() < 1.5e-4, "{sd}");
+        let beyond = t.abs().gt(0.04).to_kind(Kind::Double).mean(Kind::Double).double_value(&[]);
+        assert!((beyond - 0.0455).abs() < 0.002, "{beyond}");
+        // ... while at std 1 the bounds cut at +-2 std: variance 1 - 2 * 2 phi(2) / (2 Phi(2) - 1) = 0.7737
+        let t = trunc_normal(1, "t1", &[n], 1.0, Device::Cpu);
+        assert!(t.abs().max().double_value(&[]) <= 2.0);
+        let sd = t.std(true).double_value(&[]);
+        assert!((sd - 0.7737f64.sqrt()).abs() < 5e-3, "{sd}");
+        // and timm's own draw of `trunc_normal_(std=1)` (make_vit_fixtures.py) agrees
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/timm_init_stats.json");
+        let timm: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let timm_sd = timm["trunc_normal_std1"]["std"].as_f64().unwrap();
+        assert!((sd - timm_sd).abs() < 5e-3, "ours {sd}, timm {timm_sd}");
+        let asym = trunc_normal_between(1, "t2", &[n], 1.0, -1.0, 3.0, Device::Cpu);
+        assert!(asym.min().double_value(&[]) >= -1.0 && asym.max().double_value(&[]) <= 3.0);
+        // mean of N(0, 1) on [-1, 3]: (phi(-1) - phi(3)) / (Phi(3) - Phi(-1)) = 0.2830
+        let mean = asym.mean(Kind::Double).double_value(&[]);
+        assert!((mean - 0.2830).abs() < 0.01, "{mean}");
         let z = normal(1, "z", &[n], 3.0, Device::Cpu);
         assert!((z.std(true).double_value(&[]) - 3.0).abs() < 0.03);
         assert!(z.mean(Kind::Double).double_value(&[]).abs() < 0.03);

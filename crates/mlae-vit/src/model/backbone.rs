@@ -17,9 +17,10 @@ pub(crate) struct Backbone {
 }
 
 impl Backbone {
-    /// timm's initialisation (`init_weights_vit_timm`): linear weights trunc-normal(0.02) with
-    /// zero bias, position table trunc-normal(0.02), class token normal(1e-6), patch
-    /// convolution PyTorch's default U(+-1/sqrt(fan_in)), norms 1/0, layer-scale `layer_scale_init`.
+    /// timm's initialisation (`init_weights_vit_timm`): linear weights `trunc_normal_(std = 0.02)`
+    /// (bounds +-2 absolute, see [`init::trunc_normal`]) with zero bias, position table the same,
+    /// class token normal(1e-6), patch convolution PyTorch's default U(+-1/sqrt(fan_in)), norms
+    /// 1/0, layer-scale `layer_scale_init`.
     pub(crate) fn random(cfg: &VitConfig, seed: u64, device: Device) -> Backbone {
         let (d, h) = (cfg.dim, cfg.mlp_dim);
         let lin = |name: &str, out: i64, inn: i64, bias: bool| {
@@ -97,7 +98,7 @@ impl Backbone {
     }
 }
 
-/// A fresh classifier as timm makes one: weight trunc-normal(std 0.02), bias 0.
+/// A fresh classifier as timm makes one: weight `trunc_normal_(std = 0.02)`, bias 0.
 pub(crate) fn fresh_head(cfg: &VitConfig, seed: u64, device: Device) -> (Tensor, Tensor) {
     (
         init::trunc_normal(seed, "head.weight", &[cfg.num_classes, cfg.dim], 0.02, device),

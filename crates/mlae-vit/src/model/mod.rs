@@ -84,9 +84,10 @@ impl AdaptedVit {
     /// initialisation of every tensor (adapters, head, and the backbone until a checkpoint is
     /// loaded) and is the [`MaskSampler`] seed of the expert masks.
     ///
-    /// The head is trunc-normal(std 0.02, cut at 2 std) with zero bias, as timm initialises a
-    /// fresh classifier. Adapter A matrices are Kaiming-uniform(a = sqrt 5) = U(+-1/sqrt(in)),
-    /// B zero, so a fresh adapter leaves the model's outputs unchanged.
+    /// The head is timm's `trunc_normal_(std = 0.02)` (bounds +-2 absolute, so in effect
+    /// N(0, 0.02^2)) with zero bias, as timm initialises a fresh classifier. Adapter A
+    /// matrices are Kaiming-uniform(a = sqrt 5) = U(+-1/sqrt(in)), B zero, so a fresh adapter
+    /// leaves the model's outputs unchanged.
     pub fn new(cfg: &VitConfig, spec: &AdapterSpec, seed: u64, device: Device) -> Result<Self> {
         cfg.validate()?;
         let plan = spec.resolve(cfg.depth as usize)?;
