@@ -37,4 +37,4 @@ pub use linear::{AdaptedLinear, Linear};
 pub use load::{HeadLoad, LoadReport};
 pub use mlae_core::TargetLayer;
 pub use model::{AdaptedVit, ForwardCtx, LayerHook, LayerId};
-pub use pos_embed::{PosResample, resample_pos_embed};
+pub use pos_embed::{PosResize, resample_pos_embed};

@@ -3,7 +3,7 @@
 use crate::error::{Result, VitError};
 use crate::import::{CheckpointFormat, StateDict, read_checkpoint};
 use crate::model::{AdaptedVit, fresh_head};
-use crate::pos_embed::{PosResample, resample_pos_embed, square_grid};
+use crate::pos_embed::{PosResize, resample_pos_embed, square_grid};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -27,6 +27,8 @@ pub struct LoadReport {
     pub loaded: usize,
     /// `(checkpoint grid, model grid)` when the position table was resampled.
     pub pos_embed_resized: Option<(i64, i64)>,
+    /// How the position table is resized, on loading and for inputs of another size.
+    pub pos_resize: PosResize,
     pub head: HeadLoad,
     /// Checkpoint keys the model does not use.
     pub unused: Vec<String>,
@@ -36,7 +38,7 @@ impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} tensors from {:?} checkpoint", self.loaded, self.format)?;
         if let Some((from, to)) = self.pos_embed_resized {
-            write!(f, ", position table resized {from}x{from} -> {to}x{to}")?;
+            write!(f, ", position table resized {from}x{from} -> {to}x{to} ({})", self.pos_resize)?;
         }
         match &self.head {
             HeadLoad::Loaded => write!(f, ", head loaded")?,
@@ -65,6 +67,20 @@ fn copy_into(dst: &Tensor, src: &Tensor) {
 }
 
 impl AdaptedVit {
+    /// Chooses how the position table is resized, for the checkpoints loaded afterwards and for
+    /// inputs of another size. `None` (the default) follows the checkpoint's library
+    /// ([`PosResize::for_format`]), which reproduces that library's outputs; `Some` overrides it,
+    /// e.g. to resize a DINOv2 checkpoint the way timm's loader does.
+    pub fn set_pos_resize(&mut self, mode: Option<PosResize>) {
+        self.pos_resize = mode;
+    }
+
+    /// The position-table resize in effect: the chosen one, else the convention of the
+    /// checkpoint loaded last (timm's until one is loaded).
+    pub fn pos_resize(&self) -> PosResize {
+        self.pos_resize.unwrap_or(self.checkpoint_pos_resize)
+    }
+
     /// Reads a checkpoint (format inferred when `None`) and loads it; see
     /// [`AdaptedVit::load_state_dict`].
     pub fn load_backbone(&mut self, path: &Path, format: Option<CheckpointFormat>) -> Result<LoadReport> {
@@ -76,7 +92,8 @@ impl AdaptedVit {
     ///
     /// - a missing key, or a tensor of another shape, is an error naming the key and both shapes;
     /// - a position table of another square grid is resampled to the model's, in the convention
-    ///   of the checkpoint's library ([`PosResample::for_format`]);
+    ///   of the checkpoint's library ([`PosResize::for_format`]) unless
+    ///   [`AdaptedVit::set_pos_resize`] chose one;
     /// - a head of another class count (or none) leaves the fresh head, and the log says so;
     /// - keys the model does not use are listed at debug level;
     /// - layer-scale gammas in a checkpoint for a model without layer-scale are an error (the
@@ -102,6 +119,7 @@ impl AdaptedVit {
                 ),
             });
         }
+        let pos_resize = self.pos_resize.unwrap_or(PosResize::for_format(sd.format));
         let mut pos_embed_resized = None;
         // Check every shape before copying anything, so a failed load leaves the model intact.
         let mut plan: Vec<(&Tensor, Tensor)> = Vec::new();
@@ -119,9 +137,9 @@ impl AdaptedVit {
             match (resizable, square_grid(fs.get(1).copied().unwrap_or(0), 1)) {
                 (true, Some(old)) => {
                     let g = self.cfg.grid();
-                    let resized = resample_pos_embed(s, (g, g), 1, PosResample::for_format(sd.format))?;
+                    let resized = resample_pos_embed(s, (g, g), 1, pos_resize)?;
                     tracing::info!(
-                        "{}: position table resized from {old}x{old} to {g}x{g}",
+                        "{}: position table resized from {old}x{old} to {g}x{g} ({pos_resize})",
                         origin.display()
                     );
                     pos_embed_resized = Some((old, g));
@@ -157,7 +175,7 @@ impl AdaptedVit {
         for (dst, s) in &plan {
             copy_into(dst, s);
         }
-        self.pos_resample = PosResample::for_format(sd.format);
+        self.checkpoint_pos_resize = PosResize::for_format(sd.format);
         self.rebase_adapters();
         if let HeadLoad::Fresh(why) = &head {
             // fresh even if an earlier load had filled the head
@@ -176,6 +194,7 @@ impl AdaptedVit {
             format: sd.format,
             loaded,
             pos_embed_resized,
+            pos_resize,
             head,
             unused,
         })

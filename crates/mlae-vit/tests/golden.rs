@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use mlae_core::{AdapterKind, AdapterSpec, LayerSite, LoraSpec, MaskSampler, MlaeLayerPlan, TargetLayer};
-use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx, HeadLoad, MlaeLayer};
+use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx, HeadLoad, MlaeLayer, PosResize};
 use tch::{Device, Kind};
 
 const TOL: f64 = 1e-5;
@@ -68,9 +68,59 @@ fn dinov2_layer_scale_model_matches_timm() {
 fn dinov2_native_grid_resamples_like_timm() {
     let t = tensors("pos_resample.safetensors");
     for n in [16, 20] {
-        let out = mlae_vit::resample_pos_embed(&t["pos37"], (n, n), 1, mlae_vit::PosResample::Timm).unwrap();
+        let out = mlae_vit::resample_pos_embed(&t["pos37"], (n, n), 1, PosResize::Antialias).unwrap();
         assert_close(&format!("pos_embed 37x37 -> {n}x{n}"), &out, &t[&format!("pos{n}")], TOL);
     }
+}
+
+#[test]
+fn both_resize_choices_match_timm() {
+    // timm's resample_abs_pos_embed with antialias on and off, down to the quickstart's 4x4
+    let t = tensors("pos_resize.safetensors");
+    assert!(t["pos37"].equal(&tensors("pos_resample.safetensors")["pos37"]));
+    for mode in PosResize::ALL {
+        for n in [4, 16, 20] {
+            let out = mlae_vit::resample_pos_embed(&t["pos37"], (n, n), 1, mode).unwrap();
+            assert_close(
+                &format!("pos_embed 37x37 -> {n}x{n} ({mode})"),
+                &out,
+                &t[&format!("{mode}{n}")],
+                TOL,
+            );
+        }
+    }
+    let gap = max_abs_diff(&t["antialias4"], &t["bicubic4"]);
+    assert!(gap > 0.1, "the two choices should disagree at 4x4, got {gap}");
+}
+
+#[test]
+fn the_chosen_resize_overrides_the_checkpoints_convention() {
+    // a timm checkpoint (antialias by convention) loaded into a larger grid, both ways
+    let sd = checkpoint("tiny_vit.safetensors");
+    let table = &sd.tensors.iter().find(|(k, _)| k == "pos_embed").unwrap().1;
+    let mut logits = Vec::new();
+    for choice in [None, Some(PosResize::Antialias), Some(PosResize::Bicubic)] {
+        let mut m = AdaptedVit::new(&tiny_vit(48), &linear_probe(), 0, Device::Cpu).unwrap();
+        m.set_pos_resize(choice);
+        let report = m.load_state_dict(&sd).unwrap();
+        let mode = choice.unwrap_or(PosResize::Antialias);
+        assert_eq!((report.pos_resize, m.pos_resize()), (mode, mode));
+        let want = mlae_vit::resample_pos_embed(table, (6, 6), 1, mode).unwrap();
+        assert!(m.tensor("pos_embed").unwrap().equal(&want), "{choice:?}");
+        // inputs of another size follow the same choice
+        let x = tensors("tiny_vit_io.safetensors")["x24"].shallow_clone();
+        let mut m24 = AdaptedVit::new(&tiny_vit(24), &linear_probe(), 0, Device::Cpu).unwrap();
+        m24.set_pos_resize(Some(mode));
+        let small = m24.load_state_dict(&sd).unwrap();
+        assert_eq!(small.pos_embed_resized, Some((4, 3)));
+        let mut on_the_fly = tiny_model(&linear_probe(), 0);
+        on_the_fly.set_pos_resize(Some(mode));
+        let (a, b) = (m24.forward_t(&x, &ForwardCtx::eval()), on_the_fly.forward_t(&x, &ForwardCtx::eval()));
+        assert_close(&format!("on-the-fly resize at 24 px ({mode})"), &a, &b, TOL);
+        logits.push(a);
+    }
+    assert!(logits[0].equal(&logits[1]), "None follows the timm checkpoint's antialias");
+    assert!(max_abs_diff(&logits[1], &logits[2]) > 1e-3, "the choice must change the outputs");
 }
 
 #[test]

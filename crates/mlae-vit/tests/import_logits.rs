@@ -8,7 +8,7 @@ mod common;
 
 use common::assert_close;
 use mlae_core::{AdapterKind, AdapterSpec};
-use mlae_vit::{AdaptedVit, ForwardCtx, PosResample, VitConfig, read_checkpoint};
+use mlae_vit::{AdaptedVit, ForwardCtx, PosResize, VitConfig, read_checkpoint};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::{Device, Tensor};
@@ -103,8 +103,8 @@ fn hf_sources_resize_positions_without_antialiasing() {
     // The same table resized both ways differs clearly, so the convention matters.
     let sd = read_checkpoint(&fixture("dinov2_hf.safetensors"), None).unwrap();
     let pos = sd.get("pos_embed").unwrap();
-    let plain = mlae_vit::resample_pos_embed(pos, (4, 4), 1, PosResample::Plain).unwrap();
-    let timm = mlae_vit::resample_pos_embed(pos, (4, 4), 1, PosResample::Timm).unwrap();
+    let plain = mlae_vit::resample_pos_embed(pos, (4, 4), 1, PosResize::Bicubic).unwrap();
+    let timm = mlae_vit::resample_pos_embed(pos, (4, 4), 1, PosResize::Antialias).unwrap();
     let gap = (plain - timm).abs().max().double_value(&[]);
     assert!(gap > 1e-3, "the two conventions should disagree, got {gap}");
 }

@@ -18,7 +18,7 @@ use crate::adapter::{self, AdapterLayer, ParamRole, cast};
 use crate::config::VitConfig;
 use crate::error::{Result, VitError};
 use crate::linear::{AdaptedLinear, Linear};
-use crate::pos_embed::{PosResample, resample_pos_embed};
+use crate::pos_embed::{PosResize, resample_pos_embed};
 use block::{Pass, Rows};
 use mlae_core::{AdapterPlan, AdapterSpec, MaskSampler, ParamCount, TargetLayer};
 use std::ops::ControlFlow;
@@ -61,9 +61,11 @@ pub struct AdaptedVit {
     /// The adapted layers in plan order (the order of [`AdaptedVit::trainable`]; the index is
     /// the `layer` of the mask draws).
     adapted: Vec<LayerId>,
-    /// How the position table is resized for inputs of another size: the convention of the
-    /// checkpoint loaded last (timm's until one is loaded).
-    pub(crate) pos_resample: PosResample,
+    /// The user's choice of position-table resize ([`AdaptedVit::set_pos_resize`]); `None`
+    /// follows the checkpoint's convention.
+    pub(crate) pos_resize: Option<PosResize>,
+    /// The convention of the checkpoint loaded last (timm's until one is loaded).
+    pub(crate) checkpoint_pos_resize: PosResize,
 }
 
 impl std::fmt::Debug for AdaptedVit {
@@ -110,7 +112,8 @@ impl AdaptedVit {
             backbone,
             head,
             adapted: Vec::new(),
-            pos_resample: PosResample::Timm,
+            pos_resize: None,
+            checkpoint_pos_resize: PosResize::Antialias,
         };
         model.build_adapters(&plan)?;
         Ok(model)
@@ -282,7 +285,7 @@ impl AdaptedVit {
     /// Logits `(batch, classes)`, f32, for images `(batch, channels, h, w)` (f32 or the
     /// compute kind). Any image size works: when the patch grid differs from the configured
     /// one, the position table is resampled on the fly (in the convention of the loaded
-    /// checkpoint, see [`PosResample`]).
+    /// checkpoint or the one chosen, see [`AdaptedVit::set_pos_resize`]).
     ///
     /// # Panics
     /// On an input of the wrong shape (see [`AdaptedVit::try_forward_t`]).
@@ -386,7 +389,7 @@ impl AdaptedVit {
         let pos = if (gh, gw) == (g, g) {
             cast(&bb.pos_embed, kind)
         } else {
-            resample_pos_embed(&cast(&bb.pos_embed, kind), (gh, gw), 1, self.pos_resample)?
+            resample_pos_embed(&cast(&bb.pos_embed, kind), (gh, gw), 1, self.pos_resize())?
         };
         Ok(Tensor::cat(&[cls, t], 1) + pos)
     }
