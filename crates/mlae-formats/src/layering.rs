@@ -11,7 +11,9 @@
 //! - tables merge key by key, any other value replaces the one below it (arrays too);
 //! - a cycle of `extends` is an error naming the file;
 //! - an override's value is read as TOML (number, bool, array, quoted string) or else taken as a
-//!   bare string, so `--set data.task=dtd` and `--set train.lr=1e-3` both do what they say.
+//!   bare string, so `--set data.task=dtd` and `--set train.lr=1e-3` both do what they say;
+//!   an unquoted text that TOML reads as a number, bool or date (`nan`, `inf`, `true`, `123`)
+//!   is kept as text too ([`bare_text`]), for a key that turns out to want a string.
 
 use crate::error::{FormatError, Result};
 use std::path::{Path, PathBuf};
@@ -109,6 +111,17 @@ pub fn parse_value(raw: &str) -> Value {
         .unwrap_or_else(|| Value::String(raw.to_string()))
 }
 
+/// The text of an override whose value TOML read as a number, bool or date although it was not
+/// quoted (`output.name=nan`, `=inf`, `=true`, `=123`): a string-typed key takes this text
+/// instead (see `ExperimentConfig::load`). `None` for strings, arrays and tables.
+pub fn bare_text(text: &str) -> Option<String> {
+    let (_, raw) = text.split_once('=')?;
+    match parse_value(raw) {
+        Value::String(_) | Value::Array(_) | Value::Table(_) => None,
+        _ => Some(raw.trim().to_string()),
+    }
+}
+
 /// Sets `a.b.c = value`, creating tables on the way.
 pub fn set_path(table: &mut Table, key: &str, value: Value) -> Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();
@@ -187,6 +200,16 @@ mod tests {
         assert_eq!(parse_override("x.s=\"a b\"").unwrap().1, Value::String("a b".into()));
         assert!(parse_override("no-equals").is_err());
         assert!(parse_override("a..b=1").is_err());
+        // numbers, bools and the float words are TOML; their text is kept for string keys
+        for (text, raw) in [("o.n=nan", "nan"), ("o.n= inf", "inf"), ("o.n=true", "true"), ("o.n=123", "123")]
+        {
+            assert!(!parse_override(text).unwrap().1.is_str(), "{text}");
+            assert_eq!(bare_text(text).as_deref(), Some(raw), "{text}");
+        }
+        assert_eq!(bare_text("o.n=1.50").as_deref(), Some("1.50"), "the text as typed, not 1.5");
+        for text in ["o.n=\"nan\"", "o.n=dtd", "o.n=[1, 2]", "no-equals"] {
+            assert_eq!(bare_text(text), None, "{text}");
+        }
         let mut t = Table::new();
         set_path(&mut t, "a.b.c", Value::Integer(1)).unwrap();
         assert_eq!(get_path(&t, "a.b.c"), Some(&Value::Integer(1)));

@@ -52,6 +52,9 @@ impl ExperimentConfig {
     /// Loads config files (each following its `extends`; later files win, so a fragment such
     /// as a masking ablation can be layered on a task config), applies `key.path=value`
     /// overrides, checks every key and value, and resolves paths. Errors name the file and key.
+    ///
+    /// An unquoted override that TOML reads as a number, bool or `nan`/`inf` but whose key
+    /// wants a string (`--set output.name=nan`) gets its text, as the user typed it.
     pub fn load<P: AsRef<Path>>(paths: &[P], overrides: &[String]) -> Result<Self> {
         let Some(first) = paths.first() else {
             return Err(FormatError::NoConfig);
@@ -61,15 +64,36 @@ impl ExperimentConfig {
         for path in paths {
             layering::merge(&mut table, layering::load(path.as_ref())?);
         }
+        // (key, text) of the bare overrides still in effect (a later override of a key wins)
+        let mut bare: Vec<(String, String)> = Vec::new();
         for ov in overrides {
-            layering::parse_override(ov)
-                .and_then(|(key, value)| layering::set_path(&mut table, &key, value))
-                .map_err(|message| FormatError::Config {
-                    path: origin.clone(),
-                    message: format!("--set {ov}: {message}"),
-                })?;
+            let (key, value) = layering::parse_override(ov).map_err(|message| FormatError::Config {
+                path: origin.clone(),
+                message: format!("--set {ov}: {message}"),
+            })?;
+            bare.retain(|(k, _)| *k != key);
+            if let Some(text) = layering::bare_text(ov) {
+                bare.push((key.clone(), text));
+            }
+            layering::set_path(&mut table, &key, value).map_err(|message| FormatError::Config {
+                path: origin.clone(),
+                message: format!("--set {ov}: {message}"),
+            })?;
         }
-        let mut cfg = Self::from_table(table, &origin)?;
+        let mut cfg = loop {
+            match Self::deserialize_table(table.clone()) {
+                Ok(cfg) => break cfg,
+                Err((key, message)) => match bare.iter().position(|(k, _)| *k == key) {
+                    // a key that refuses the TOML reading: try the text (once per key)
+                    Some(i) => {
+                        let (key, text) = bare.swap_remove(i);
+                        layering::set_path(&mut table, &key, toml::Value::String(text))
+                            .expect("the key was set before");
+                    }
+                    None => return Err(Self::type_error(&table, &origin, &key, &message)),
+                },
+            }
+        };
         cfg.resolve_paths();
         cfg.validate().map_err(|e| FormatError::Config { path: origin.clone(), message: e.0 })?;
         Ok(cfg)
@@ -77,11 +101,29 @@ impl ExperimentConfig {
 
     /// Parses an already merged table; `origin` names the source in errors.
     pub fn from_table(table: toml::Table, origin: &Path) -> Result<Self> {
-        let de = toml::Value::Table(table);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            FormatError::Config { path: origin.to_path_buf(), message: format!("{key}: {}", e.inner()) }
-        })
+        Self::deserialize_table(table.clone())
+            .map_err(|(key, message)| Self::type_error(&table, origin, &key, &message))
+    }
+
+    /// Deserialises, returning the failing key path and serde's message.
+    fn deserialize_table(table: toml::Table) -> std::result::Result<Self, (String, String)> {
+        serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| (e.path().to_string(), e.inner().to_string()))
+    }
+
+    /// The error for `key`; when the key wants a string and got a number, bool or date, it
+    /// says how to give the text (TOML reads `nan`, `inf`, `true`, `123` unquoted as values).
+    fn type_error(table: &toml::Table, origin: &Path, key: &str, message: &str) -> FormatError {
+        let wants_text = message.starts_with("invalid type") && message.contains("expected a string");
+        let hint = match layering::get_path(table, key) {
+            Some(v) if wants_text && !v.is_str() && !v.is_array() && !v.is_table() => {
+                format!(
+                    "; to give it as text, quote it: {key} = \"{v}\" (on the command line: --set '{key}=\"{v}\"')"
+                )
+            }
+            _ => String::new(),
+        };
+        FormatError::Config { path: origin.to_path_buf(), message: format!("{key}: {message}{hint}") }
     }
 
     /// The resolved config as TOML (what is written into the run directory).

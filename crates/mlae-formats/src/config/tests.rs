@@ -162,3 +162,49 @@ fn cache_paths_resolve_against_the_cache_dir_and_relative_ones_against_the_cwd()
     let r = resolve_path(Path::new("rel/y"));
     assert!(r.is_absolute() && r.ends_with("rel/y"), "{}", r.display());
 }
+
+#[test]
+fn pos_resize_defaults_to_antialias_and_takes_either_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "c.toml", BASE);
+    assert_eq!(ExperimentConfig::load(&[&p], &[]).unwrap().model.pos_resize, crate::PosResize::Antialias);
+    let cfg = ExperimentConfig::load(&[&p], &["model.pos_resize=bicubic".into()]).unwrap();
+    assert_eq!(cfg.model.pos_resize, crate::PosResize::Bicubic);
+    assert!(cfg.to_toml().contains("pos_resize = \"bicubic\""), "the resolved config records it");
+    let err = ExperimentConfig::load(&[&p], &["model.pos_resize=nearest".into()]).unwrap_err().to_string();
+    assert!(err.contains("model.pos_resize") && err.contains("nearest"), "{err}");
+}
+
+#[test]
+fn bare_overrides_of_string_keys_keep_their_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "c.toml", BASE);
+    let load =
+        |ovs: &[&str]| ExperimentConfig::load(&[&p], &ovs.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    for text in ["nan", "inf", "-inf", "true", "123", "1.50", "1979-05-27"] {
+        let cfg = load(&[&format!("output.name={text}")]).unwrap();
+        assert_eq!(cfg.output.name.as_deref(), Some(text), "output.name={text}");
+    }
+    // several at once, in a string key that is not optional, and a later quoted value wins
+    let cfg = load(&["data.task=123", "output.name=true", "output.name=\"x y\""]).unwrap();
+    assert_eq!((cfg.data.task.as_str(), cfg.output.name.as_deref()), ("123", Some("x y")));
+    // keys that want numbers keep the TOML reading, and validation speaks
+    let err = load(&["train.lr=nan"]).unwrap_err().to_string();
+    assert!(err.contains("train.lr: must be positive"), "{err}");
+    assert_eq!(load(&["train.epochs=4"]).unwrap().train.epochs, 4);
+    // an enum key: the text is tried, and its own error names the key
+    let err = load(&["model.pos_resize=123"]).unwrap_err().to_string();
+    assert!(err.contains("model.pos_resize") && err.contains("123"), "{err}");
+}
+
+#[test]
+fn a_number_in_a_string_key_of_a_file_says_to_quote_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "c.toml", &format!("{BASE}\n[output]\nname = nan\n"));
+    let err = ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string();
+    assert!(err.contains("c.toml") && err.contains("output.name"), "{err}");
+    assert!(err.contains("quote it: output.name = \"nan\""), "{err}");
+    // a wrong type that quoting would not fix gets no such hint
+    let p = write(tmp.path(), "d.toml", &BASE.replace("epochs = 3", "epochs = \"three\""));
+    assert!(!ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string().contains("quote"));
+}
