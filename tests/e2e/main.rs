@@ -2,6 +2,7 @@
 
 mod analyze;
 mod bench;
+mod cli;
 mod data;
 mod dmlora;
 mod doctor;

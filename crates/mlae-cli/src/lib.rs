@@ -7,8 +7,11 @@ use std::process::ExitCode;
 mod commands;
 
 /// Fine-tune vision transformers with Masked LoRA Experts (MLAE) and its baselines.
+///
+/// Users type `mlae-cli`, a launcher that execs the `mlae-engine` binary: `bin_name` keeps
+/// help and usage lines saying `mlae-cli` instead of the engine's file name.
 #[derive(Debug, Parser)]
-#[command(name = "mlae-cli", version, about, long_about = None)]
+#[command(name = "mlae-cli", bin_name = "mlae-cli", version, about, long_about = None)]
 pub struct Cli {
     /// Log filter (tracing syntax), e.g. `info`, `debug`, `mlae_train=debug`.
     #[arg(long, global = true, env = "MLAE_LOG", default_value = "info")]
