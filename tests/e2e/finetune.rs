@@ -102,8 +102,9 @@ fn eval_and_exports_reproduce_the_summary() {
     assert!((accuracy(&out) - want).abs() < 5e-5, "{out}");
     assert!(t.equal(&tch::Tensor::read_npy(&without_train).unwrap()), "eval depends on the training split");
 
-    // The adapter export, loaded back onto the backbone, gives the same logits.
-    let adapter = tmp.path().join("adapter.safetensors");
+    // The adapter export, loaded back onto the backbone, gives the same logits. Like the PEFT
+    // export, the file exports create missing parent folders.
+    let adapter = tmp.path().join("exports/adapter/new/adapter.safetensors");
     run_ok(&["export", "--run", s(&run), "--format", "adapter", "--out", s(&adapter)]);
     let logits2 = tmp.path().join("logits2.npy");
     let out = run_ok(&["eval", "--run", s(&run), "--adapter", s(&adapter), "--dump-logits", s(&logits2)]);
@@ -111,7 +112,7 @@ fn eval_and_exports_reproduce_the_summary() {
     assert!(t.equal(&tch::Tensor::read_npy(&logits2).unwrap()), "adapter round trip changed the logits");
 
     // The merged model (timm layout, no adapter) gives the same logits within fp32 rounding.
-    let merged = tmp.path().join("merged.safetensors");
+    let merged = tmp.path().join("exports/merged/new/merged.safetensors");
     run_ok(&["export", "--run", s(&run), "--format", "merged", "--out", s(&merged)]);
     let logits3 = tmp.path().join("logits3.npy");
     let out = run_ok(&["eval", "--run", s(&run), "--merged", s(&merged), "--dump-logits", s(&logits3)]);
@@ -126,7 +127,7 @@ fn eval_and_exports_reproduce_the_summary() {
     assert!(!keys.iter().any(|k| k.contains("mlae")), "the merged model still holds adapter tensors");
 
     // The PEFT export is a LoRA adapter directory with the head carried along.
-    let peft = tmp.path().join("peft");
+    let peft = tmp.path().join("exports/peft/new");
     run_ok(&["export", "--run", s(&run), "--format", "peft", "--out", s(&peft)]);
     let config = json(&peft.join("adapter_config.json"));
     assert_eq!(config["peft_type"], "LORA");
