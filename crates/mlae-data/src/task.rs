@@ -357,8 +357,9 @@ fn open_list_task(src: &DataSource) -> Result<Task> {
 pub(crate) fn list_num_classes(dir: &Path, splits: &[(String, PathBuf)]) -> Result<usize> {
     let classes_file = dir.join(CLASSES_FILE);
     if classes_file.is_file() {
-        let text = std::fs::read_to_string(&classes_file).map_err(io_err(&classes_file))?;
-        let n = text.lines().filter(|l| !l.trim().is_empty()).count();
+        // Only counted: a class name need not be UTF-8.
+        let bytes = std::fs::read(&classes_file).map_err(io_err(&classes_file))?;
+        let n = bytes.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()).count();
         if n < 2 {
             return Err(DataError::Invalid(format!(
                 "{}: lists {n} class names; a task needs at least 2",
@@ -369,8 +370,8 @@ pub(crate) fn list_num_classes(dir: &Path, splits: &[(String, PathBuf)]) -> Resu
     }
     let mut max = -1i64;
     for (_, path) in splits {
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        max = parse_list(&text, path, dir).0.iter().map(|i| i.label).fold(max, i64::max);
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        max = parse_list(&bytes, path, dir).0.iter().map(|i| i.label).fold(max, i64::max);
     }
     let n = (max + 1).max(0) as usize;
     if n < 2 {
@@ -443,8 +444,8 @@ impl Task {
         let mut problems = Vec::new();
         let (items, json) = match &self.format {
             SplitFormat::ListFile => {
-                let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-                let (items, bad) = parse_list(&text, &path, &self.dir);
+                let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+                let (items, bad) = parse_list(&bytes, &path, &self.dir);
                 problems.extend(bad.into_iter().map(|(at, message)| DataError::BadEntry { at, message }));
                 (items, false)
             }
@@ -490,16 +491,23 @@ impl Task {
 
 /// Parses `path label` lines. Blank lines and lines starting with `#` are skipped; the label
 /// is the last whitespace-separated field, so paths may contain spaces. Returns the items and
-/// the lines that could not be parsed.
-pub(crate) fn parse_list(text: &str, file: &Path, base: &Path) -> (Vec<Item>, Vec<(Location, String)>) {
+/// the lines that could not be parsed, a line that is not UTF-8 text among them (the other
+/// lines are still read, so `data check` lists every such line).
+pub(crate) fn parse_list(bytes: &[u8], file: &Path, base: &Path) -> (Vec<Item>, Vec<(Location, String)>) {
     let mut items = Vec::new();
     let mut bad = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
+    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
+        let at = Location::new(file, i + 1, false);
+        let line = match std::str::from_utf8(raw) {
+            Ok(text) => text.trim(),
+            Err(e) => {
+                bad.push((at, not_utf8(raw, e.valid_up_to())));
+                continue;
+            }
+        };
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let at = Location::new(file, i + 1, false);
         let Some((path, label)) = line.rsplit_once(char::is_whitespace) else {
             bad.push((at, format!("`{line}` has no label; expected `<image path> <label>`")));
             continue;
@@ -510,6 +518,17 @@ pub(crate) fn parse_list(text: &str, file: &Path, base: &Path) -> (Vec<Item>, Ve
         }
     }
     (items, bad)
+}
+
+/// What is wrong with a list line that is not UTF-8 text: the line as far as it can be shown,
+/// and the first offending byte with its column.
+fn not_utf8(raw: &[u8], valid_up_to: usize) -> String {
+    let shown = String::from_utf8_lossy(raw.trim_ascii());
+    format!(
+        "the line is not UTF-8 text (byte 0x{:02x} at column {}): `{shown}`; save the file as UTF-8",
+        raw[valid_up_to],
+        valid_up_to + 1
+    )
 }
 
 /// The entries of a JSON object in file order (serde_json's map would sort them).
@@ -550,7 +569,7 @@ mod tests {
     #[test]
     fn list_lines_parse_with_spaces_comments_and_crlf() {
         let text = "images/a.jpg 3\r\n\n# a comment\nimages/my photo.png 0\n";
-        let (items, bad) = parse_list(text, Path::new("t.txt"), Path::new("/d"));
+        let (items, bad) = parse_list(text.as_bytes(), Path::new("t.txt"), Path::new("/d"));
         assert!(bad.is_empty(), "{bad:?}");
         assert_eq!(items.len(), 2);
         assert_eq!(items[0], Item { path: PathBuf::from("/d/images/a.jpg"), label: 3, line: 1 });
@@ -560,12 +579,36 @@ mod tests {
 
     #[test]
     fn bad_list_lines_name_the_line() {
-        let (items, bad) = parse_list("a.jpg 1\nb.jpg\nc.jpg x\n", Path::new("t.txt"), Path::new("/d"));
+        let (items, bad) = parse_list(b"a.jpg 1\nb.jpg\nc.jpg x\n", Path::new("t.txt"), Path::new("/d"));
         assert_eq!(items.len(), 1);
         assert_eq!(bad.len(), 2);
         assert_eq!(bad[0].0.to_string(), "t.txt:2");
         assert!(bad[0].1.contains("no label"), "{}", bad[0].1);
         assert!(bad[1].1.contains("`x` is not an integer"), "{}", bad[1].1);
+    }
+
+    #[test]
+    fn a_list_line_that_is_not_utf8_names_the_file_and_line() {
+        // `caf\xe9` is Latin-1; the lines around it still parse.
+        let (items, bad) =
+            parse_list(b"a.jpg 1\r\nimages/caf\xe9.jpg 2\nc.jpg 0\n", Path::new("t.txt"), Path::new("/d"));
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[1].line, 3);
+        assert_eq!(bad.len(), 1);
+        assert_eq!(bad[0].0.to_string(), "t.txt:2");
+        assert!(bad[0].1.contains("not UTF-8") && bad[0].1.contains("0xe9 at column 11"), "{}", bad[0].1);
+    }
+
+    #[test]
+    fn a_split_that_is_not_utf8_fails_at_the_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        let task = tmp.path().join("mine");
+        std::fs::create_dir_all(&task).unwrap();
+        std::fs::write(task.join("train.txt"), b"a.png 0\nb.png 1\nimages/caf\xe9.png 1\n").unwrap();
+        let src = DataSource { benchmark: Benchmark::List, task: "mine".into(), root: tmp.path().into() };
+        let err = open_task(&src).and_then(|t| t.split("train")).unwrap_err().to_string();
+        let at = format!("{}:3", task.join("train.txt").display());
+        assert!(err.starts_with(&at) && err.contains("not UTF-8"), "{err}");
     }
 
     #[test]
