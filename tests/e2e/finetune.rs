@@ -61,6 +61,7 @@ fn finetune_writes_a_complete_run_directory() {
     assert_eq!(json(&run.join("status.json"))["state"], "finished");
     assert!((printed_accuracy(&stdout) - final_acc).abs() < 5e-5, "{stdout}");
     assert!(stdout.contains("trainable parameters: "), "{stdout}");
+    assert!(stdout.contains(&format!("run directory: {}\n", run.display())), "{stdout}");
 
     // A finished run is not overwritten by accident...
     let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--no-progress"]);
@@ -210,7 +211,7 @@ fn a_real_interrupt_signal_writes_a_checkpoint_and_the_run_resumes() {
 #[test]
 fn a_diverging_run_stops_at_the_step_and_keeps_its_checkpoint() {
     let (tmp, cfg) = setup("kind = \"full\"", 3);
-    let (code, _, stderr) = cli_run(&[
+    let (code, stdout, stderr) = cli_run(&[
         "finetune",
         "--config",
         s(&cfg),
@@ -222,7 +223,10 @@ fn a_diverging_run_stops_at_the_step_and_keeps_its_checkpoint() {
     ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("the loss became") && stderr.contains("at step"), "{stderr}");
-    let status = json(&tmp.path().join("runs/run/status.json"));
+    // The failed run's directory exists (status, last good checkpoint): it is named.
+    let run = tmp.path().join("runs/run");
+    assert!(stdout.contains(&format!("run directory: {}", run.display())), "{stdout}");
+    let status = json(&run.join("status.json"));
     assert_eq!(status["state"], "failed");
     assert!(status["message"].as_str().unwrap().contains("non-finite"), "{status}");
 }
@@ -242,10 +246,11 @@ fn configs_that_do_not_fit_are_rejected_before_training() {
 
     // A class count that does not fit the task fails before any run directory exists.
     let (tmp, cfg) = setup(MLAE, 1);
-    let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--set", "model.num_classes=7"]);
+    let (code, stdout, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--set", "model.num_classes=7"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("model.num_classes") && stderr.contains('4') && stderr.contains('7'), "{stderr}");
     assert!(!tmp.path().join("runs").exists(), "a rejected config left a run directory");
+    assert!(!stdout.contains("run directory"), "names a run directory that does not exist: {stdout}");
 
     // So does an adapter value out of range, naming the field.
     let set = |kv: &str| cli_run(&["finetune", "--config", s(&cfg), "--set", kv]);

@@ -64,19 +64,20 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
         interrupt: Some(interrupt),
         interrupt_at_step: args.interrupt_at_step,
     };
-    let result = match &args.resume {
-        Some(dir) => trainer::resume(dir, &opts),
+    let (run_dir, result) = match &args.resume {
+        Some(dir) => (dir.clone(), trainer::resume(dir, &opts)),
         None => {
             let cfg = config::load(&args.configs, &args.set)?;
-            println!("run directory: {}", cfg.run_dir().display());
-            trainer::finetune(cfg, &opts)
+            let dir = cfg.run_dir();
+            (dir, trainer::finetune(cfg, &opts))
         }
     };
+    // The run directory is created only once the model and data are known to fit, so it is
+    // named only after the run, and only when it exists: a run that failed before it could
+    // create it must not point there.
     match result {
         Ok(s) => {
-            if let Some(dir) = &args.resume {
-                println!("run directory: {}", dir.display());
-            }
+            println!("run directory: {}", run_dir.display());
             println!(
                 "trainable parameters: {} (adapter {}, head {}) of {}",
                 s.trainable_params, s.adapter_params, s.head_params, s.total_params
@@ -101,6 +102,13 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
             eprintln!("{e}; resume with: mlae-cli finetune --resume <run directory>");
             Ok(ExitCode::from(130))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            // A run that failed after creating its directory (a diverging loss, a failed write)
+            // leaves its status and checkpoints there. A refused directory is named by the error.
+            if run_dir.is_dir() && !matches!(e, TrainError::RunDir { .. }) {
+                println!("run directory: {}", run_dir.display());
+            }
+            Err(e.into())
+        }
     }
 }
