@@ -153,13 +153,15 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     let (code, _, stderr) =
         cli_run(&["finetune", "--config", s(&cfg2), "--no-progress", "--interrupt-at-step", "9"]);
     assert_eq!(code, 130, "an interrupted run exits 130: {stderr}");
-    assert!(stderr.contains("--resume"), "{stderr}");
+    let hint = format!("resume with: mlae-cli finetune --resume {}\n", run.display());
+    assert!(stderr.contains(&hint), "the hint names the run directory: {stderr}");
     let status = json(&run.join("status.json"));
     assert_eq!((status["state"].as_str(), status["step"].as_u64()), (Some("interrupted"), Some(9)));
     assert!(!run.join("summary.json").exists());
-    let (code, _, _) =
+    let (code, _, stderr) =
         cli_run(&["finetune", "--resume", s(&run), "--no-progress", "--interrupt-at-step", "16"]);
     assert_eq!(code, 130);
+    assert!(stderr.contains(&hint), "{stderr}");
     let stdout = run_ok(&["finetune", "--resume", s(&run), "--no-progress"]);
 
     assert_eq!(

@@ -5,7 +5,7 @@ use clap::Args;
 use mlae_train::TrainError;
 use mlae_train::config;
 use mlae_train::trainer::{self, RunOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,7 +99,7 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ TrainError::Interrupted { .. }) => {
-            eprintln!("{e}; resume with: mlae-cli finetune --resume <run directory>");
+            eprintln!("{e}; resume with: mlae-cli finetune --resume {}", shell_word(&run_dir));
             Ok(ExitCode::from(130))
         }
         Err(e) => {
@@ -110,5 +110,32 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
             }
             Err(e.into())
         }
+    }
+}
+
+/// A path as one shell word, for a command line to copy: single-quoted when it holds anything
+/// but letters, digits and `/._-+=:,@%`.
+fn shell_word(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_quoted_for_the_shell_only_when_needed() {
+        assert_eq!(
+            shell_word(Path::new("runs/demo/mnist5k-mlae-paper-s0")),
+            "runs/demo/mnist5k-mlae-paper-s0"
+        );
+        assert_eq!(shell_word(Path::new("runs/my run")), "'runs/my run'");
+        assert_eq!(shell_word(Path::new("it's")), r"'it'\''s'");
     }
 }
