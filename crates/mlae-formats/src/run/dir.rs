@@ -42,9 +42,13 @@ impl RunDir {
         Self::lock(path)
     }
 
-    /// Whether [`RunDir::create`] would accept `path`: it is absent or empty, or `force` is
-    /// set. Writes nothing, so it can run before the expensive part of a run's set-up.
+    /// Whether [`RunDir::create`] would accept `path`: no other process holds its lock, and it
+    /// is absent or empty, or `force` is set. Writes nothing, so it can run before the
+    /// expensive part of a run's set-up.
     pub fn check_new(path: &Path, force: bool) -> Result<()> {
+        if let Some(message) = busy(path) {
+            return Err(FormatError::RunDir { path: path.to_path_buf(), message });
+        }
         if force || !path.exists() || std::fs::read_dir(path).map_err(io_err(path))?.next().is_none() {
             return Ok(());
         }
@@ -67,21 +71,28 @@ impl RunDir {
         Self::lock(path)
     }
 
+    /// Takes the directory's lock (an exclusive `flock` on its lock file, released when the
+    /// value is dropped or the process ends) and records this process's id in the file, so
+    /// that a refused second writer can say which process holds it.
     fn lock(path: &Path) -> Result<Self> {
         let layout = RunLayout::new(path);
         let lock_path = layout.lock();
-        let lock = OpenOptions::new()
+        let mut lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
             .map_err(io_err(&lock_path))?;
         match lock.try_lock() {
-            Ok(()) => Ok(Self { layout, _lock: lock }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(FormatError::RunDir {
-                path: path.to_path_buf(),
-                message: "another process is writing to this run".into(),
-            }),
+            Ok(()) => {
+                lock.set_len(0)
+                    .and_then(|()| writeln!(lock, "{}", std::process::id()))
+                    .map_err(io_err(&lock_path))?;
+                Ok(Self { layout, _lock: lock })
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(FormatError::RunDir { path: path.to_path_buf(), message: busy_message(&lock_path) })
+            }
             Err(std::fs::TryLockError::Error(e)) => Err(io_err(&lock_path)(e)),
         }
     }
@@ -165,6 +176,33 @@ impl RunDir {
     }
 }
 
+/// When another process holds the lock of the run directory at `path`, what to tell the user.
+/// Takes the lock only shared and only for the test, so it never blocks the holder.
+fn busy(path: &Path) -> Option<String> {
+    let lock_path = RunLayout::new(path).lock();
+    let file = File::open(&lock_path).ok()?;
+    match file.try_lock_shared() {
+        Err(std::fs::TryLockError::WouldBlock) => Some(busy_message(&lock_path)),
+        Ok(()) | Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
+/// A run directory that another process holds: neither `--resume` nor `--force` can take it,
+/// so the message says who holds it (the pid recorded in the lock file, when there is one) and
+/// to wait or stop that process.
+fn busy_message(lock_path: &Path) -> String {
+    let pid = std::fs::read_to_string(lock_path).ok().and_then(|t| t.trim().parse::<u32>().ok());
+    let holder = match pid {
+        Some(pid) => format!("another process (pid {pid})"),
+        None => "another process".to_string(),
+    };
+    format!(
+        "{holder} is using this run directory (it holds {}); wait for it to finish, or stop it, \
+         and try again",
+        lock_path.display()
+    )
+}
+
 /// The atomic write, with the path attached to an error.
 pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, bytes).map_err(io_err(path))
@@ -212,6 +250,36 @@ mod tests {
         RunDir::open(&path).unwrap();
         let err = RunDir::open(tmp.path()).unwrap_err().to_string();
         assert!(err.contains("no config.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_busy_run_directory_names_the_process_and_says_to_wait() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("run");
+        let dir = RunDir::create(&path, false).unwrap();
+        dir.write_config("a = 1\n").unwrap();
+        dir.write_status(&Status { state: RunState::Running, step: 3, epoch: 0, message: None }).unwrap();
+        // A second lock in this process conflicts as one in another process would.
+        let pid = format!("(pid {})", std::process::id());
+        let attempts = [
+            RunDir::check_new(&path, false),
+            RunDir::check_new(&path, true),
+            RunDir::create(&path, true).map(drop),
+            RunDir::open(&path).map(drop),
+        ];
+        for (i, attempt) in attempts.into_iter().enumerate() {
+            let err = attempt.unwrap_err().to_string();
+            assert!(
+                err.contains("another process") && err.contains(&pid) && err.contains("wait"),
+                "{i}: {err}"
+            );
+            assert!(!err.contains("--resume") && !err.contains("--force"), "{i}: {err}");
+        }
+        assert!(dir.config_path().is_file(), "the refused --force cleared the busy directory");
+        drop(dir);
+        // Released: the run can be resumed again, and the unfinished run says so.
+        assert!(RunDir::check_new(&path, false).unwrap_err().to_string().contains("--resume"));
+        RunDir::open(&path).unwrap();
     }
 
     #[test]
