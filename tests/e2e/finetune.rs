@@ -270,6 +270,33 @@ fn configs_that_do_not_fit_are_rejected_before_training() {
 }
 
 #[test]
+fn a_bad_set_is_blamed_on_the_set_not_the_config_file() {
+    let (tmp, cfg) = setup(MLAE, 1);
+    for (set, words) in [
+        ("train.epochs=abc", "train.epochs: invalid type"),
+        ("train.epohcs=3", "unknown field `epohcs`"),
+        ("adapter.mlae.expert_dropout=1.5", "adapter.mlae.expert_dropout"),
+        ("train.epochs", "expected key.path=value"),
+    ] {
+        let (code, stdout, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--set", set]);
+        assert_ne!(code, 0);
+        assert!(stderr.contains(&format!("--set {set}: ")) && stderr.contains(words), "{stderr}");
+        assert!(!stderr.contains(s(&cfg)), "the config file is not at fault: {stderr}");
+        assert!(!stdout.contains("run directory"), "{stdout}");
+    }
+    // A bad value in the file still names the file, even with an unrelated --set.
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("epochs = 1", "epochs = \"x\""))
+        .unwrap();
+    let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--set", "train.lr=1e-3"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(s(&cfg)) && stderr.contains("train.epochs") && !stderr.contains("--set"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("runs").exists());
+}
+
+#[test]
 fn finetune_without_arguments_says_how_to_start() {
     let (code, _, stderr) = cli_run(&["finetune"]);
     assert_eq!(code, 2);

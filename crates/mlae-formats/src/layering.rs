@@ -122,6 +122,66 @@ pub fn bare_text(text: &str) -> Option<String> {
     }
 }
 
+/// Which of `overrides` (`key.path=value` texts, in the order they were applied) a config error
+/// comes from, so that the error can name the `--set` rather than the config file.
+///
+/// `message` is the error's message, which starts with the key at fault
+/// (`train.lr: must be positive, got -1`, `train.epochs: invalid type: ...`); for an unknown key
+/// serde gives the table's path and names the key (`train: unknown field `epohcs`, ...`). The
+/// override is the last one that set that key or a table above it, or one that set a key below
+/// it where a value was expected (`--set train.lr.x=1` makes `train.lr` a table) or where the
+/// key is unknown. `None` when the message names no key that an override set: the value came
+/// from a file.
+pub fn override_behind<'a>(overrides: &'a [String], message: &str) -> Option<&'a str> {
+    let (key, rest) = error_key(message)?;
+    if rest.contains("missing field") {
+        // an override only adds keys: a missing one is the file's
+        return None;
+    }
+    // a key below the one at fault counts where a value was expected, or where the key at fault
+    // is unknown (`--set trian.epochs=3` makes the table `trian`)
+    let below_counts = rest.contains("invalid type: map") || rest.contains("unknown field");
+    overrides
+        .iter()
+        .rev()
+        .find(|ov| {
+            let Ok((set, _)) = parse_override(ov) else {
+                return false;
+            };
+            let above = |a: &str, b: &str| b.strip_prefix(a).is_some_and(|r| r.starts_with('.'));
+            set == key || above(&set, &key) || (below_counts && above(&key, &set))
+        })
+        .map(String::as_str)
+}
+
+/// The key path a config error message starts with (`a.b.c`, followed by `:` or a space or
+/// nothing) and the rest of the message. Made precise where serde's path stops at a table: an
+/// unknown key (`a.b: unknown field `c`` is about `a.b.c`, and one on the root path `.` about
+/// `c`), or a message that names a key inside the table (`adapter: adapter.dropout was
+/// renamed ...` is about `adapter.dropout`).
+fn error_key(message: &str) -> Option<(String, &str)> {
+    let (key, rest) = leading_key(message)?;
+    let unknown =
+        rest.split_once("unknown field `").and_then(|(_, r)| r.split_once('`')).map(|(name, _)| name);
+    let inner = rest.strip_prefix(": ").and_then(leading_key).map(|(k, _)| k);
+    let key = match (unknown, inner) {
+        (Some(name), _) if key == "." => name.to_string(),
+        (Some(name), _) if key != name && !key.ends_with(&format!(".{name}")) => format!("{key}.{name}"),
+        (_, Some(inner)) if inner.strip_prefix(key).is_some_and(|r| r.starts_with('.')) => inner.to_string(),
+        _ if key == "." => return None,
+        _ => key.to_string(),
+    };
+    Some((key, rest))
+}
+
+/// A key path at the start of `text`, followed by `:`, a space or nothing, and what follows it.
+fn leading_key(text: &str) -> Option<(&str, &str)> {
+    let is_key = |c: char| c.is_ascii_alphanumeric() || "_-.".contains(c);
+    let end = text.find(|c: char| !is_key(c)).unwrap_or(text.len());
+    let (key, rest) = text.split_at(end);
+    (!key.is_empty() && (rest.is_empty() || rest.starts_with([':', ' ']))).then_some((key, rest))
+}
+
 /// Sets `a.b.c = value`, creating tables on the way.
 pub fn set_path(table: &mut Table, key: &str, value: Value) -> Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();
@@ -191,6 +251,64 @@ mod tests {
         assert!(err.contains("n.toml") && err.contains("extends: expected a file name"), "{err}");
         let bad = write(tmp.path(), "bad.toml", "[a\n");
         assert!(load(&bad).unwrap_err().to_string().contains("bad.toml"));
+    }
+
+    #[test]
+    fn config_errors_are_traced_to_the_override_that_set_the_key() {
+        let ovs: Vec<String> = [
+            "train.epochs=abc",
+            "train.lr=1e-3",
+            "adapter.mlae.expert_dropout=1.5",
+            "model.x.y=1",
+            "train.lr=-1",
+        ]
+        .map(String::from)
+        .to_vec();
+        let behind = |message: &str| override_behind(&ovs, message);
+        assert_eq!(
+            behind("train.epochs: invalid type: string \"abc\", expected u64"),
+            Some("train.epochs=abc")
+        );
+        assert_eq!(behind("train.lr: must be positive, got -1"), Some("train.lr=-1"), "the last one wins");
+        assert_eq!(
+            behind("adapter.mlae.expert_dropout: must be in [0, 1), got 1.5"),
+            Some("adapter.mlae.expert_dropout=1.5")
+        );
+        // an unknown key: serde names the table and the key
+        let unknown = ["train.epohcs=3".to_string()];
+        assert_eq!(
+            override_behind(&unknown, "train: unknown field `epohcs`, expected one of `epochs`"),
+            Some("train.epohcs=3")
+        );
+        assert_eq!(override_behind(&unknown, "train.epohcs: unknown field `epohcs`"), Some("train.epohcs=3"));
+        assert_eq!(
+            override_behind(
+                &unknown,
+                "train.epohcs: unknown field `epohcs`, expected one of `epochs`\nin `train`\n"
+            ),
+            Some("train.epohcs=3")
+        );
+        let renamed = ["adapter.dropout=0.5".to_string()];
+        assert_eq!(
+            override_behind(
+                &renamed,
+                "adapter: adapter.dropout was renamed: use adapter.mlae.expert_dropout"
+            ),
+            Some("adapter.dropout=0.5")
+        );
+        let top = ["trian.epochs=3".to_string()];
+        assert_eq!(
+            override_behind(&top, ".: unknown field `trian`, expected one of `model`"),
+            Some("trian.epochs=3")
+        );
+        // a key below a value turned the value into a table
+        assert_eq!(behind("model.x: invalid type: map, expected a string"), Some("model.x.y=1"));
+        // ...but an error about a key that no override set is the file's
+        assert_eq!(behind("train: unknown field `batch_szie`, expected one of `epochs`"), None);
+        assert_eq!(behind("train.batch_size: must be at least 1, got 0"), None);
+        assert_eq!(behind("train: missing field `lr`"), None);
+        assert_eq!(behind("the split is empty"), None);
+        assert_eq!(override_behind(&[], "train.epochs: invalid type"), None);
     }
 
     #[test]

@@ -5,20 +5,42 @@
 
 pub use mlae_formats::config::*;
 
-use crate::error::Result;
-use mlae_formats::FormatError;
+use crate::error::{Result, TrainError};
+use mlae_formats::{FormatError, layering};
 use std::path::Path;
 
 /// Loads and checks a config as [`ExperimentConfig::load`] does, then checks the model's
 /// architecture (the preset changed by `model.arch`), which needs the preset table of
-/// mlae-vit. Errors name the first file and the key.
+/// mlae-vit. Errors name the key, and the `--set` (an entry of `overrides`) that gave its value
+/// or else the first file.
 pub fn load<P: AsRef<Path>>(paths: &[P], overrides: &[String]) -> Result<ExperimentConfig> {
-    let cfg = ExperimentConfig::load(paths, overrides)?;
+    let cfg = ExperimentConfig::load(paths, overrides).map_err(|e| blame_override(e, overrides))?;
     if let Err(e) = cfg.vit_config(2).validate() {
         let path = paths.first().map(|p| p.as_ref().to_path_buf()).unwrap_or_default();
-        return Err(FormatError::Config { path, message: e.to_string() }.into());
+        let message = e.to_string();
+        // mlae-vit names the architecture's fields `model.heads`; the config's are `model.arch.heads`
+        let as_config = message.strip_prefix("model.").map(|rest| format!("model.arch.{rest}"));
+        let blamed = as_config.iter().chain([&message]).find_map(|m| layering::override_behind(overrides, m));
+        return Err(match blamed {
+            Some(ov) => TrainError::Invalid(format!("--set {ov}: {message}")),
+            None => FormatError::Config { path, message }.into(),
+        });
     }
     Ok(cfg)
+}
+
+/// A config error whose value came from an override names the `--set`, not the file it was
+/// laid on: `config: --set train.epochs=abc: train.epochs: invalid type: ...`.
+fn blame_override(e: FormatError, overrides: &[String]) -> TrainError {
+    match e {
+        // an override that does not parse or does not fit the table: already named
+        FormatError::Config { message, .. } if message.starts_with("--set ") => TrainError::Invalid(message),
+        FormatError::Config { path, message } => match layering::override_behind(overrides, &message) {
+            Some(ov) => TrainError::Invalid(format!("--set {ov}: {message}")),
+            None => FormatError::Config { path, message }.into(),
+        },
+        other => other.into(),
+    }
 }
 
 /// The model architecture a config describes.
@@ -70,7 +92,23 @@ mod tests {
         let cfg = load(&[&p], &["model.arch.depth=2".into()]).unwrap();
         assert_eq!(cfg.vit_config(10).depth, 2);
         let err = load(&[&p], &["model.arch.heads=5".into()]).unwrap_err().to_string();
-        assert!(err.contains("c.toml") && err.contains("model.heads"), "{err}");
+        assert!(err.contains("--set model.arch.heads=5") && err.contains("model.heads"), "{err}");
+        assert!(!err.contains("c.toml"), "the value came from --set, not the file: {err}");
+        std::fs::write(&p, std::fs::read_to_string(&p).unwrap() + "[model.arch]\nheads = 5\n").unwrap();
+        let err = load(&[&p], &["train.lr=1e-3".into()]).unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("model.heads") && !err.contains("--set"), "{err}");
+        std::fs::write(&p, std::fs::read_to_string(&p).unwrap().replace("heads = 5", "heads = 2")).unwrap();
+        // A bad value or key given with --set names the --set, not the file.
+        for (set, words) in [
+            ("train.epochs=abc", "train.epochs: invalid type"),
+            ("train.epohcs=3", "unknown field `epohcs`"),
+            ("train.lr=-1", "train.lr: must be positive"),
+            ("no-equals", "expected key.path=value"),
+        ] {
+            let err = load(&[&p], &["train.lr=1e-3".into(), set.into()]).unwrap_err().to_string();
+            assert!(err.contains(&format!("--set {set}: ")) && err.contains(words), "{err}");
+            assert!(!err.contains("c.toml"), "{err}");
+        }
         assert_eq!(parse_device("cpu"), Ok(tch::Device::Cpu));
         assert_eq!(parse_device("cuda:1"), Ok(tch::Device::Cuda(1)));
         assert!(parse_device("tpu").unwrap_err().contains("train.device"));
