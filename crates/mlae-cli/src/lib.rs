@@ -58,10 +58,32 @@ pub fn main_entry() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_text(&err));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, `outer: inner: ...`, as anyhow's `{:#}` writes it, less
+/// the causes whose text the cause before them already holds: the crates' error types write
+/// the OS's words into their own message (`path: No such file or directory (os error 2)`) and
+/// also return the `io::Error` as their source, which `{:#}` would print a second time.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || previous.contains(&text) {
+            previous = text;
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
 }
 
 fn init_tracing(filter: &str) {
@@ -72,4 +94,41 @@ fn init_tracing(filter: &str) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As the crates' `Io` variants are: the OS's words in the message and as the source.
+    #[derive(Debug)]
+    struct Wrapped {
+        path: String,
+        source: std::io::Error,
+    }
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}: {}", self.path, self.source)
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let os = || std::io::Error::from_raw_os_error(2);
+        let words = os().to_string();
+        let err = anyhow::Error::new(Wrapped { path: "a.toml".into(), source: os() });
+        assert_eq!(format!("{err:#}"), format!("a.toml: {words}: {words}"), "anyhow repeats the cause");
+        assert_eq!(error_text(&err), format!("a.toml: {words}"));
+        // Context that adds words keeps them, and a cause that says something new is kept.
+        let err =
+            anyhow::Error::new(Wrapped { path: "a.toml".into(), source: os() }).context("loading the run");
+        assert_eq!(error_text(&err), format!("loading the run: a.toml: {words}"));
+        let err = anyhow::Error::new(os()).context("cannot install the Ctrl-C handler");
+        assert_eq!(error_text(&err), format!("cannot install the Ctrl-C handler: {words}"));
+    }
 }
