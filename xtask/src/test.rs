@@ -39,8 +39,16 @@ pub fn run(args: &TestArgs) -> Result<()> {
 }
 
 /// The crates people use without libtorch, and xtask, which must build before libtorch exists.
-pub const LIBTORCH_FREE: &[&str] =
-    &["mlae-core", "mlae-data", "mlae-formats", "mlae-plot", "mlae-sweep", "mlae-report", "xtask"];
+pub const LIBTORCH_FREE: &[&str] = &[
+    "mlae-core",
+    "mlae-data",
+    "mlae-formats",
+    "mlae-plot",
+    "mlae-tensorboard",
+    "mlae-sweep",
+    "mlae-report",
+    "xtask",
+];
 
 /// The crates people use without libtorch must not pull in `tch`/`torch-sys`, even through a
 /// build or dev dependency of a normal build (`cargo tree` over normal and build edges).
