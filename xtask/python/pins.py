@@ -18,6 +18,7 @@ PINNED = {
     "onnx": "1.23.2",
     "onnxruntime": "1.31.1",
     "pillow": "13.0.0",
+    "tensorboard": "2.21.0",
 }
 
 
