@@ -139,7 +139,7 @@ impl ExperimentConfig {
         let m = &self.model;
         let positive = |v: f64| v > 0.0 && v.is_finite();
         let non_negative = |v: f64| v >= 0.0 && v.is_finite();
-        let checks: [(bool, String); 16] = [
+        let checks: [(bool, String); 18] = [
             (t.epochs > 0, format!("train.epochs: must be at least 1, got {}", t.epochs)),
             (t.batch_size > 0, "train.batch_size: must be at least 1".into()),
             (t.eval_batch_size > 0, "train.eval_batch_size: must be at least 1".into()),
@@ -154,6 +154,18 @@ impl ExperimentConfig {
             ),
             (non_negative(t.warmup_lr), format!("train.warmup_lr: must be >= 0, got {}", t.warmup_lr)),
             (non_negative(t.min_lr), format!("train.min_lr: must be >= 0, got {}", t.min_lr)),
+            // Above the peak, the decay would rise and the warm-up fall.
+            (
+                t.min_lr <= t.lr,
+                format!("train.min_lr: {} is above train.lr = {}; the schedule would rise", t.min_lr, t.lr),
+            ),
+            (
+                t.warmup_lr <= t.lr,
+                format!(
+                    "train.warmup_lr: {} is above train.lr = {}; the warm-up would fall",
+                    t.warmup_lr, t.lr
+                ),
+            ),
             (
                 (0.0..1.0).contains(&t.label_smoothing),
                 format!("train.label_smoothing: must be in [0, 1), got {}", t.label_smoothing),
