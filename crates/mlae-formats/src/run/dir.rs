@@ -1,7 +1,7 @@
 //! The writer's side of a run directory: created or opened under a lock, every file written
 //! atomically, so a crash never leaves a half-written file behind.
 
-use super::layout::{RunLayout, read_jsonl};
+use super::layout::RunLayout;
 use super::records::{RunState, Status, Summary};
 use crate::atomic::{sha256_hex, write_atomic};
 use crate::error::{FormatError, Result, io_err};
@@ -125,6 +125,9 @@ impl RunDir {
     pub fn plot_path(&self) -> PathBuf {
         self.layout.curves()
     }
+    pub fn tensorboard_dir(&self) -> PathBuf {
+        self.layout.tensorboard()
+    }
 
     /// Writes the resolved config and its hash; returns the hash.
     pub fn write_config(&self, toml_text: &str) -> Result<String> {
@@ -165,10 +168,20 @@ impl RunDir {
         if !path.exists() {
             return Ok(());
         }
-        let mut out = String::new();
-        for v in read_jsonl(&path)? {
+        // The kept lines are copied as they are: parsing and printing a float again may change
+        // its last digit, and a resumed run must not rewrite the history it keeps.
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let mut out = String::with_capacity(text.len());
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| FormatError::RunDir {
+                path: path.clone(),
+                message: format!("line {}: {e}", i + 1),
+            })?;
             if keep(&v) {
-                out.push_str(&serde_json::to_string(&v).expect("json"));
+                out.push_str(line);
                 out.push('\n');
             }
         }
@@ -215,6 +228,7 @@ pub fn config_hash(toml_text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::layout::read_jsonl;
     use super::*;
 
     #[test]
@@ -294,6 +308,11 @@ mod tests {
         let rows = read_jsonl(&dir.metrics_path()).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1]["epoch"], 1);
+        // kept lines stay byte-identical, whatever their float formatting
+        let kept = "{\"epoch\": 1, \"lr\": 0.000937599999999999912}\n{\"epoch\":2,\"lr\":9.376e-4}\n";
+        std::fs::write(dir.metrics_path(), format!("{kept}{{\"epoch\":3,\"lr\":1e-3}}\n")).unwrap();
+        dir.retain_metrics(|v| v["epoch"].as_u64().unwrap() < 3).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.metrics_path()).unwrap(), kept);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! <run>/checkpoints/last.safetensors, best.safetensors
 //! <run>/summary.json       written when the run ends (Summary)
 //! <run>/curves.png         loss / accuracy plot
+//! <run>/tb/                TensorBoard event files (one per process that trained the run)
 //! <run>/status.json        running | finished | failed | interrupted (Status)
 //! <run>/.lock              held by the process writing the run
 //! ```
@@ -31,6 +32,7 @@ impl RunLayout {
     pub const STATUS: &'static str = "status.json";
     pub const SUMMARY: &'static str = "summary.json";
     pub const CURVES: &'static str = "curves.png";
+    pub const TENSORBOARD: &'static str = "tb";
     pub const CHECKPOINTS: &'static str = "checkpoints";
     pub const LAST_CHECKPOINT: &'static str = "last.safetensors";
     pub const BEST_CHECKPOINT: &'static str = "best.safetensors";
@@ -63,6 +65,10 @@ impl RunLayout {
     }
     pub fn checkpoints_dir(&self) -> PathBuf {
         self.root.join(Self::CHECKPOINTS)
+    }
+    /// TensorBoard's log directory (`tensorboard --logdir <run or sweep directory>`).
+    pub fn tensorboard(&self) -> PathBuf {
+        self.root.join(Self::TENSORBOARD)
     }
     pub fn lock(&self) -> PathBuf {
         self.root.join(Self::LOCK)
