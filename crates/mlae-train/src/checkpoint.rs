@@ -47,12 +47,17 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], metadata: &HashMap<String
 pub fn load(path: &Path) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(crate::error::io_err(path))?;
     let err = |message: String| TrainError::Checkpoint { path: path.to_path_buf(), message };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| err(e.to_string()))?;
+    // A header or data that does not add up is a file cut short (a full disk, a copy that
+    // stopped) or damaged: say so, not only the parser's words.
+    let corrupt = |e: safetensors::SafeTensorError| {
+        err(format!("the file is truncated or corrupt ({} bytes; {e})", bytes.len()))
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
     let metadata: HashMap<String, String> = header.metadata().clone().unwrap_or_default();
     if metadata.get("format").map(String::as_str) != Some(FORMAT) {
         return Err(err(format!("not a training checkpoint (metadata format is not {FORMAT})")));
     }
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| err(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(corrupt)?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         let kind = match view.dtype() {

@@ -17,10 +17,14 @@ pub enum TrainError {
     Invalid(String),
     #[error("checkpoint {path}: {message}")]
     Checkpoint { path: PathBuf, message: String },
-    #[error(
-        "the loss became {value} at step {step} (epoch {epoch}); the last good checkpoint is kept in {checkpoint}"
-    )]
-    NonFinite { step: u64, epoch: u64, value: f64, checkpoint: PathBuf },
+    /// Training stopped on a NaN or infinity: `what` names the loss or the tensor, `last_good`
+    /// says which checkpoint on disk is the last finite one (none is written after the fault).
+    #[error("{what} at step {step} (epoch {epoch}); {last_good}")]
+    NonFinite { step: u64, epoch: u64, what: String, last_good: String },
+    /// The adapter did not change in a whole epoch: the run would finish without having
+    /// trained it.
+    #[error("{0}")]
+    NotTraining(String),
     #[error("run directory {path}: {message}")]
     RunDir { path: PathBuf, message: String },
     #[error("interrupted at step {step}; a checkpoint was written to {checkpoint}")]

@@ -166,6 +166,51 @@ impl AdamW {
         });
     }
 
+    /// The first tensor of the trainable state that holds a NaN or an infinity, described for
+    /// an error message (`"the gradient of blocks.0.attn.qkv.mlae_B"`), or `None` when all are
+    /// finite. It looks at every parameter being trained, its gradient and both moments: a
+    /// dead adapter can keep a finite loss while its second moment overflows and its
+    /// updates are zero. Cost: one elementwise pass over each of those tensors and one
+    /// device sync; the search for the name runs only on failure.
+    pub fn first_non_finite(&self) -> Option<String> {
+        let mut checks: Vec<(String, Tensor)> = Vec::new();
+        for p in self.params.iter().filter(|p| !p.frozen) {
+            let grad = p.tensor.grad();
+            if grad.defined() {
+                checks.push((format!("the gradient of {}", p.name), grad));
+            }
+            checks.push((format!("the parameter {} itself", p.name), p.tensor.shallow_clone()));
+            checks.push((
+                format!("the optimizer's first moment (exp_avg) of {}", p.name),
+                p.exp_avg.shallow_clone(),
+            ));
+            checks.push((
+                format!("the optimizer's second moment (exp_avg_sq) of {}", p.name),
+                p.exp_avg_sq.shallow_clone(),
+            ));
+        }
+        if checks.is_empty() {
+            return None;
+        }
+        let flags = tch::no_grad(|| {
+            let all: Vec<Tensor> = checks.iter().map(|(_, t)| t.isfinite().all()).collect();
+            Tensor::stack(&all, 0)
+        });
+        if flags.all().int64_value(&[]) == 1 {
+            return None;
+        }
+        let bad = Vec::<bool>::try_from(&flags.to_kind(Kind::Bool)).unwrap_or_default();
+        checks.into_iter().zip(bad).find(|(_, ok)| !ok).map(|((what, _), _)| what)
+    }
+
+    /// Whether the parameter `name` has had a non-zero gradient in any update so far (its
+    /// moments are not all zero); `None` for an unknown name.
+    pub fn gradient_seen(&self, name: &str) -> Option<bool> {
+        let p = self.params.iter().find(|p| p.name == name)?;
+        let nonzero = |t: &Tensor| t.ne(0.0).any().int64_value(&[]) == 1;
+        Some(nonzero(&p.exp_avg) || nonzero(&p.exp_avg_sq))
+    }
+
     /// The optimizer state as named tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`) and
     /// per-parameter step counts, for a checkpoint.
     pub fn state(&self) -> (Vec<(String, Tensor)>, HashMap<String, u64>) {
@@ -292,6 +337,33 @@ mod tests {
         loss(&a, &b).backward();
         assert!((opt.clip_grad_norm(1.0) - 5.0).abs() < 1e-5, "a frozen gradient is not in the norm");
         assert!((a.grad().double_value(&[0]) - 0.6).abs() < 1e-5);
+    }
+
+    #[test]
+    fn non_finite_state_is_named() {
+        let a = param(&[1.0, 2.0]);
+        let b = param(&[3.0]);
+        let mut opt = AdamW::new(
+            AdamWConfig::default(),
+            vec![ParamGroup { name: "g".into(), weight_decay: 0.0 }],
+            vec![("a".into(), a.shallow_clone(), 0), ("b".into(), b.shallow_clone(), 0)],
+        );
+        (&a * 2.0 + &b).sum(Kind::Float).backward();
+        assert_eq!(opt.first_non_finite(), None);
+        opt.step(&[0.1]);
+        assert_eq!(opt.first_non_finite(), None);
+        // a gradient so large that its square overflows f32: the second moment becomes inf
+        // while the parameter update stays finite (m / sqrt(v) -> 0)
+        opt.zero_grad();
+        (&b * 1e30).sum(Kind::Float).backward();
+        opt.step(&[0.1]);
+        assert_eq!(
+            opt.first_non_finite().as_deref(),
+            Some("the optimizer's second moment (exp_avg_sq) of b")
+        );
+        opt.zero_grad();
+        (&a * f64::NAN).sum(Kind::Float).backward();
+        assert_eq!(opt.first_non_finite().as_deref(), Some("the gradient of a"));
     }
 
     #[test]

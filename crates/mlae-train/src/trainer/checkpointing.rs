@@ -59,6 +59,9 @@ impl Session {
         .map_err(|e| err(format!("optimizer step counts: {e}")))?;
         self.opt.load_state(&optim, &steps).map_err(err)?;
         let epoch = state.epoch;
+        if path == self.run.last_checkpoint() {
+            self.last_saved_step.set(Some(state.step));
+        }
         self.state = state;
         self.run.retain_metrics(|v| v["epoch"].as_u64().is_some_and(|e| e <= epoch))?;
         Ok(())
@@ -74,7 +77,27 @@ impl Session {
         meta.insert("state".into(), serde_json::to_string(&self.state).expect("state serialises"));
         meta.insert("optim_steps".into(), serde_json::to_string(&steps).expect("steps serialise"));
         meta.insert("adapter".into(), serde_json::to_string(&self.cfg.adapter).expect("spec serialises"));
-        checkpoint::save(path, &tensors, &meta)
+        checkpoint::save(path, &tensors, &meta)?;
+        if path == self.run.last_checkpoint() {
+            self.last_saved_step.set(Some(self.state.step));
+        }
+        Ok(())
+    }
+
+    /// Which checkpoint on disk is the last finite one, for the error of a run that stops on
+    /// a NaN or infinity (training checks every step, so `last` never holds one).
+    pub(super) fn last_good_note(&self) -> String {
+        let last = self.run.last_checkpoint();
+        match self.last_saved_step.get() {
+            Some(step) if last.is_file() => format!(
+                "the last finite checkpoint is {} (step {step}); nothing was written after it",
+                last.display()
+            ),
+            _ if last.is_file() => format!("the last finite checkpoint is {}", last.display()),
+            _ => "no checkpoint had been written yet, so there is nothing to resume: fix the config and \
+                  start again with --force"
+                .into(),
+        }
     }
 
     /// A copy of the trainable parameters, to put back with [`Session::restore_params`].

@@ -15,6 +15,7 @@ mod checkpointing;
 mod session;
 mod stage;
 mod summary;
+mod tensorboard;
 mod train_loop;
 
 pub use summary::Summary;
@@ -76,7 +77,22 @@ pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
     let mut session = Session::build(cfg, |_| Ok((run, hash)))?;
     let last = session.run.last_checkpoint();
     if last.is_file() {
-        session.restore(&last)?;
+        session.restore(&last).map_err(|e| match e {
+            TrainError::Checkpoint { path, message } => {
+                let best = session.run.best_checkpoint();
+                let hint = if best.is_file() {
+                    format!(
+                        "to go on from the best epoch's checkpoint, copy {} over it and resume again; or start \
+                         the run again with --force",
+                        best.display()
+                    )
+                } else {
+                    "start the run again with --force".into()
+                };
+                TrainError::Checkpoint { path, message: format!("{message}; {hint}") }
+            }
+            other => other,
+        })?;
         tracing::info!(
             "resuming {} at step {} (epoch {})",
             run_dir.display(),

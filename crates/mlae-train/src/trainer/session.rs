@@ -55,6 +55,14 @@ pub(super) struct Session {
     pub(super) state: LoopState,
     pub(super) mem: GpuMemProbe,
     pub(super) device_label: String,
+    /// The step at which `checkpoints/last.safetensors` was last written or restored by this
+    /// process, for the message of a run that fails later.
+    pub(super) last_saved_step: std::cell::Cell<Option<u64>>,
+    /// Set when this process starts the run at step 0: the end of the first epoch checks
+    /// that the adapter trains (see `Session::check_adapter_trained`).
+    pub(super) check_training: bool,
+    /// TensorBoard logging, opened when the loop starts.
+    pub(super) tb: Option<super::tensorboard::TbLog>,
 }
 
 impl Session {
@@ -163,6 +171,9 @@ impl Session {
             state,
             mem: GpuMemProbe::new(),
             device_label,
+            last_saved_step: std::cell::Cell::new(None),
+            check_training: false,
+            tb: None,
         })
     }
 }

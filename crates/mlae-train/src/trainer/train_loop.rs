@@ -8,7 +8,7 @@ use crate::error::{Result, TrainError};
 use crate::metrics::{EpochMetrics, peak_rss_mb};
 use crate::progress::Progress;
 use crate::rundir::{RunState, Status};
-use mlae_vit::ForwardCtx;
+use mlae_vit::{ForwardCtx, ParamRole};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -59,6 +59,8 @@ impl Session {
         })?;
         let n = self.train.len();
         self.log_stage_plan();
+        self.tb = Some(super::tensorboard::TbLog::open(&self.run.tensorboard_dir()));
+        self.check_training = self.state.step == 0;
         // The stage in force; `None` makes the first step of this process apply its stage.
         let mut stage = None;
 
@@ -87,20 +89,12 @@ impl Session {
                 );
                 let loss_value = loss.double_value(&[]);
                 if !loss_value.is_finite() {
-                    let message = format!("non-finite loss {loss_value} at step {step}");
-                    self.run.write_status(&Status {
-                        state: RunState::Failed,
+                    return self.fail_non_finite(
+                        &progress,
                         step,
                         epoch,
-                        message: Some(message),
-                    })?;
-                    progress.finish();
-                    return Err(TrainError::NonFinite {
-                        step,
-                        epoch,
-                        value: loss_value,
-                        checkpoint: self.run.last_checkpoint(),
-                    });
+                        format!("the loss became non-finite ({loss_value})"),
+                    );
                 }
                 self.opt.zero_grad();
                 loss.backward();
@@ -108,9 +102,18 @@ impl Session {
                     self.opt.clip_grad_norm(c);
                 }
                 self.opt.step(&self.group_lrs(step));
+                // Every step: a NaN or infinity in a gradient, a parameter or a moment stops
+                // the run before anything non-finite can be checkpointed.
+                if let Some(what) = self.opt.first_non_finite() {
+                    return self.fail_non_finite(&progress, step, epoch, format!("{what} became non-finite"));
+                }
                 let correct =
                     tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
                 let secs = step_start.elapsed().as_secs_f64();
+                let lr = self.schedule.lr_at(step);
+                if let Some(tb) = &mut self.tb {
+                    tb.step(step + 1, loss_value, lr);
+                }
                 let st = &mut self.state;
                 st.step += 1;
                 st.batch_in_epoch = b + 1;
@@ -137,7 +140,13 @@ impl Session {
                 }
             }
             if self.state.batch_in_epoch < batches.len() {
-                break; // max_steps reached mid-epoch
+                // max_steps reached mid-epoch: the run ends here, evaluated and checkpointed
+                self.finish_partial_epoch(
+                    epoch_start,
+                    &progress,
+                    wall_before + wall_start.elapsed().as_secs_f64(),
+                )?;
+                break;
             }
             self.finish_epoch(epoch_start, &progress, wall_before + wall_start.elapsed().as_secs_f64())?;
             if self.interrupted(opts) {
@@ -159,8 +168,110 @@ impl Session {
         Err(TrainError::Interrupted { step, checkpoint: self.run.last_checkpoint() })
     }
 
+    /// Marks the run failed on a NaN or infinity, naming what became non-finite and the last
+    /// finite checkpoint on disk.
+    fn fail_non_finite(&self, progress: &Progress, step: u64, epoch: u64, what: String) -> Result<Summary> {
+        progress.finish();
+        // the step and epoch as the metrics count them (1-based); the status keeps the steps done
+        let err = TrainError::NonFinite {
+            step: step + 1,
+            epoch: epoch + 1,
+            what,
+            last_good: self.last_good_note(),
+        };
+        self.run.write_status(&Status {
+            state: RunState::Failed,
+            step,
+            epoch,
+            message: Some(err.to_string()),
+        })?;
+        Err(err)
+    }
+
+    /// After the first epoch of a run (or its first `max_steps`): fails when no adapter tensor
+    /// has had a non-zero gradient, i.e. the adapter is dead (e.g. a coefficient so small that
+    /// every gradient underflows) and the run would otherwise finish as a success at the
+    /// head's accuracy. Weight decay alone moving A does not count as training.
+    fn check_adapter_trained(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.check_training) || self.state.step < 2 {
+            return Ok(());
+        }
+        let mut adapter: Vec<&String> = self
+            .roles
+            .iter()
+            .filter(|(_, role)| !matches!(role, ParamRole::Head | ParamRole::Backbone))
+            .map(|(name, _)| name)
+            .collect();
+        adapter.sort();
+        if adapter.is_empty() || adapter.iter().any(|n| self.opt.gradient_seen(n) != Some(false)) {
+            return Ok(());
+        }
+        let step = self.state.step;
+        let message = format!(
+            "no adapter tensor had a non-zero gradient in the first {step} steps ({} and the other {} \
+             tensors): the adapter is not training; check the adapter's settings (a coefficient or \
+             scale so small or so large that its gradients vanish) and train.lr",
+            adapter[0],
+            adapter.len() - 1
+        );
+        let epoch = self.state.epoch;
+        self.run.write_status(&Status {
+            state: RunState::Failed,
+            step,
+            epoch,
+            message: Some(message.clone()),
+        })?;
+        Err(TrainError::NotTraining(message))
+    }
+
+    /// The metrics line of the epoch that ends now (completed or cut short by `max_steps`).
+    fn epoch_metrics(
+        &mut self,
+        epoch: u64,
+        eval: BTreeMap<String, mlae_formats::EvalResult>,
+        epoch_start: Instant,
+    ) -> EpochMetrics {
+        let peak = if self.device.is_cuda() { self.mem.peak_mb() } else { peak_rss_mb() };
+        self.state.peak_mem_mb = self.state.peak_mem_mb.max(peak);
+        let st = &self.state;
+        EpochMetrics {
+            epoch,
+            step: st.step,
+            lr: self.schedule.lr_at(st.step.saturating_sub(1)),
+            train_loss: st.epoch_loss_sum / st.epoch_seen.max(1) as f64,
+            train_acc: st.epoch_correct as f64 / st.epoch_seen.max(1) as f64,
+            eval,
+            images_per_s: st.epoch_seen as f64 / st.epoch_train_seconds.max(1e-9),
+            seconds: epoch_start.elapsed().as_secs_f64(),
+            peak_mem_mb: st.peak_mem_mb,
+        }
+    }
+
+    /// The end of a run stopped by `train.max_steps` inside an epoch: evaluates every split,
+    /// logs the partial epoch (numbered as the epoch it belongs to) and writes `last`. The
+    /// loop state keeps its place in the epoch, so a resume with a larger `max_steps`
+    /// continues it.
+    fn finish_partial_epoch(&mut self, epoch_start: Instant, progress: &Progress, wall: f64) -> Result<()> {
+        self.check_adapter_trained()?;
+        let mut eval = BTreeMap::new();
+        for (split, set) in &self.evals {
+            eval.insert(split.clone(), self.evaluator.evaluate(&self.model, set, None));
+        }
+        let metrics = self.epoch_metrics(self.state.epoch + 1, eval, epoch_start);
+        self.run.append_metrics(&metrics)?;
+        if let Some(tb) = &mut self.tb {
+            tb.epoch(&metrics);
+        }
+        progress.epoch(&metrics);
+        self.state.wall_seconds = wall;
+        self.save_checkpoint(&self.run.last_checkpoint())?;
+        self.write_plot();
+        Ok(())
+    }
+
     /// Evaluates, logs the epoch's metrics, and writes the checkpoints that are due.
     fn finish_epoch(&mut self, epoch_start: Instant, progress: &Progress, wall: f64) -> Result<()> {
+        self.check_adapter_trained()?;
         let t = self.cfg.train.clone();
         self.state.epoch += 1;
         let epoch = self.state.epoch;
@@ -183,21 +294,11 @@ impl Session {
             self.state.best_epoch = Some(epoch);
             improved = true;
         }
-        let peak = if self.device.is_cuda() { self.mem.peak_mb() } else { peak_rss_mb() };
-        self.state.peak_mem_mb = self.state.peak_mem_mb.max(peak);
-        let st = &self.state;
-        let metrics = EpochMetrics {
-            epoch,
-            step: st.step,
-            lr: self.schedule.lr_at(st.step.saturating_sub(1)),
-            train_loss: st.epoch_loss_sum / st.epoch_seen.max(1) as f64,
-            train_acc: st.epoch_correct as f64 / st.epoch_seen.max(1) as f64,
-            eval,
-            images_per_s: st.epoch_seen as f64 / st.epoch_train_seconds.max(1e-9),
-            seconds: epoch_start.elapsed().as_secs_f64(),
-            peak_mem_mb: st.peak_mem_mb,
-        };
+        let metrics = self.epoch_metrics(epoch, eval, epoch_start);
         self.run.append_metrics(&metrics)?;
+        if let Some(tb) = &mut self.tb {
+            tb.epoch(&metrics);
+        }
         progress.epoch(&metrics);
         let st = &mut self.state;
         st.batch_in_epoch = 0;

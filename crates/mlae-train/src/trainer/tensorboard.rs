@@ -1,0 +1,67 @@
+//! TensorBoard logging of a run: scalars per step (loss, learning rate) and per epoch
+//! (training loss and accuracy, each evaluated split's accuracy and loss, images/s, peak
+//! memory) into `<run>/tb/`. Logging never stops training: a write that fails is reported once
+//! and logging turns off.
+
+use crate::metrics::EpochMetrics;
+use mlae_tensorboard::EventWriter;
+use std::path::Path;
+
+/// The run's event writer, if logging is on.
+pub(super) struct TbLog {
+    writer: Option<EventWriter>,
+}
+
+impl TbLog {
+    /// A new event file in `dir` (a resumed run adds one beside the old ones).
+    pub(super) fn open(dir: &Path) -> Self {
+        match EventWriter::create(dir) {
+            Ok(w) => Self { writer: Some(w) },
+            Err(e) => {
+                tracing::warn!("TensorBoard logging is off: {e}");
+                Self { writer: None }
+            }
+        }
+    }
+
+    fn scalars(&mut self, step: u64, values: &[(String, f64)]) {
+        let Some(w) = &mut self.writer else { return };
+        for (tag, v) in values {
+            if let Err(e) = w.add_scalar(tag, *v, step) {
+                tracing::warn!("TensorBoard logging is off: {e}");
+                self.writer = None;
+                return;
+            }
+        }
+    }
+
+    /// After optimizer step `step` (1-based: the number of steps done).
+    pub(super) fn step(&mut self, step: u64, loss: f64, lr: f64) {
+        self.scalars(step, &[("train/loss".into(), loss), ("train/lr".into(), lr)]);
+    }
+
+    /// After an epoch's metrics line; flushes, so a live TensorBoard sees the epoch.
+    pub(super) fn epoch(&mut self, m: &EpochMetrics) {
+        let mut v = vec![
+            ("epoch/train_loss".to_string(), m.train_loss),
+            ("epoch/train_acc".to_string(), m.train_acc),
+            ("epoch/images_per_s".to_string(), m.images_per_s),
+            ("epoch/peak_mem_mb".to_string(), m.peak_mem_mb),
+        ];
+        for (split, r) in &m.eval {
+            v.push((format!("eval/{split}/acc"), r.acc));
+            v.push((format!("eval/{split}/loss"), r.loss));
+        }
+        self.scalars(m.step, &v);
+        self.flush();
+    }
+
+    pub(super) fn flush(&mut self) {
+        if let Some(w) = &mut self.writer
+            && let Err(e) = w.flush()
+        {
+            tracing::warn!("TensorBoard logging is off: {e}");
+            self.writer = None;
+        }
+    }
+}
