@@ -6,5 +6,6 @@ mod cli;
 mod data;
 mod dmlora;
 mod doctor;
+mod faults;
 mod finetune;
 mod support;
