@@ -340,3 +340,28 @@ fn a_dora_run_trains_resumes_and_exports() {
         .expect("the magnitude is exported");
     assert_eq!(m.size(), [96]);
 }
+
+#[test]
+fn frozen_coefficients_keep_their_init_and_are_not_counted() {
+    // `adapter.mlae.adaptive_coeffs = false` (the paper's Table 5 rows without adaptive
+    // coefficients): A and B train, every lambda stays at coeff_init.
+    let (tmp, cfg) = setup(&format!("{MLAE}\nadaptive_coeffs = false"), 2);
+    run_ok(&["finetune", "--config", s(&cfg), "--no-progress", "--set", "adapter.mlae.coeff_init=2.0"]);
+    let run = tmp.path().join("runs/run");
+    let summary = json(&run.join("summary.json"));
+    assert_eq!(summary["adapter_params"], 2 * 4 * (32 + 96 + 1), "the lambdas are part of the adapter");
+    assert_eq!(summary["trainable_params"], 2 * 4 * (32 + 96) + 132, "but they do not train");
+    let weights = tch::Tensor::read_safetensors(run.join("checkpoints/last.safetensors")).unwrap();
+    let (mut lambdas, mut b_moved) = (0, false);
+    for (k, t) in &weights {
+        if k.starts_with("model.") && k.ends_with("mlae_lambda") {
+            lambdas += 1;
+            assert!(t.equal(&tch::Tensor::full([4], 2.0, (tch::Kind::Float, tch::Device::Cpu))), "{k} moved");
+        }
+        if k.starts_with("model.") && k.ends_with("mlae_B") {
+            b_moved |= t.abs().max().double_value(&[]) > 0.0;
+        }
+    }
+    assert_eq!(lambdas, 2, "one lambda tensor per adapted layer");
+    assert!(b_moved, "B did not train");
+}

@@ -51,6 +51,12 @@ pub trait MethodPlan: TrainSchedule {
     /// Parameters of the adapter layers on a model of size `dims`.
     fn adapter_params(&self, dims: &ModelDims) -> usize;
 
+    /// Of those, the ones that never train (frozen MLAE coefficients): not trainable.
+    fn frozen_adapter_params(&self, dims: &ModelDims) -> usize {
+        let _ = dims;
+        0
+    }
+
     /// Whether the backbone's own weights train (full fine-tuning).
     fn trains_backbone(&self) -> bool {
         false

@@ -63,6 +63,13 @@ pub trait TrainSchedule {
         true
     }
 
+    /// Whether tensors of `role` train in some stage; those that never do are not counted as
+    /// trainable parameters.
+    fn ever_trains(&self, role: ParamRole) -> bool {
+        let _ = role;
+        true
+    }
+
     /// The learning rate of `role` at `step`, given the run's main schedule `main(step)`.
     fn lr(&self, role: ParamRole, step: u64, total_steps: u64, main: &dyn Fn(u64) -> f64) -> f64 {
         let _ = (role, total_steps);

@@ -10,7 +10,7 @@ use crate::method::{Method, MethodPlan};
 use crate::names::named_enum;
 use crate::params::{ModelDims, layer_in_out};
 use crate::pattern::{self, LayerPattern};
-use crate::schedule::TrainSchedule;
+use crate::schedule::{ParamRole, TrainSchedule};
 use crate::target::{LayerSite, TargetLayer, check_targets, sites};
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +87,10 @@ pub struct MlaeSpec {
     /// Initial value of every coefficient lambda (paper: searched over 1/8 .. 4). Finite and
     /// non-zero (zero would leave A, B and lambda without gradient). Default 1.
     pub coeff_init: f64,
+    /// Whether the coefficients lambda train (the paper's "adaptive coefficients"). `false`
+    /// keeps every lambda at `coeff_init` for the whole run, for Table 5's rows without them
+    /// (the run's `trainable_params` then leaves them out). Default true.
+    pub adaptive_coeffs: bool,
     /// p: the probability that an expert is dropped at a training step, the same in every
     /// block (stochastic + uniform, and mixed). In [0, 1). Default 0.
     pub expert_dropout: f64,
@@ -100,6 +104,7 @@ impl Default for MlaeSpec {
             experts: 8,
             expert_rank: 1,
             coeff_init: 1.0,
+            adaptive_coeffs: true,
             expert_dropout: 0.0,
             mask: MaskSpec::default(),
         }
@@ -115,8 +120,11 @@ impl Method for Mlae {
     type Plan = MlaePlan;
     const ADAPTS_LAYERS: bool = true;
     const KEY_SETTINGS: &'static [&'static str] = &[
+        "adapter.mlae.experts",
+        "adapter.mlae.expert_rank",
         "adapter.mlae.expert_dropout",
         "adapter.mlae.coeff_init",
+        "adapter.mlae.adaptive_coeffs",
         "adapter.mlae.mask.strategy",
         "adapter.mlae.mask.pattern",
     ];
@@ -131,7 +139,8 @@ impl Method for Mlae {
     }
 
     fn label(s: &MlaeSpec) -> String {
-        format!("mlae-{}x{}-p{}-init{}", s.experts, s.expert_rank, s.expert_dropout, s.coeff_init)
+        let frozen = if s.adaptive_coeffs { "" } else { "-frozen" };
+        format!("mlae-{}x{}-p{}-init{}{frozen}", s.experts, s.expert_rank, s.expert_dropout, s.coeff_init)
     }
 
     /// Expands the mask for a model with `depth` blocks:
@@ -166,7 +175,12 @@ impl Method for Mlae {
                 expert_dropout: dropout[site.block],
             })
             .collect();
-        Ok(MlaePlan { coeff_init: s.coeff_init, strategy: s.mask.strategy, layers })
+        Ok(MlaePlan {
+            coeff_init: s.coeff_init,
+            adaptive_coeffs: s.adaptive_coeffs,
+            strategy: s.mask.strategy,
+            layers,
+        })
     }
 }
 
@@ -342,6 +356,10 @@ impl MlaeLayerPlan {
 pub struct MlaePlan {
     /// Initial value of every lambda.
     pub coeff_init: f64,
+    /// Whether the lambdas train (`false`: frozen at `coeff_init`). Absent in plans stored
+    /// before the switch existed, which all trained them.
+    #[serde(default = "adaptive_by_default")]
+    pub adaptive_coeffs: bool,
     /// The mask strategy the plan came from.
     pub strategy: MaskStrategy,
     /// The adapted layers, in plan order.
@@ -383,15 +401,50 @@ impl MlaePlan {
     }
 }
 
-impl TrainSchedule for MlaePlan {}
+fn adaptive_by_default() -> bool {
+    true
+}
+
+/// One stage; the coefficients train unless `adaptive_coeffs` is off.
+///
+/// ```
+/// use mlae_core::{AdapterPlan, AdapterSpec, MlaeSpec, ParamRole, TrainSchedule};
+/// let spec = AdapterSpec { mlae: MlaeSpec { adaptive_coeffs: false, ..Default::default() }, ..Default::default() };
+/// let AdapterPlan::Mlae(plan) = spec.resolve(12).unwrap() else { unreachable!() };
+/// assert!(!plan.trains(ParamRole::Coefficient, 0));
+/// assert!(plan.trains(ParamRole::Adapter, 0) && plan.trains(ParamRole::Head, 0));
+/// assert!(!plan.ever_trains(ParamRole::Coefficient));
+/// ```
+impl TrainSchedule for MlaePlan {
+    fn trains(&self, role: ParamRole, _stage: usize) -> bool {
+        role != ParamRole::Coefficient || self.adaptive_coeffs
+    }
+
+    fn ever_trains(&self, role: ParamRole) -> bool {
+        self.trains(role, 0)
+    }
+
+    fn describe(&self, _total_steps: u64) -> Option<String> {
+        (!self.adaptive_coeffs).then(|| {
+            format!("MLAE coefficients frozen at {} (adapter.mlae.adaptive_coeffs = false)", self.coeff_init)
+        })
+    }
+}
 
 impl MethodPlan for MlaePlan {
     fn sites(&self) -> Vec<LayerSite> {
         self.layers.iter().map(|l| l.site).collect()
     }
 
+    /// A, B and lambda of every layer, frozen lambdas included: they are part of the
+    /// adapter (stored, merged), as the paper counts it.
     fn adapter_params(&self, dims: &ModelDims) -> usize {
         self.layers.iter().map(|l| l.params(dims)).sum()
+    }
+
+    /// The lambdas when they do not train.
+    fn frozen_adapter_params(&self, _dims: &ModelDims) -> usize {
+        if self.adaptive_coeffs { 0 } else { self.layers.iter().map(|l| l.experts).sum() }
     }
 }
 

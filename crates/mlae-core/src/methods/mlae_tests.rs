@@ -161,3 +161,31 @@ fn layer_params_count_a_b_and_lambdas() {
     // 4 experts of rank 2 on qkv (768 -> 2304): 8 rows of A and B, plus 4 lambdas
     assert_eq!(plan.layers[0].params(&ModelDims::vit_b16(10, 224)), 8 * 3072 + 4);
 }
+
+#[test]
+fn frozen_coefficients_stay_in_the_adapter_but_do_not_train() {
+    // Table 5's rows without adaptive coefficients: lambda fixed at its init.
+    let s: MlaeSpec = toml::from_str("adaptive_coeffs = false\ncoeff_init = 2.0").unwrap();
+    assert!(!s.adaptive_coeffs);
+    assert!(MlaeSpec::default().adaptive_coeffs, "adaptive by default, as the paper's method");
+    assert!(Mlae::label(&s).ends_with("-init2-frozen"), "{}", Mlae::label(&s));
+    let plan = resolve(&s, 12).unwrap();
+    assert!(!plan.trains(ParamRole::Coefficient, 0) && !plan.ever_trains(ParamRole::Coefficient));
+    assert!(plan.trains(ParamRole::Adapter, 0) && plan.trains(ParamRole::Head, 0));
+    assert!(plan.describe(100).unwrap().contains("frozen at 2"));
+
+    let dims = ModelDims::vit_b16(100, 224);
+    let count = |s: &MlaeSpec| {
+        let spec = AdapterSpec { kind: AdapterKind::Mlae, mlae: s.clone(), ..Default::default() };
+        spec.resolve(12).unwrap().count_params(&dims)
+    };
+    let (frozen, adaptive) = (count(&s), count(&MlaeSpec::default()));
+    assert_eq!(frozen.adapter, adaptive.adapter, "the lambdas are still part of the adapter");
+    assert_eq!(adaptive.trainable - frozen.trainable, 12 * 8, "one lambda per expert per layer");
+
+    // A plan stored before the switch existed trained its lambdas.
+    let mut stored = serde_json::to_value(resolve(&MlaeSpec::default(), 12).unwrap()).unwrap();
+    stored.as_object_mut().unwrap().remove("adaptive_coeffs");
+    let old: MlaePlan = serde_json::from_value(stored).unwrap();
+    assert!(old.adaptive_coeffs);
+}

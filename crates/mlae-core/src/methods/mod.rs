@@ -352,7 +352,10 @@ impl AdapterPlan {
 
     /// Parameter counts on a model of size `dims`.
     pub fn count_params(&self, dims: &ModelDims) -> ParamCount {
-        ParamCount::new(self.method().adapter_params(dims), dims, self.trains_backbone())
+        let m = self.method();
+        let mut count = ParamCount::new(m.adapter_params(dims), dims, self.trains_backbone());
+        count.trainable -= m.frozen_adapter_params(dims);
+        count
     }
 }
 

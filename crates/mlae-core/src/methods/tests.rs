@@ -174,7 +174,14 @@ fn stored_specs_of_the_flat_layout_are_upgraded_by_kind() {
         seed: 4,
         ..Default::default()
     };
-    let want = MlaeSpec { experts: 4, expert_rank: 2, coeff_init: 0.25, expert_dropout: 0.5, mask };
+    let want = MlaeSpec {
+        experts: 4,
+        expert_rank: 2,
+        coeff_init: 0.25,
+        adaptive_coeffs: true,
+        expert_dropout: 0.5,
+        mask,
+    };
     assert_eq!((mlae.kind, &mlae.targets, &mlae.mlae), (AdapterKind::Mlae, &targets, &want));
     assert_eq!(mlae.lora, LoraSpec::default(), "kinds that did not read a key get nothing from it");
     let lora = up("lora", 4, 0.1);

@@ -264,7 +264,14 @@ impl AdaptedVit {
         let backbone: usize = self.backbone.tensors().iter().map(|(_, t)| n(t)).sum();
         let head = n(&self.head.weight) + self.head.bias.as_ref().map_or(0, n);
         let adapter: usize = self.adapters().flat_map(|a| a.params()).map(|(_, t, _)| n(t)).sum();
-        let trainable = self.trainable().iter().map(|(_, t, _)| n(t)).sum();
+        // tensors the method's schedule never trains (frozen MLAE coefficients) are not counted
+        let schedule = self.plan().schedule();
+        let trainable = self
+            .trainable()
+            .iter()
+            .filter(|(_, _, role)| schedule.ever_trains(*role))
+            .map(|(_, t, _)| n(t))
+            .sum();
         ParamCount { adapter, head, backbone, trainable, total: backbone + head + adapter }
     }
 
