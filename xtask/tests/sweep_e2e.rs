@@ -228,12 +228,12 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
     let mut cells = Vec::new();
     let mut task_means = Vec::new();
     for t in &tasks {
-        let (m, lo, hi) = mean_min_max(&[acc(t, 0), acc(t, 1)]);
-        cells.push(format!("{m:.2} ({lo:.1}-{hi:.1}, n=2)"));
+        let (m, sd) = mean_std(&[acc(t, 0), acc(t, 1)]);
+        cells.push(format!("{m:.2} ± {sd:.2} (n=2)"));
         task_means.push(m);
     }
     let seed_means: Vec<f64> = [0, 1].map(|s| tasks.iter().map(|t| acc(t, s)).sum::<f64>() / 2.0).to_vec();
-    let (_, lo, hi) = mean_min_max(&seed_means);
+    let (_, sd) = mean_std(&seed_means);
     let mean = task_means.iter().sum::<f64>() / 2.0;
     let all: Vec<serde_json::Value> =
         tasks.iter().flat_map(|t| [0, 1].map(|s| summary(&sweep, &format!("final.{t}.mlae.s{s}")))).collect();
@@ -253,7 +253,7 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
         / 4.0
         / 60.0;
     let row = format!(
-        "| mlae | paper (selected on val) | {:.2} | {wall:.1} | {} | {mean:.2} ({lo:.2}-{hi:.2}, n=2) |",
+        "| mlae | paper (selected on val) | {:.2} | {wall:.1} | {} | {mean:.2} ± {sd:.2} (n=2) |",
         mean_min_max(&backbone).0,
         cells.join(" | ")
     );

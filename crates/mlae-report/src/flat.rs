@@ -3,7 +3,7 @@
 
 use crate::cells::{csv_line, csv_ours, params_m, tasks_of, wall_mean};
 use crate::published::PublishedBench;
-use crate::results::{Table, mean, mean_all};
+use crate::results::{Table, mean, mean_all, mean_std_cell};
 use mlae_data::TaskGroup;
 use mlae_plot::BarChart;
 use std::collections::BTreeMap;
@@ -28,33 +28,12 @@ pub fn flat_tables(
         writeln!(md, "| method | protocol | params (M) | wall (min/run) | {} | Mean |", tasks.join(" | "));
     let _ = writeln!(md, "|{}", "---|".repeat(5 + tasks.len()));
     for row in table.rows.keys() {
-        let mut cells = Vec::new();
         for t in &tasks {
-            cells.push(match (table.cell(row, t), table.spread(row, t)) {
-                (Some(m), Some((lo, hi, n))) if n > 1 => format!("{m:.2} ({lo:.1}-{hi:.1}, n={n})"),
-                (Some(m), _) => format!("{m:.2}"),
-                _ => "-".into(),
-            });
             if table.cell(row, t).is_some() {
                 csv_ours(csv, table, row, t, "task", table.cell(row, t));
             }
         }
-        let m = mean_all(&tasks.iter().map(|t| table.cell(row, t)).collect::<Vec<_>>());
-        // The spread of the mean: the mean over tasks of each seed that ran on every task.
-        let mut per_seed: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
-        for r in table.all(row) {
-            per_seed.entry(r.seed).or_default().push(r.acc);
-        }
-        let seed_means: Vec<f64> =
-            per_seed.values().filter(|v| v.len() == tasks.len()).filter_map(|v| mean(v)).collect();
-        let mean_cell = match (m, seed_means.len()) {
-            (Some(m), n) if n > 1 => {
-                let lo = seed_means.iter().copied().fold(f64::INFINITY, f64::min);
-                let hi = seed_means.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                format!("{m:.2} ({lo:.2}-{hi:.2}, n={n})")
-            }
-            (m, _) => m.map_or("-".into(), |m| format!("{m:.2}")),
-        };
+        let (cells, m, mean_cell) = row_cells(table, row, &tasks, false);
         let _ = writeln!(
             md,
             "| {row} | {} | {} | {} | {} | {mean_cell} |",
@@ -117,11 +96,54 @@ pub fn flat_tables(
         }
     }
     md.push_str(
-        "\nCells with several seeds show the mean, then (min-max, n=seeds); the Mean column's spread is \
-         over the per-seed means across tasks. params: trainable parameters outside the classification head.\n",
+        "\nOur cells with several seeds show mean ± sample standard deviation over the seeds (n=seeds); \
+         the Mean column's is over the per-seed means across tasks. Published cells show (min-max, \
+         n=seeds). params: trainable parameters outside the classification head.\n",
     );
+    val_table(table, &tasks, md);
     for f in footnotes {
         let _ = writeln!(md, "\n\\* {f}");
     }
     chart
+}
+
+/// A row's per-task cells (mean ± std over seeds), its mean over tasks, and the Mean cell
+/// (± the std of the per-seed means over every task), on test or, with `val`, on val200.
+fn row_cells(table: &Table, row: &str, tasks: &[String], val: bool) -> (Vec<String>, Option<f64>, String) {
+    let cells: Vec<String> = tasks.iter().map(|t| mean_std_cell(&table.values(row, t, val), 2)).collect();
+    let m = mean_all(&tasks.iter().map(|t| mean(&table.values(row, t, val))).collect::<Vec<_>>());
+    let mut per_seed: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    for r in table.all(row) {
+        if let Some(v) = if val { r.val_acc } else { Some(r.acc) } {
+            per_seed.entry(r.seed).or_default().push(v);
+        }
+    }
+    let seed_means: Vec<f64> =
+        per_seed.values().filter(|v| v.len() == tasks.len()).filter_map(|v| mean(v)).collect();
+    let mean_cell = match m {
+        Some(m) if seed_means.len() > 1 => {
+            let sd = crate::results::std(&seed_means).unwrap_or(0.0);
+            format!("{m:.2} ± {sd:.2} (n={})", seed_means.len())
+        }
+        m => m.map_or("-".into(), |m| format!("{m:.2}")),
+    };
+    (cells, m, mean_cell)
+}
+
+/// The val200 accuracy of the rows whose runs selected on val (`protocol = "val"`), beside
+/// the test accuracy above: the paper's Tables 8 and 9 are reported on test, and this shows
+/// what a reader choosing on val would have seen.
+fn val_table(table: &Table, tasks: &[String], md: &mut String) {
+    let rows: Vec<&String> =
+        table.rows.keys().filter(|row| table.all(row).iter().any(|r| r.val_acc.is_some())).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\nval200 accuracy of the same runs (the epoch each selected on val200):\n");
+    let _ = writeln!(md, "| method | {} | Mean |", tasks.join(" | "));
+    let _ = writeln!(md, "|{}", "---|".repeat(2 + tasks.len()));
+    for row in rows {
+        let (cells, _, mean_cell) = row_cells(table, row, tasks, true);
+        let _ = writeln!(md, "| {row} | {} | {mean_cell} |", cells.join(" | "));
+    }
 }

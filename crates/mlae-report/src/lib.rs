@@ -2,10 +2,11 @@
 //! CSV and a PNG chart of the domain means.
 //!
 //! VTAB-1k: per-task accuracy, the Natural / Specialized / Structured means and the average
-//! as the paper computes it (the mean of the three group means). FGVC: per-dataset mean over
-//! seeds with the spread (min-max), and the mean over datasets. Every number says which
-//! protocol produced it. Only runs of the sweep's plan count, and only while their config is
-//! the one they ran with; runs are read through mlae-formats' `Summary`.
+//! as the paper computes it (the mean of the three group means). FGVC and the demo benchmark:
+//! per-task mean over seeds ± the sample std, and the mean over tasks, with the val200
+//! accuracy too for runs that selected on val. Every number says which protocol produced it.
+//! Only runs of the sweep's plan count, and only while their config is the one they ran with;
+//! runs are read through mlae-formats' `Summary`.
 
 mod build;
 mod cells;

@@ -22,6 +22,8 @@ pub struct RunResult {
     pub acc: f64,
     /// The best test accuracy seen during training (%; test-set selection, as the lineage reports).
     pub best_test_acc: Option<f64>,
+    /// The best val200 accuracy (%) of a `val` protocol run (the epoch it selected).
+    pub val_acc: Option<f64>,
     /// Trainable parameters outside the head (the paper's "# param").
     pub backbone_params: Option<f64>,
     pub wall_seconds: Option<f64>,
@@ -49,6 +51,11 @@ impl Table {
     /// Mean accuracy over seeds.
     pub fn cell(&self, row: &str, task: &str) -> Option<f64> {
         mean(&self.runs(row, task).iter().map(|r| r.acc).collect::<Vec<_>>())
+    }
+
+    /// The seeds' values of a cell: test accuracy, or val200 accuracy with `val`.
+    pub(crate) fn values(&self, row: &str, task: &str, val: bool) -> Vec<f64> {
+        self.runs(row, task).iter().filter_map(|r| if val { r.val_acc } else { Some(r.acc) }).collect()
     }
 
     /// (min, max, n) over seeds.
@@ -84,6 +91,21 @@ impl Table {
 
 pub(crate) fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The sample standard deviation (n - 1), for two values or more.
+pub(crate) fn std(v: &[f64]) -> Option<f64> {
+    let m = mean(v)?;
+    (v.len() > 1).then(|| (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt())
+}
+
+/// `mean ± std (n=N)` over seeds, or the bare mean for one seed.
+pub(crate) fn mean_std_cell(v: &[f64], digits: usize) -> String {
+    match (mean(v), std(v)) {
+        (Some(m), Some(s)) => format!("{m:.digits$} ± {s:.digits$} (n={})", v.len()),
+        (Some(m), None) => format!("{m:.digits$}"),
+        _ => "-".into(),
+    }
 }
 
 /// Mean of the values, None if any is missing: a group mean over part of a group would
@@ -143,6 +165,7 @@ pub fn collect(sweep: &SweepDir, notes: &mut Vec<String>) -> Result<Vec<RunResul
             stage: planned.stage,
             acc: 100.0 * summary.test_acc,
             best_test_acc: summary.best_test_acc.map(|v| 100.0 * v),
+            val_acc: summary.best_val_acc.map(|v| 100.0 * v),
             backbone_params: Some(summary.backbone_params() as f64),
             wall_seconds: Some(summary.wall_seconds),
         });

@@ -22,6 +22,7 @@ fn r(task: &str, row: &str, seed: u64, acc: f64) -> RunResult {
         stage: Stage::Run,
         acc,
         best_test_acc: None,
+        val_acc: None,
         backbone_params: Some(3e5),
         wall_seconds: Some(60.0),
     }
@@ -128,10 +129,11 @@ fn the_tables_print_vtab_group_means_and_fgvc_seed_spreads() {
     flat_tables(&Table::new(&results), ("fgvc", &fgvc), Some(&published.fgvc), &mut md, &mut csv);
     let row = md.lines().find(|l| l.starts_with("| mlae |")).unwrap();
     assert!(
-        row.contains("| 82.00 (80.0-84.0, n=3) | 71.00 (70.0-73.0, n=3) | 98.00 (97.0-99.0, n=3) |"),
-        "{row}"
+        row.contains("| 82.00 ± 2.00 (n=3) | 71.00 ± 1.73 (n=3) | 98.00 ± 1.00 (n=3) |"),
+        "mean ± sample std over seeds: {row}"
     );
-    assert!(row.ends_with("| 85.20 (84.80-85.60, n=3) |"), "{row}");
+    assert!(row.ends_with("| 85.20 ± 0.40 (n=3) |"), "the std of the per-seed means: {row}");
+    assert!(!md.contains("val200 accuracy"), "no val table without val runs: {md}");
     assert!(md.contains(
         "| MLAE **(published)** | paper (published) | 0.29 | - | 89.6 (89.6-89.6, n=3) | 85.0 (84.5-85.3, n=3)"
     ));
@@ -175,4 +177,36 @@ fn the_published_rows_match_their_printed_averages() {
             assert!((mean(s).unwrap() - printed).abs() < 0.005, "{}: {s:?}", row.method);
         }
     }
+}
+
+/// Runs that selected on val200 get a second table with their val accuracy.
+#[test]
+fn val_runs_show_their_val_accuracy_beside_test() {
+    let groups = vec![TaskGroup { name: "demo".into(), tasks: vec!["a".into(), "b".into()] }];
+    let run = |task: &str, row: &str, seed: u64, acc: f64, val: Option<f64>| RunResult {
+        protocol: if val.is_some() { "val" } else { "paper" }.into(),
+        val_acc: val,
+        ..r(task, row, seed, acc)
+    };
+    let results = vec![
+        run("a", "p=0.5", 0, 90.0, Some(92.0)),
+        run("a", "p=0.5", 1, 92.0, Some(96.0)),
+        run("b", "p=0.5", 0, 80.0, Some(84.0)),
+        run("b", "p=0.5", 1, 80.0, Some(86.0)),
+        run("a", "test-only", 0, 50.0, None),
+        run("b", "test-only", 0, 60.0, None),
+    ];
+    let (mut md, mut csv) = (String::new(), String::new());
+    flat_tables(&Table::new(&results), ("demo", &groups), None, &mut md, &mut csv);
+    let test_row = md.lines().find(|l| l.starts_with("| p=0.5 | val |")).unwrap();
+    // seed means on test: (90 + 80) / 2 = 85, (92 + 80) / 2 = 86
+    assert!(
+        test_row.ends_with("| 91.00 ± 1.41 (n=2) | 80.00 ± 0.00 (n=2) | 85.50 ± 0.71 (n=2) |"),
+        "{test_row}"
+    );
+    let (_, val) = md.split_once("val200 accuracy of the same runs").expect("a val table");
+    let val_row = val.lines().find(|l| l.starts_with("| p=0.5 |")).unwrap();
+    // seed means on val: (92 + 84) / 2 = 88, (96 + 86) / 2 = 91
+    assert_eq!(val_row, "| p=0.5 | 94.00 ± 2.83 (n=2) | 85.00 ± 1.41 (n=2) | 89.50 ± 2.12 (n=2) |");
+    assert!(!val.contains("test-only"), "paper-protocol rows have no val accuracy: {val}");
 }

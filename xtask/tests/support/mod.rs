@@ -415,3 +415,10 @@ pub fn wait_for_runs(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// (mean, sample standard deviation) of the values, as the report prints them.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+    (mean, var.sqrt())
+}
