@@ -123,6 +123,48 @@ fn dry_runs_of_the_other_grids_plan_valid_configs() {
 }
 
 #[test]
+fn the_grids_of_tables_5_to_9_plan_on_the_demo_benchmark() {
+    let plan = |grid: &str| {
+        stdout(&run_ok(xtask().args(["sweep", "--dry-run", "--benchmark", "demo", "--grid", grid])))
+    };
+    let runs = |out: &str| {
+        out.lines().last().and_then(|l| l.strip_prefix("runs: ")).unwrap().parse::<usize>().unwrap()
+    };
+    let tasks = runs(&plan("paper"));
+    assert!(tasks >= 2, "the demo benchmark has its tasks");
+    for (grid, per_task) in [
+        ("table5-components", 4),
+        ("table6-expert-rank", 3),
+        ("table7-experts", 4),
+        ("table8-coeff-init", 6),
+        ("table8-coeff-init-val", 6),
+        ("table9-expert-dropout", 6),
+        ("table9-expert-dropout-val", 6),
+    ] {
+        assert_eq!(runs(&plan(grid)), tasks * per_task, "{grid}");
+    }
+    let out = plan("table5-components");
+    let line = |variant: &str| {
+        *plan_lines(&out)
+            .iter()
+            .find(|l| l.contains(&format!(".{variant}.s0")))
+            .unwrap_or_else(|| panic!("{variant}"))
+    };
+    let alone = line("decomposition");
+    assert_eq!(field(alone, "adapter.mlae.adaptive_coeffs").as_deref(), Some("false"), "{alone}");
+    assert_eq!(field(alone, "adapter.mlae.mask.strategy").as_deref(), Some("none"), "{alone}");
+    let both = line("decomposition-masking-adaptive");
+    assert_eq!(field(both, "adapter.mlae.adaptive_coeffs").as_deref(), Some("true"), "{both}");
+    assert_eq!(field(both, "adapter.mlae.mask.strategy").as_deref(), Some("stochastic"), "{both}");
+    let out = plan("table6-expert-rank");
+    let four_by_two = *plan_lines(&out).iter().find(|l| l.contains(".4x2.s0")).unwrap();
+    assert_eq!(field(four_by_two, "adapter.mlae.experts").as_deref(), Some("4"), "{four_by_two}");
+    assert_eq!(field(four_by_two, "adapter.mlae.expert_rank").as_deref(), Some("2"), "{four_by_two}");
+    let out = plan("table9-expert-dropout-val");
+    assert!(plan_lines(&out).iter().all(|l| field(l, "data.protocol").as_deref() != Some("paper")), "{out}");
+}
+
+#[test]
 fn bad_requests_are_refused_with_the_reason() {
     let err = |args: &[&str]| {
         let out = xtask().args(args).output().unwrap();
