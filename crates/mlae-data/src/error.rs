@@ -154,6 +154,14 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
+    /// An IDX file (MNIST's format) of demo data that cannot be used.
+    #[error("{source_name}: {message}")]
+    Idx {
+        /// The file (or archive member) the images or labels come from.
+        source_name: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A transform with impossible parameters, or one a set type does not support.
     #[error("transform {transform}: {message}")]
     Transform {

