@@ -505,6 +505,12 @@ mod tests {
     fn deb_names_come_from_the_url_and_must_name_the_package() {
         let src = deb_source("dataset-tiny", "0.0~git2020.1-1", "0".repeat(64));
         assert_eq!(deb_file_name(&src).unwrap(), "dataset-tiny_0.0~git2020.1-1_all.deb");
+        let real = manifest::demo().unwrap().tasks.iter().find_map(|t| match &t.source {
+            DemoSource::Debian(d) => Some(d.clone()),
+            DemoSource::Pypi(_) => None,
+        });
+        let real = real.expect("the demo manifest has a Debian task");
+        assert_eq!(deb_file_name(&real).unwrap(), format!("{}_{}_all.deb", real.package, real.version));
         let mut bad = src.clone();
         bad.url = "https://deb.example/pool/other_1_all.deb".into();
         assert!(deb_file_name(&bad).is_err());

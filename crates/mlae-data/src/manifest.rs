@@ -384,14 +384,29 @@ mod tests {
     }
 
     #[test]
-    fn demo_manifest_describes_both_sources() {
+    fn demo_manifest_lists_three_tasks_from_pypi_and_debian() {
         let m = demo().unwrap();
+        let names: Vec<&str> = m.tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["mnist5k", "digits", "fashion_mnist"]);
+        assert!(m.tasks.iter().all(|t| t.classes == 10 && t.sizes["train800val200"] == 1000));
         let task = |name: &str| m.tasks.iter().find(|t| t.name == name).unwrap();
         let DemoSource::Pypi(mnist) = &task("mnist5k").source else { panic!("mnist5k: not from PyPI") };
         assert_eq!((mnist.rows, mnist.side, task("mnist5k").sizes["test"]), (5000, 28, 1000));
         let digits = task("digits");
         let DemoSource::Pypi(src) = &digits.source else { panic!("digits: not from PyPI") };
         assert_eq!(digits.sizes["train800val200"] + digits.sizes["test"], src.rows);
+        let fashion = task("fashion_mnist");
+        let DemoSource::Debian(deb) = &fashion.source else { panic!("fashion_mnist: not from Debian") };
+        assert_eq!(
+            (deb.package.as_str(), deb.version.as_str()),
+            ("dataset-fashion-mnist", "0.0~git20200523.55506a9-1")
+        );
+        assert_eq!((deb.train.rows, deb.test.rows, deb.side), (60000, 10000, 28));
+        assert_eq!(fashion.sizes["test"], 1000, "the same test size as mnist5k");
+        assert!(fashion.licence.as_deref().is_some_and(|l| l.starts_with("MIT")));
+        assert!(deb.url.ends_with(&format!("/{}_{}_all.deb", deb.package, deb.version)), "{}", deb.url);
+        assert_eq!(deb.sha256.len(), 64);
+        assert_eq!(deb.members()[0], "usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz");
         assert_eq!(m.models.len(), 1);
     }
 

@@ -356,6 +356,24 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_paper_grid_plans_one_run_per_demo_task_in_manifest_order() {
+        let planned = plan(request("demo", &[])).unwrap();
+        let runs: Vec<(&str, &str)> =
+            planned.prepared.iter().map(|p| (p.spec.task.as_str(), p.spec.name.as_str())).collect();
+        assert_eq!(
+            runs,
+            [
+                ("mnist5k", "mnist5k.mlae.s0"),
+                ("digits", "digits.mlae.s0"),
+                ("fashion_mnist", "fashion_mnist.mlae.s0")
+            ]
+        );
+        let fashion = &planned.prepared[2];
+        assert!(fashion.spec.extends.iter().any(|p| p.ends_with("configs/demo/fashion_mnist.toml")));
+        assert!(fashion.text.contains("fashion_mnist"), "{}", fashion.text);
+    }
+
+    #[test]
     fn the_plan_checks_every_runs_whole_config_and_writes_nothing() {
         let planned = plan(request("demo", &["train.epochs=2"])).unwrap();
         assert_eq!(planned.planned(), planned.prepared.len());
