@@ -326,7 +326,10 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
         .flat_map(|t| ["0.1", "0.5"].map(|p| format!("{t}.mlae.expert_dropout={p}.s0")))
         .collect();
     let names: Vec<&str> = runs.iter().map(String::as_str).collect();
-    let target = "digits.mlae.expert_dropout=0.5.s0";
+    // The target: the last run of the last demo task.
+    let target_task = tasks.last().unwrap().as_str();
+    let target_run = format!("{target_task}.mlae.expert_dropout=0.5.s0");
+    let target = target_run.as_str();
     assert_eq!(names.last(), Some(&target));
     let others: Vec<&str> = names.iter().copied().filter(|r| *r != target).collect();
     let submit = || {
@@ -342,13 +345,17 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
     let timeout = Duration::from_secs(180);
 
     let out = submit();
-    assert!(out.contains("submitted Slurm job array") && out.contains(": 4 runs"), "{out}");
+    assert!(
+        out.contains("submitted Slurm job array") && out.contains(&format!(": {} runs", runs.len())),
+        "{out}"
+    );
     let jobs = json(&sweep.join("slurm/jobs.json"));
     let job = jobs[0]["job_id"].as_str().unwrap().to_string();
     let index = jobs[0]["runs"].as_array().unwrap().iter().position(|r| r == target).unwrap();
     let script = std::fs::read_to_string(jobs[0]["script"].as_str().unwrap()).unwrap();
     assert!(
-        script.contains("#SBATCH --array=0-3%4") && script.contains("#SBATCH --time=00:10:00"),
+        script.contains(&format!("#SBATCH --array=0-{}%4", runs.len() - 1))
+            && script.contains("#SBATCH --time=00:10:00"),
         "{script}"
     );
 
@@ -417,9 +424,10 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
     }
     let s = summary(&sweep, target);
     assert_eq!(s["epochs"], EPOCHS);
-    assert_eq!(s["steps"], EPOCHS * steps_per_epoch(&data, "digits", "train800val200"));
+    assert_eq!(s["steps"], EPOCHS * steps_per_epoch(&data, target_task, "train800val200"));
     let status = status_of();
-    assert!(status.trim_end().ends_with("runs: 4 (done 4)"), "{status}");
+    let n = runs.len();
+    assert!(status.trim_end().ends_with(&format!("runs: {n} (done {n})")), "{status}");
 
     // A third submission has nothing to do.
     let out = submit();

@@ -22,7 +22,8 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
     let data = tmp.path().join("data");
     // 2 train800, 1 val200 and 1 test image per class: 20 / 10 / 30 / 10 images per task.
     let tasks = write_demo_tasks(&data, [2, 1, 1]);
-    assert_eq!(tasks, ["mnist5k", "digits"], "the demo manifest's tasks");
+    assert_eq!(tasks, ["mnist5k", "digits", "fashion_mnist"], "the demo manifest's tasks");
+    let n = tasks.len();
     let template = tiny_configs(tmp.path(), "demo");
     // The search grid's shape on a small scale: 2 settings x 2 seeds per task on val200, then
     // per (task, seed) the best setting trained on train800val200 and tested.
@@ -49,13 +50,14 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
     let finals: Vec<String> =
         tasks.iter().flat_map(|t| [0, 1].map(|s| format!("final.{t}.mlae.s{s}"))).collect();
 
-    // The plan: 8 search runs, 4 finals waiting for them; nothing written.
+    // The plan: 4 search runs and 2 finals waiting for them per task; nothing written.
     let out = stdout(&run_ok(sweep_cmd().arg("--dry-run")));
     let planned: Vec<&str> =
         out.lines().filter(|l| l.starts_with("  ")).map(|l| l.split_whitespace().next().unwrap()).collect();
     let expected: Vec<&str> = search.iter().chain(&finals).map(String::as_str).collect();
     assert_eq!(planned, expected, "{out}");
-    assert!(out.contains("8 search runs + 4 final runs") && out.ends_with("runs: 12\n"), "{out}");
+    let plan = format!("{} search runs + {} final runs", 4 * n, 2 * n);
+    assert!(out.contains(&plan) && out.ends_with(&format!("runs: {}\n", 6 * n)), "{out}");
     for r in &search {
         let line = out.lines().find(|l| l.starts_with(&format!("  {r} "))).unwrap();
         assert!(line.contains("data.protocol=val") && line.ends_with("(start)"), "{line}");
@@ -138,13 +140,13 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
         };
         assert!(status.contains(&format!("{label:<12} {r}")), "{r} should be {label}:\n{status}");
     }
-    assert!(status.contains("4 final runs are not planned yet"), "{status}");
+    assert!(status.contains(&format!("{} final runs are not planned yet", 2 * n)), "{status}");
 
     // Second attempt: everything finishes; nothing that finished runs again, the interrupted
     // runs continue from their checkpoints, the finals follow.
     run_ok(&mut sweep_cmd());
     let status = stdout(&run_ok(xtask().arg("sweep").arg("--status").arg(&sweep)));
-    assert!(status.trim_end().ends_with("runs: 12 (done 12)"), "{status}");
+    assert!(status.trim_end().ends_with(&format!("runs: {0} (done {0})", 6 * n)), "{status}");
     for r in &done_before {
         assert_eq!(launches(&sweep, r).len(), 1, "{r} finished before the kill and must not run again");
         assert_eq!(run_record(&sweep, r)["attempts"], 1, "{r}");
@@ -232,9 +234,10 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
         cells.push(format!("{m:.2} ± {sd:.2} (n=2)"));
         task_means.push(m);
     }
-    let seed_means: Vec<f64> = [0, 1].map(|s| tasks.iter().map(|t| acc(t, s)).sum::<f64>() / 2.0).to_vec();
+    let seed_means: Vec<f64> =
+        [0, 1].map(|s| tasks.iter().map(|t| acc(t, s)).sum::<f64>() / n as f64).to_vec();
     let (_, sd) = mean_std(&seed_means);
-    let mean = task_means.iter().sum::<f64>() / 2.0;
+    let mean = task_means.iter().sum::<f64>() / n as f64;
     let all: Vec<serde_json::Value> =
         tasks.iter().flat_map(|t| [0, 1].map(|s| summary(&sweep, &format!("final.{t}.mlae.s{s}")))).collect();
     let backbone: Vec<f64> = all
@@ -250,7 +253,7 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
             [0, 1].map(|s| summary(&sweep, &format!("final.{t}.mlae.s{s}"))["wall_seconds"].as_f64().unwrap())
         })
         .sum::<f64>()
-        / 4.0
+        / (2 * n) as f64
         / 60.0;
     let row = format!(
         "| mlae | paper (selected on val) | {:.2} | {wall:.1} | {} | {mean:.2} ± {sd:.2} (n=2) |",
