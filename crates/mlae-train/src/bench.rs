@@ -6,6 +6,11 @@
 //! Inference times the base model (no adapter), the adapter unmerged and the adapter merged
 //! into the weights, interleaved per batch size so that drift on a shared machine hits all
 //! three alike. Each figure is a median over timed iterations.
+//!
+//! For `cargo xtask gpu-check` the training can also run in bf16 on learnable generated
+//! images ([`BenchData::Patterns`]) and record every loss, so that one short run shows that
+//! training works on a device, not only how fast it is; [`parity`] compares the logits of a
+//! fixed batch on a CUDA device with the CPU's.
 
 use crate::config::Precision;
 use crate::error::{Result, TrainError};
@@ -23,6 +28,17 @@ use tch::{Device, Kind, Tensor};
 pub const BENCH_LR: f64 = 5e-4;
 pub const BENCH_WEIGHT_DECAY: f64 = 1e-4;
 
+/// The images the training benchmark trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchData {
+    /// Uniform random pixels and labels: nothing to learn (speed does not depend on them).
+    #[default]
+    Random,
+    /// [`pattern_images`]: the class is visible in the image, so the loss must fall.
+    Patterns,
+}
+
 /// What to benchmark.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -39,6 +55,10 @@ pub struct BenchConfig {
     pub infer_batches: Vec<usize>,
     pub device: Device,
     pub seed: u64,
+    /// Training compute precision (the trainer's `train.precision`); inference is fp32.
+    pub precision: Precision,
+    /// What the training benchmark trains on.
+    pub data: BenchData,
 }
 
 /// Training throughput and memory.
@@ -57,6 +77,9 @@ pub struct TrainBench {
     pub trainable_params: usize,
     /// The loss of the last step (a sanity check that training did something finite).
     pub last_loss: f64,
+    /// The loss of every step, warm-up included, in order.
+    #[serde(default)]
+    pub losses: Vec<f64>,
 }
 
 /// Inference throughput: `img_per_s[variant][batch]`, variants `base`, `unmerged`, `merged`.
@@ -101,9 +124,32 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// The trainer's preprocessing with ImageNet mean/std in fp32 (the values do not change the cost).
-fn preprocess(device: Device) -> Preprocess {
-    Preprocess::new(mlae_data::Normalization::Imagenet, Precision::Fp32, device)
+/// The trainer's preprocessing with ImageNet mean/std (the values do not change the cost).
+fn preprocess(precision: Precision, device: Device) -> Preprocess {
+    Preprocess::new(mlae_data::Normalization::Imagenet, precision, device)
+}
+
+/// `n` uint8 NHWC images of `size` px whose class can be learnt, and their labels (cycling
+/// through `classes`): class `c` brightens quadrant `c % 4` and tints the image by `c`, with
+/// uniform noise on top. Built on the CPU from `seed` (the same images on every device), then
+/// moved to `device`.
+pub fn pattern_images(n: i64, size: i64, classes: i64, seed: u64, device: Device) -> (Tensor, Tensor) {
+    let long = (Kind::Int64, Device::Cpu);
+    let labels = Tensor::arange(n, long).remainder(classes);
+    let upper_half = Tensor::arange(size, long).ge(size / 2).to_kind(Kind::Int64);
+    // 0 1 / 2 3: the quadrant of each pixel.
+    let quadrant = upper_half.view([1, size]) + upper_half.view([size, 1]) * 2;
+    let bright = quadrant.unsqueeze(0).eq_tensor(&labels.remainder(4).view([n, 1, 1])).to_kind(Kind::Float)
+        * 120.0
+        + 40.0;
+    let tint = (labels.view([n, 1]) * 53 + Tensor::arange(3, long).view([1, 3]) * 29)
+        .remainder(48)
+        .to_kind(Kind::Float)
+        .view([n, 1, 1, 3]);
+    tch::manual_seed(seed as i64);
+    let noise = Tensor::randint(64, [n, size, size, 3], (Kind::Float, Device::Cpu));
+    let images = (bright.unsqueeze(-1) + tint + noise).clamp(0.0, 255.0).to_kind(Kind::Uint8);
+    (images.to_device(device), labels.to_device(device))
 }
 
 fn check(cfg: &BenchConfig) -> Result<()> {
@@ -123,13 +169,21 @@ pub fn bench_train(cfg: &BenchConfig) -> Result<TrainBench> {
     let device = cfg.device;
     tch::manual_seed(cfg.seed as i64);
     let mut probe = GpuMemProbe::new();
-    let model = AdaptedVit::new(&cfg.vit, &cfg.adapter, cfg.seed, device)?;
+    let mut model = AdaptedVit::new(&cfg.vit, &cfg.adapter, cfg.seed, device)?;
+    if cfg.precision == Precision::Bf16 {
+        model.set_compute_kind(Kind::BFloat16);
+    }
     let size = cfg.vit.image_size;
     // A resident dataset of four batches, as the trainer keeps a deterministic split.
     let n = (4 * cfg.batch) as i64;
-    let images = Tensor::randint(256, [n, size, size, 3], (Kind::Uint8, device));
-    let labels = Tensor::randint(cfg.vit.num_classes, [n], (Kind::Int64, device));
-    let prep = preprocess(device);
+    let (images, labels) = match cfg.data {
+        BenchData::Random => (
+            Tensor::randint(256, [n, size, size, 3], (Kind::Uint8, device)),
+            Tensor::randint(cfg.vit.num_classes, [n], (Kind::Int64, device)),
+        ),
+        BenchData::Patterns => pattern_images(n, size, cfg.vit.num_classes, cfg.seed, device),
+    };
+    let prep = preprocess(cfg.precision, device);
     let groups = vec![
         // One rate for everything: the bench times steps, not a method's schedule.
         ParamGroup { name: "all".into(), weight_decay: BENCH_WEIGHT_DECAY },
@@ -143,6 +197,7 @@ pub fn bench_train(cfg: &BenchConfig) -> Result<TrainBench> {
     let total = (cfg.warmup + cfg.steps) as u64;
     let mut step_seconds = Vec::with_capacity(cfg.steps);
     let mut last_loss = f64::NAN;
+    let mut losses = Vec::with_capacity(total as usize);
     let order: Vec<i64> = (0..n).collect();
     for step in 0..total {
         let start = Instant::now();
@@ -155,6 +210,7 @@ pub fn bench_train(cfg: &BenchConfig) -> Result<TrainBench> {
         let logits = model.forward_t(&x, &ForwardCtx::train(step, total)).to_kind(Kind::Float);
         let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.0);
         last_loss = loss.double_value(&[]);
+        losses.push(last_loss);
         opt.zero_grad();
         loss.backward();
         opt.step(&[BENCH_LR]);
@@ -180,6 +236,7 @@ pub fn bench_train(cfg: &BenchConfig) -> Result<TrainBench> {
         mem_measure: mem_measure(device).into(),
         trainable_params,
         last_loss,
+        losses,
     })
 }
 
@@ -234,7 +291,7 @@ pub fn bench_infer(cfg: &BenchConfig) -> Result<InferBench> {
     let variants: [(&str, &AdaptedVit); 3] = [("base", &base), ("unmerged", &unmerged), ("merged", &merged)];
     let ctx = ForwardCtx::eval();
     let size = cfg.vit.image_size;
-    let prep = preprocess(device);
+    let prep = preprocess(Precision::Fp32, device);
     let sync = |t: &Tensor| {
         // Reading one value back waits for the device, as a real caller would.
         let _ = t.double_value(&[0, 0]);
@@ -270,6 +327,69 @@ pub fn bench_infer(cfg: &BenchConfig) -> Result<InferBench> {
     Ok(InferBench { img_per_s, merge_max_abs_diff })
 }
 
+/// Logits of one fixed batch on a CUDA device against the CPU's ([`parity`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParityReport {
+    pub batch: usize,
+    /// Largest |logit| on the CPU in fp32: the scale of the differences below.
+    pub cpu_logit_max_abs: f64,
+    /// Largest |logit difference|, both sides in fp32 (libtorch's default settings).
+    pub fp32_max_abs_diff: f64,
+    /// The same with cuDNN switched off on the device (no TF32 convolution in the patch
+    /// embedding), to tell TF32 from a real difference when the figure above is large.
+    pub fp32_no_cudnn_max_abs_diff: f64,
+    /// Largest |logit difference|, both sides computing in bf16 (fp32 trainable weights).
+    pub bf16_max_abs_diff: f64,
+}
+
+/// The same model (device-independent seeded initialisation, adapters given random values
+/// on the CPU and copied) and the same [`pattern_images`] batch of `cfg.batch` images, in
+/// inference mode on the CPU and on `cfg.device`, in fp32 and in bf16.
+pub fn parity(cfg: &BenchConfig) -> Result<ParityReport> {
+    check(cfg)?;
+    let device = cfg.device;
+    if !device.is_cuda() {
+        return Err(TrainError::Bench(
+            "parity compares a CUDA device with the CPU; the device is the CPU".into(),
+        ));
+    }
+    let cpu = Device::Cpu;
+    let mut on_cpu = AdaptedVit::new(&cfg.vit, &cfg.adapter, cfg.seed, cpu)?;
+    randomise_adapters(&on_cpu, cfg.seed);
+    let mut on_device = AdaptedVit::new(&cfg.vit, &cfg.adapter, cfg.seed, device)?;
+    tch::no_grad(|| {
+        for ((_, mut dst, _), (_, src, _)) in on_device.trainable().into_iter().zip(on_cpu.trainable()) {
+            dst.copy_(&src);
+        }
+    });
+    let (images, _) =
+        pattern_images(cfg.batch as i64, cfg.vit.image_size, cfg.vit.num_classes, cfg.seed, cpu);
+    let x = preprocess(Precision::Fp32, cpu).apply(&images);
+    let ctx = ForwardCtx::eval();
+    let logits = |m: &AdaptedVit, x: &Tensor| {
+        tch::no_grad(|| m.forward_t(&x.to_device(m.device()), &ctx).to_kind(Kind::Float).to_device(cpu))
+    };
+    let max_abs = |t: &Tensor| t.abs().max().double_value(&[]);
+    let reference = logits(&on_cpu, &x);
+    let fp32_max_abs_diff = max_abs(&(logits(&on_device, &x) - &reference));
+    let cudnn = tch::Cuda::user_enabled_cudnn();
+    tch::Cuda::set_user_enabled_cudnn(false);
+    let fp32_no_cudnn_max_abs_diff = max_abs(&(logits(&on_device, &x) - &reference));
+    tch::Cuda::set_user_enabled_cudnn(cudnn);
+    on_cpu.set_compute_kind(Kind::BFloat16);
+    on_device.set_compute_kind(Kind::BFloat16);
+    let xb = x.to_kind(Kind::BFloat16);
+    let bf16_max_abs_diff = max_abs(&(logits(&on_device, &xb) - logits(&on_cpu, &xb)));
+    tracing::debug!("parity: fp32 {fp32_max_abs_diff:.3e}, bf16 {bf16_max_abs_diff:.3e}");
+    Ok(ParityReport {
+        batch: cfg.batch,
+        cpu_logit_max_abs: max_abs(&reference),
+        fp32_max_abs_diff,
+        fp32_no_cudnn_max_abs_diff,
+        bf16_max_abs_diff,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +410,8 @@ mod tests {
             infer_batches: vec![1, 2],
             device: Device::Cpu,
             seed: 0,
+            precision: Precision::Fp32,
+            data: BenchData::Random,
         }
     }
 
@@ -309,5 +431,45 @@ mod tests {
             BenchConfig { adapter: AdapterSpec { kind: AdapterKind::LinearProbe, ..cfg.adapter }, ..tiny() };
         assert!(bench_infer(&probe).unwrap_err().to_string().contains("nothing to merge"));
         assert!(bench_train(&BenchConfig { steps: 0, ..tiny() }).is_err());
+        assert!(parity(&tiny()).unwrap_err().to_string().contains("CUDA"));
+    }
+
+    #[test]
+    fn pattern_images_are_deterministic_and_show_their_class() {
+        let (a, la) = pattern_images(8, 16, 4, 3, Device::Cpu);
+        let (b, lb) = pattern_images(8, 16, 4, 3, Device::Cpu);
+        assert_eq!(a.size(), [8, 16, 16, 3]);
+        assert_eq!(a.kind(), Kind::Uint8);
+        assert!(a.equal(&b) && la.equal(&lb));
+        assert_eq!(Vec::<i64>::try_from(&la).unwrap(), [0, 1, 2, 3, 0, 1, 2, 3]);
+        // Class 3 brightens the lower right quadrant.
+        let img = a.get(3).to_kind(Kind::Float);
+        let lower_right = img.narrow(0, 8, 8).narrow(1, 8, 8).mean(Kind::Float).double_value(&[]);
+        let upper_left = img.narrow(0, 0, 8).narrow(1, 0, 8).mean(Kind::Float).double_value(&[]);
+        assert!(lower_right > upper_left + 100.0, "{lower_right} vs {upper_left}");
+    }
+
+    /// bf16 on learnable images: every loss is recorded and the loss falls.
+    #[test]
+    fn bf16_training_on_patterns_records_a_falling_loss() {
+        let cfg = BenchConfig {
+            precision: Precision::Bf16,
+            data: BenchData::Patterns,
+            steps: 30,
+            warmup: 2,
+            batch: 8,
+            adapter: AdapterSpec {
+                mlae: mlae_core::MlaeSpec { experts: 4, expert_dropout: 0.0, ..Default::default() },
+                ..Default::default()
+            },
+            ..tiny()
+        };
+        let t = bench_train(&cfg).unwrap();
+        assert_eq!(t.losses.len(), 32);
+        assert_eq!(*t.losses.last().unwrap(), t.last_loss);
+        // A tiny model at the benchmark's small learning rate: slowly, but it falls.
+        let head: f64 = t.losses[..8].iter().sum::<f64>() / 8.0;
+        let tail: f64 = t.losses[24..].iter().sum::<f64>() / 8.0;
+        assert!(tail < head * 0.99, "{:?}", t.losses);
     }
 }

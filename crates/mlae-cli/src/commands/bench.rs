@@ -5,7 +5,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use mlae_core::{AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MlaeSpec, TargetLayer};
-use mlae_train::bench::{self, BenchConfig};
+use mlae_train::bench::{self, BenchConfig, BenchData};
+use mlae_train::config::Precision;
 use mlae_vit::{Preset, VitConfig};
 use std::process::ExitCode;
 
@@ -17,6 +18,26 @@ pub enum Mode {
     Infer,
     /// Both, training first (the peak memory is then the training peak).
     All,
+    /// Logits of one fixed batch on the CUDA `--device` against the CPU's, in fp32 and bf16
+    /// (`--batch` images; used by `cargo xtask gpu-check`).
+    Parity,
+}
+
+/// Training compute precision (`train.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    Fp32,
+    /// bf16 compute, fp32 master weights for everything trained.
+    Bf16,
+}
+
+/// What the training part trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DataArg {
+    /// Random pixels and labels (nothing to learn).
+    Random,
+    /// Generated images whose class shows (a bright quadrant and a tint): the loss falls.
+    Patterns,
 }
 
 /// Training throughput (images/s of the trainer's full step: batch from a resident dataset,
@@ -77,6 +98,12 @@ pub struct BenchArgs {
     pub threads: Option<i32>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Training compute precision (inference is timed in fp32).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: PrecisionArg,
+    /// Training images; the JSON report has the loss of every step.
+    #[arg(long, value_enum, default_value = "random")]
+    pub data: DataArg,
     /// Override the preset: patch size.
     #[arg(long)]
     pub patch_size: Option<i64>,
@@ -144,6 +171,14 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         infer_batches: args.infer_batches.clone(),
         device,
         seed: args.seed,
+        precision: match args.precision {
+            PrecisionArg::Fp32 => Precision::Fp32,
+            PrecisionArg::Bf16 => Precision::Bf16,
+        },
+        data: match args.data {
+            DataArg::Random => BenchData::Random,
+            DataArg::Patterns => BenchData::Patterns,
+        },
     };
     let info = mlae_vit::runtime::runtime_info();
     let v = &cfg.vit;
@@ -171,14 +206,19 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
         "libtorch": info.libtorch_version,
         "onednn_linear": mlae_vit::runtime::onednn_linear_enabled(),
         "allocator_tuned": mlae_vit::runtime::allocator_tuned(),
+        "precision": cfg.precision,
+        "data": cfg.data,
     });
     if matches!(args.mode, Mode::Train | Mode::All) {
         let t = bench::bench_train(&cfg)?;
         println!(
-            "train: {:.2} img/s (batch {}, median of {} steps)",
+            "train: {:.2} img/s (batch {}, {:?}, median of {} steps); loss {:.4} -> {:.4}",
             t.train_img_per_s,
             cfg.batch,
-            t.step_seconds.len()
+            cfg.precision,
+            t.step_seconds.len(),
+            t.losses.first().copied().unwrap_or(f64::NAN),
+            t.last_loss
         );
         println!(
             "peak memory: {:.0} MiB ({:.0} MiB after set-up); {}",
@@ -206,6 +246,20 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             json["infer_img_per_s_bs16"] = (*m).into();
         }
         json["infer"] = serde_json::to_value(&r)?;
+    }
+    if args.mode == Mode::Parity {
+        let p = bench::parity(&cfg)?;
+        println!(
+            "logits of {} images, {} against the CPU: fp32 max |diff| {:.2e} ({:.2e} without cuDNN), \
+             bf16 max |diff| {:.2e}; largest |logit| {:.3}",
+            p.batch,
+            info.device_label(device),
+            p.fp32_max_abs_diff,
+            p.fp32_no_cudnn_max_abs_diff,
+            p.bf16_max_abs_diff,
+            p.cpu_logit_max_abs
+        );
+        json["parity"] = serde_json::to_value(&p)?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&json)?);
