@@ -1,8 +1,12 @@
-"""PyTorch reference for `cargo xtask bench --against pytorch`: the same work as
-`mlae-cli bench`, written the way people write it today. Not a test.
+"""PyTorch reference for `cargo xtask bench --against pytorch` and `cargo xtask gpu-check`:
+the same work as `mlae-cli bench`, written the way people write it today. Not a test.
 
-- The model is timm's VisionTransformer in eager mode, built from the exact architecture the
-  Rust side reports (patch, width, depth, heads, MLP width, qkv bias, layer-scale), fp32.
+- The model is timm's VisionTransformer (`--vit timm`, the default) or the same network in
+  plain torch (`--vit plain`: no timm needed, for machines that only have torch), built from
+  the exact architecture the Rust side reports (patch, width, depth, heads, MLP width, qkv
+  bias, layer-scale); eager, or `--compile` (torch.compile, default inductor; the first
+  warm-up step, which compiles, is reported as `compile_seconds`). fp32, or `--precision bf16`
+  (torch.autocast to bfloat16 around the forward, fp32 weights).
 - MLAE is written from the paper's formula with the official layer's semantics:
   base(x) + ((x @ A^T) * dropout(lambda)) @ B (one Bernoulli mask of the coefficients per call,
   survivors scaled by 1/(1-p); rank-k experts repeat their coefficient k times). LoRA is
@@ -29,8 +33,6 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import timm
-from timm.models.vision_transformer import VisionTransformer
 
 LR = 5e-4
 WEIGHT_DECAY = 1e-4
@@ -68,7 +70,82 @@ class MLAELinear(nn.Module):
         return lin.to(self.base.weight.device)
 
 
+class PlainAttention(nn.Module):
+    def __init__(self, dim, heads, qkv_bias):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, d))
+
+
+class PlainMlp(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class PlainBlock(nn.Module):
+    def __init__(self, dim, heads, mlp_dim, qkv_bias, layer_scale_init):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = PlainAttention(dim, heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = PlainMlp(dim, mlp_dim)
+        init = layer_scale_init is not None
+        self.ls1 = nn.Parameter(torch.full((dim,), layer_scale_init)) if init else None
+        self.ls2 = nn.Parameter(torch.full((dim,), layer_scale_init)) if init else None
+
+    def forward(self, x):
+        a = self.attn(self.norm1(x))
+        x = x + (a * self.ls1 if self.ls1 is not None else a)
+        m = self.mlp(self.norm2(x))
+        return x + (m * self.ls2 if self.ls2 is not None else m)
+
+
+class PlainViT(nn.Module):
+    """timm's VisionTransformer (class token, pre-norm blocks, final norm, head on the class
+    token) in plain torch, with timm's module names, so the adapters attach the same way."""
+
+    def __init__(self, args):
+        super().__init__()
+        d = args.dim
+        self.patch_embed = nn.Conv2d(3, d, args.patch_size, stride=args.patch_size)
+        tokens = 1 + (args.image_size // args.patch_size) ** 2
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens, d) * 0.02)
+        ls = args.layer_scale_init if args.layer_scale else None
+        self.blocks = nn.ModuleList(PlainBlock(d, args.heads, args.mlp_dim, args.qkv_bias, ls)
+                                    for _ in range(args.depth))
+        self.norm = nn.LayerNorm(d, eps=1e-6)
+        self.head = nn.Linear(d, args.classes)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x)[:, 0])
+
+
 def vit(args):
+    if args.vit == "plain":
+        return PlainViT(args)
+    from timm.models.vision_transformer import VisionTransformer
+
     return VisionTransformer(
         img_size=args.image_size,
         patch_size=args.patch_size,
@@ -179,13 +256,15 @@ def bench_train(args, device):
     mem = Mem(device)
     model = build(args, args.adapter).to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
+    forward = torch.compile(model) if args.compile else model
+    bf16 = args.precision == "bf16"
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=WEIGHT_DECAY)
     n = 4 * args.batch
     images = torch.randint(0, 256, (n, args.image_size, args.image_size, 3), dtype=torch.uint8, device=device)
     labels = torch.randint(0, args.classes, (n,), device=device)
     ms = mean_std(device)
     setup = mem.peak_mb() if device.type == "cuda" else rss_mb("VmRSS")
-    times, loss_value = [], float("nan")
+    times, losses, loss_value, first_step = [], [], float("nan"), None
     for step in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         torch.manual_seed(args.seed ^ step)
@@ -193,9 +272,11 @@ def bench_train(args, device):
         index = torch.arange(first, first + args.batch, device=device)
         x = preprocess(images.index_select(0, index), ms)
         y = labels.index_select(0, index)
-        logits = model(x).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = forward(x).float()
         loss = F.cross_entropy(logits, y)
         loss_value = loss.item()
+        losses.append(loss_value)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -203,6 +284,8 @@ def bench_train(args, device):
             _correct = (logits.argmax(-1) == y).sum().item()
         secs = time.perf_counter() - t0
         mem.sample()
+        if step == 0:
+            first_step = secs
         if step >= args.warmup:
             times.append(secs)
     if not math.isfinite(loss_value):
@@ -218,6 +301,9 @@ def bench_train(args, device):
             "mem_measure": mem.measure(),
             "trainable_params": sum(p.numel() for p in params),
             "last_loss": loss_value,
+            "losses": losses,
+            "first_step_seconds": first_step,
+            "compile_seconds": first_step if args.compile else None,
         },
     }
 
@@ -293,7 +379,14 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vit", choices=["timm", "plain"], default="timm",
+                    help="timm's VisionTransformer, or the same network in plain torch (no timm needed)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (training only)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: torch.autocast around the forward (training only)")
     args = ap.parse_args()
+    if args.compile and args.warmup < 1:
+        ap.error("--compile needs --warmup >= 1 (the first step compiles)")
     args.targets = args.targets.split(",")
     args.infer_batches = [int(b) for b in args.infer_batches.split(",")]
     args.qkv_bias = bool(args.qkv_bias)
@@ -303,8 +396,14 @@ def main():
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     result = bench_train(args, device) if args.mode == "train" else bench_infer(args, device)
-    result.update({"impl": "pytorch", "torch": torch.__version__, "timm": timm.__version__,
-                   "threads": torch.get_num_threads(), "mode": args.mode})
+    timm_version = None
+    if args.vit == "timm":
+        import timm
+
+        timm_version = timm.__version__
+    result.update({"impl": "pytorch", "torch": torch.__version__, "timm": timm_version, "vit": args.vit,
+                   "compiled": args.compile, "precision": args.precision,
+                   "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads(), "mode": args.mode})
     print(json.dumps(result))
 
 
