@@ -353,6 +353,12 @@ pub fn parity(cfg: &BenchConfig) -> Result<ParityReport> {
             "parity compares a CUDA device with the CPU; the device is the CPU".into(),
         ));
     }
+    compare_with_cpu(cfg)
+}
+
+/// [`parity`] without the device check (the unit test runs it CPU against CPU).
+fn compare_with_cpu(cfg: &BenchConfig) -> Result<ParityReport> {
+    let device = cfg.device;
     let cpu = Device::Cpu;
     let mut on_cpu = AdaptedVit::new(&cfg.vit, &cfg.adapter, cfg.seed, cpu)?;
     randomise_adapters(&on_cpu, cfg.seed);
@@ -432,6 +438,16 @@ mod tests {
         assert!(bench_infer(&probe).unwrap_err().to_string().contains("nothing to merge"));
         assert!(bench_train(&BenchConfig { steps: 0, ..tiny() }).is_err());
         assert!(parity(&tiny()).unwrap_err().to_string().contains("CUDA"));
+    }
+
+    /// The parity plumbing (same weights, same batch, bf16 casts) with the CPU on both sides:
+    /// identical logits; the CUDA comparison itself needs a GPU.
+    #[test]
+    fn parity_against_the_cpu_itself_is_exact() {
+        let p = compare_with_cpu(&tiny()).unwrap();
+        assert_eq!(p.batch, 4);
+        assert!(p.cpu_logit_max_abs > 0.0);
+        assert_eq!((p.fp32_max_abs_diff, p.fp32_no_cudnn_max_abs_diff, p.bf16_max_abs_diff), (0.0, 0.0, 0.0));
     }
 
     #[test]
