@@ -174,7 +174,7 @@ fn run_python(python: &Path, script: &Path, arch: &Value, args: &BenchArgs, mode
 }
 
 /// Builds the release `mlae-cli` (the launcher and the engine) and returns the engine.
-fn build_release() -> Result<PathBuf> {
+pub(crate) fn build_release() -> Result<PathBuf> {
     util::step("release build of mlae-cli");
     util::run(util::cargo().args(["build", "--release", "--package", "mlae-cli"]))?;
     let target = std::env::var_os("CARGO_TARGET_DIR")

@@ -8,6 +8,7 @@ mod bench;
 mod bench_data;
 mod fetch_demo;
 mod fixtures;
+mod gpu_check;
 mod quickstart;
 mod report;
 mod setup;
@@ -48,6 +49,11 @@ enum Cmd {
     /// Regenerate the golden test fixtures with PyTorch, timm, PEFT, Pillow and torchvision
     /// (pinned versions, installed into the project venv).
     Fixtures(fixtures::FixturesArgs),
+    /// Whether the GPU path works and how fast it is, within 8 minutes: doctor, fp32 and bf16
+    /// training (speed, memory, falling loss), merged inference, PyTorch eager and compiled
+    /// beside it, GPU-CPU logit parity; a CPU variant without CUDA. `--pack DIR` writes it as a
+    /// folder for a machine without network (`bash DIR/run.sh OUTDIR`).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::run(&args),
         Cmd::Quickstart(args) => quickstart::run(&args),
         Cmd::Fixtures(args) => fixtures::run(&args),
+        Cmd::GpuCheck(args) => gpu_check::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

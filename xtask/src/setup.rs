@@ -47,7 +47,7 @@ fn link_path() -> PathBuf {
     util::root().join(".libtorch")
 }
 
-fn venv_python() -> PathBuf {
+pub(crate) fn venv_python() -> PathBuf {
     venv_dir().join("bin").join("python")
 }
 
