@@ -29,9 +29,10 @@ pub fn run(args: &TestArgs) -> Result<()> {
     step("layering: the libtorch-free crates and xtask build without libtorch");
     check_no_libtorch()?;
     step("tests");
-    // The timm/PEFT checks skip without a suitable Python; here they must run.
+    // The timm/PEFT checks skip without a suitable Python; here they must run. Every test
+    // binary runs, so one failure does not hide the others.
     sh(cargo()
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .env("MLAE_PYTHON", &python)
         .env("MLAE_REQUIRE_PYTHON_CHECKS", "1"))?;
     step("all checks passed");
