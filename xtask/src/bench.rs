@@ -1,7 +1,10 @@
 //! `cargo xtask bench [--against pytorch]`: training and inference throughput and peak memory
 //! of the Rust path (`mlae-cli bench`, release build), optionally beside the PyTorch reference
-//! `xtask/python/bench_pytorch.py` (timm eager + MLAE from the paper's formula, or PEFT's
-//! LoRA; same shapes, same optimizer, same step).
+//! `xtask/python/bench_pytorch.py` (timm + MLAE from the paper's formula, or PEFT's LoRA; same
+//! shapes, same optimizer, same step), both eager and `torch.compile`d (inductor, default
+//! mode; compile time reported apart, never in the step time). `--shape quickstart` is the
+//! quickstart's workload (DINOv2 ViT-S/14 at 56 px, 17 tokens, batch 64), where per-op
+//! overhead dominates.
 //!
 //! Every measurement is a fresh child process, so each side's peak memory is its own; xtask
 //! itself never links libtorch. Rounds interleave the two sides (training: Rust then Python,
@@ -29,8 +32,23 @@ pub enum Against {
     Pytorch,
 }
 
-#[derive(Debug, Args)]
+/// Named workloads that set the model, image size, batch and classes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shape {
+    /// The quickstart's: DINOv2 ViT-S/14 at 56 px (4 x 4 patches + class token), batch 64,
+    /// 10 classes.
+    Quickstart,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
+    /// A named workload; it overrides --preset, --image-size, --batch and --classes.
+    #[arg(long, value_enum)]
+    pub shape: Option<Shape>,
+    /// With --against pytorch: skip the torch.compile'd reference (it compiles for minutes on
+    /// a small CPU).
+    #[arg(long)]
+    pub no_compiled: bool,
     /// Also run the reference implementation, interleaved, and print ratios.
     #[arg(long, value_enum)]
     pub against: Option<Against>,
@@ -98,6 +116,7 @@ impl Side {
             self.push("peak_mem_mb", t["peak_mem_mb"].as_f64());
             self.push("setup_mem_mb", t["setup_mem_mb"].as_f64());
             self.push("train_delta_mem_mb", diff(t["peak_mem_mb"].as_f64(), t["setup_mem_mb"].as_f64()));
+            self.push("compile_seconds", t["compile_seconds"].as_f64());
         }
         if let Some(Value::Object(variants)) = v.get("infer").and_then(|i| i.get("img_per_s")) {
             for (variant, by_batch) in variants {
@@ -152,7 +171,14 @@ fn run_rust(engine: &Path, args: &BenchArgs, mode: &str) -> Result<Value> {
     last_json(&util::output(&mut cmd)?, "mlae-cli bench")
 }
 
-fn run_python(python: &Path, script: &Path, arch: &Value, args: &BenchArgs, mode: &str) -> Result<Value> {
+fn run_python(
+    python: &Path,
+    script: &Path,
+    arch: &Value,
+    args: &BenchArgs,
+    mode: &str,
+    compiled: bool,
+) -> Result<Value> {
     let int = |k: &str| arch[k].as_i64().map(|v| v.to_string()).with_context(|| format!("arch.{k} missing"));
     let flag = |k: &str| if arch[k].as_bool().unwrap_or(false) { "1" } else { "0" };
     let mut cmd = Command::new(python);
@@ -170,6 +196,9 @@ fn run_python(python: &Path, script: &Path, arch: &Value, args: &BenchArgs, mode
     if let Some(t) = args.threads {
         cmd.args(["--threads", &t.to_string()]);
     }
+    if compiled {
+        cmd.arg("--compile");
+    }
     last_json(&util::output(&mut cmd)?, "bench_pytorch.py")
 }
 
@@ -184,9 +213,22 @@ pub(crate) fn build_release() -> Result<PathBuf> {
     Ok(target.join("release").join("mlae-engine"))
 }
 
+/// The arguments with the named workload's settings applied.
+fn with_shape(args: &BenchArgs) -> BenchArgs {
+    let mut a = args.clone();
+    if let Some(Shape::Quickstart) = args.shape {
+        (a.preset, a.image_size, a.batch, a.classes) = ("dinov2-s14".into(), 56, 64, 10);
+    }
+    a
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
+    let args = &with_shape(args);
     if args.rounds == 0 || args.steps == 0 {
         bail!("--rounds and --steps must be at least 1");
+    }
+    if args.warmup == 0 && args.against.is_some() && !args.no_compiled {
+        bail!("--warmup must be at least 1 for the compiled reference (its first step compiles)");
     }
     let against = args.against.is_some();
     if against && !["mlae", "lora"].contains(&args.adapter.as_str()) {
@@ -202,7 +244,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         None
     };
     let script = util::root().join("xtask/python/bench_pytorch.py");
-    let (mut rust, mut torch) = (Side::default(), Side::default());
+    let (mut rust, mut torch, mut compiled) = (Side::default(), Side::default(), Side::default());
+    let with_compiled = against && !args.no_compiled;
     let mut arch = Value::Null;
     let mut modes = vec!["train"];
     if !args.no_infer {
@@ -223,11 +266,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     rust.add_report(&v);
                     rust_meta = v;
                 } else if let Some(py) = &python {
-                    util::step(&format!("{mode} round {}/{}: pytorch", round + 1, args.rounds));
-                    let v = run_python(py, &script, &arch, args, mode)?;
+                    util::step(&format!("{mode} round {}/{}: pytorch eager", round + 1, args.rounds));
+                    let v = run_python(py, &script, &arch, args, mode, false)?;
                     report_line("pytorch", mode, &v);
                     torch.add_report(&v);
                     py_meta = v;
+                    if with_compiled {
+                        util::step(&format!("{mode} round {}/{}: pytorch compiled", round + 1, args.rounds));
+                        let v = run_python(py, &script, &arch, args, mode, true)?;
+                        report_line("pytorch compiled", mode, &v);
+                        compiled.add_report(&v);
+                    }
                 }
             }
         }
@@ -252,9 +301,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         rust_meta["libtorch"].as_str().unwrap_or("?"),
         if against {
             format!(
-                "torch {} + timm {} eager{}",
+                "torch {} + timm {} eager{}{}",
                 py_meta["torch"].as_str().unwrap_or("?"),
                 py_meta["timm"].as_str().unwrap_or("?"),
+                if with_compiled { " and torch.compile (inductor, default mode)" } else { "" },
                 if args.adapter == "lora" { " + PEFT LoRA" } else { ", MLAE layer from the paper's formula" }
             )
         } else {
@@ -263,14 +313,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     );
     println!("medians over {} processes per side; memory: {}", args.rounds, mem_note(&args.device));
     println!();
-    print!("{}", table(&rust, &torch, against));
+    let sides: Vec<(&str, &Side)> = match (against, with_compiled) {
+        (false, _) => vec![],
+        (true, false) => vec![("pytorch", &torch)],
+        (true, true) => vec![("pytorch", &torch), ("compiled", &compiled)],
+    };
+    print!("{}", table(&rust, &sides));
+    if let Some(c) = compiled.median("compile_seconds") {
+        println!("\ntorch.compile time (first training step, not in the step time): {c:.1} s");
+    }
     if against {
         println!();
-        for f in RATIO_FIGURES {
-            if let (Some(r), Some(p)) = (rust.median(f), torch.median(f)) {
-                println!("{f}: rust={} pytorch={} ratio={:.3}", fmt(r), fmt(p), r / p);
-            }
-        }
+        print!("{}", ratio_lines(&rust, &sides));
     }
     Ok(())
 }
@@ -303,9 +357,24 @@ fn fmt(v: f64) -> String {
     if v.abs() >= 100.0 { format!("{v:.1}") } else { format!("{v:.2}") }
 }
 
-/// The Markdown table: one row per figure, both sides and their ratio.
-fn table(rust: &Side, torch: &Side, against: bool) -> String {
-    let mut names: Vec<&String> = rust.figures.keys().collect();
+/// The `<figure>: rust=<x> pytorch=<y> ratio=<rust/pytorch>` lines: against eager under the
+/// figure's name, against the compiled reference as `<figure>_compiled`.
+fn ratio_lines(rust: &Side, sides: &[(&str, &Side)]) -> String {
+    let mut s = String::new();
+    for (side, other) in sides {
+        let suffix = if *side == "compiled" { "_compiled" } else { "" };
+        for f in RATIO_FIGURES {
+            if let (Some(r), Some(p)) = (rust.median(f), other.median(f)) {
+                s.push_str(&format!("{f}{suffix}: rust={} pytorch={} ratio={:.3}\n", fmt(r), fmt(p), r / p));
+            }
+        }
+    }
+    s
+}
+
+/// The Markdown table: one row per figure, Rust, each reference side and Rust's ratio to it.
+fn table(rust: &Side, sides: &[(&str, &Side)]) -> String {
+    let mut names: Vec<&String> = rust.figures.keys().filter(|n| *n != "compile_seconds").collect();
     let order = |n: &str| -> (usize, usize, String) {
         let group = match n {
             "train_img_per_s" => 0,
@@ -321,21 +390,27 @@ fn table(rust: &Side, torch: &Side, against: bool) -> String {
         (group, bs, n.to_string())
     };
     names.sort_by_key(|n| order(n));
-    let mut s = String::new();
-    if against {
-        s.push_str("| figure | rust | pytorch | rust/pytorch |\n|---|---|---|---|\n");
-    } else {
-        s.push_str("| figure | rust |\n|---|---|\n");
+    let head = |side: &str| if side == "compiled" { "pytorch compiled" } else { "pytorch eager" };
+    let mut s = String::from("| figure | rust |");
+    for (side, _) in sides {
+        s.push_str(&format!(" {} |", head(side)));
     }
+    for (side, _) in sides {
+        s.push_str(&format!(" rust/{} |", head(side)));
+    }
+    s.push_str(&format!("\n|{}\n", "---|".repeat(2 + 2 * sides.len())));
+    let cell = |v: Option<f64>| v.map_or("-".to_string(), fmt);
     for n in names {
-        let r = rust.median(n).unwrap_or(f64::NAN);
-        let label = describe(n);
-        if against {
-            let p = torch.median(n).unwrap_or(f64::NAN);
-            s.push_str(&format!("| {label} | {} | {} | {:.3} |\n", fmt(r), fmt(p), r / p));
-        } else {
-            s.push_str(&format!("| {label} | {} |\n", fmt(r)));
+        let r = rust.median(n);
+        s.push_str(&format!("| {} | {} |", describe(n), cell(r)));
+        for (_, side) in sides {
+            s.push_str(&format!(" {} |", cell(side.median(n))));
         }
+        for (_, side) in sides {
+            let ratio = r.zip(side.median(n)).map_or("-".to_string(), |(r, p)| format!("{:.3}", r / p));
+            s.push_str(&format!(" {ratio} |"));
+        }
+        s.push('\n');
     }
     s
 }
@@ -382,7 +457,8 @@ mod tests {
         assert_eq!(rust.median("train_img_per_s"), Some(11.0));
         assert_eq!(rust.median("train_delta_mem_mb"), Some(210.0));
         assert_eq!(torch.median("peak_mem_mb"), Some(1020.0));
-        let t = table(&rust, &torch, true);
+        let t = table(&rust, &[("pytorch", &torch)]);
+        assert!(t.starts_with("| figure | rust | pytorch eager | rust/pytorch eager |\n"), "{t}");
         assert!(t.contains("| train img/s (`train_img_per_s`) | 11.00 | 5.50 | 2.000 |"), "{t}");
         assert!(t.contains("| inference img/s, merged, bs 16 | 39.00 | 19.50 | 2.000 |"), "{t}");
         let rows: Vec<&str> = t.lines().skip(2).collect();
@@ -390,6 +466,46 @@ mod tests {
         assert!(rows[1].starts_with("| peak memory"), "{t}");
         assert!(rows.last().unwrap().contains("infer_img_per_s_bs16"), "{t}");
         assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), 2.5);
+
+        // The compiled reference: its own columns, only the figures it measured (inference
+        // compiled covers the merged model), its compile time kept out of the table.
+        let mut compiled = Side::default();
+        compiled.add_report(&serde_json::json!({
+            "train": {"train_img_per_s": 22.0, "peak_mem_mb": 400.0, "setup_mem_mb": 300.0, "compile_seconds": 70.0}
+        }));
+        compiled.add_report(&serde_json::json!({
+            "infer": {"img_per_s": {"merged": {"16": 78.0}}}, "infer_img_per_s_bs16": 78.0
+        }));
+        let sides = [("pytorch", &torch), ("compiled", &compiled)];
+        let t = table(&rust, &sides);
+        assert!(
+            t.contains("| train img/s (`train_img_per_s`) | 11.00 | 5.50 | 22.00 | 2.000 | 0.500 |"),
+            "{t}"
+        );
+        assert!(t.contains("| inference img/s, base, bs 16 | 40.00 | 20.00 | - | 2.000 | - |"), "{t}");
+        assert!(!t.contains("compile_seconds"), "{t}");
+        assert_eq!(compiled.median("compile_seconds"), Some(70.0));
+        let lines = ratio_lines(&rust, &sides);
+        assert!(lines.contains("train_img_per_s: rust=11.00 pytorch=5.50 ratio=2.000\n"), "{lines}");
+        assert!(
+            lines.contains("train_img_per_s_compiled: rust=11.00 pytorch=22.00 ratio=0.500\n"),
+            "{lines}"
+        );
+        assert!(lines.contains("peak_mem_mb_compiled: rust=510.0 pytorch=400.0 ratio=1.275\n"), "{lines}");
+    }
+
+    #[test]
+    fn the_quickstart_shape_sets_model_size_and_batch() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: BenchArgs,
+        }
+        let a = with_shape(&Cli::parse_from(["bench", "--shape", "quickstart", "--batch", "8"]).bench);
+        assert_eq!((a.preset.as_str(), a.image_size, a.batch, a.classes), ("dinov2-s14", 56, 64, 10));
+        let a = with_shape(&Cli::parse_from(["bench", "--batch", "8"]).bench);
+        assert_eq!((a.preset.as_str(), a.image_size, a.batch), ("vit-s16", 224, 8));
     }
 
     #[test]
