@@ -173,34 +173,37 @@ impl AdamW {
     /// updates are zero. Cost: one elementwise pass over each of those tensors and one
     /// device sync; the search for the name runs only on failure.
     pub fn first_non_finite(&self) -> Option<String> {
-        let mut checks: Vec<(String, Tensor)> = Vec::new();
+        // (parameter, which of its tensors, the tensor); described only on failure
+        const WHAT: [(&str, &str); 4] = [
+            ("the gradient of", ""),
+            ("the parameter", " itself"),
+            ("the optimizer's first moment (exp_avg) of", ""),
+            ("the optimizer's second moment (exp_avg_sq) of", ""),
+        ];
+        let mut checks: Vec<(&str, usize, Tensor)> = Vec::new();
         for p in self.params.iter().filter(|p| !p.frozen) {
             let grad = p.tensor.grad();
             if grad.defined() {
-                checks.push((format!("the gradient of {}", p.name), grad));
+                checks.push((&p.name, 0, grad));
             }
-            checks.push((format!("the parameter {} itself", p.name), p.tensor.shallow_clone()));
-            checks.push((
-                format!("the optimizer's first moment (exp_avg) of {}", p.name),
-                p.exp_avg.shallow_clone(),
-            ));
-            checks.push((
-                format!("the optimizer's second moment (exp_avg_sq) of {}", p.name),
-                p.exp_avg_sq.shallow_clone(),
-            ));
+            checks.push((&p.name, 1, p.tensor.shallow_clone()));
+            checks.push((&p.name, 2, p.exp_avg.shallow_clone()));
+            checks.push((&p.name, 3, p.exp_avg_sq.shallow_clone()));
         }
         if checks.is_empty() {
             return None;
         }
         let flags = tch::no_grad(|| {
-            let all: Vec<Tensor> = checks.iter().map(|(_, t)| t.isfinite().all()).collect();
+            let all: Vec<Tensor> = checks.iter().map(|(_, _, t)| t.isfinite().all()).collect();
             Tensor::stack(&all, 0)
         });
         if flags.all().int64_value(&[]) == 1 {
             return None;
         }
-        let bad = Vec::<bool>::try_from(&flags.to_kind(Kind::Bool)).unwrap_or_default();
-        checks.into_iter().zip(bad).find(|(_, ok)| !ok).map(|((what, _), _)| what)
+        let ok = Vec::<bool>::try_from(&flags.to_kind(Kind::Bool)).unwrap_or_default();
+        let (name, what, _) = checks.iter().zip(ok).find(|(_, ok)| !ok)?.0;
+        let (before, after) = WHAT[*what];
+        Some(format!("{before} {name}{after}"))
     }
 
     /// Whether the parameter `name` has had a non-zero gradient in any update so far (its
