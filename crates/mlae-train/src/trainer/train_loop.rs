@@ -179,12 +179,13 @@ impl Session {
             what,
             last_good: self.last_good_note(),
         };
-        self.run.write_status(&Status {
-            state: RunState::Failed,
-            step,
-            epoch,
-            message: Some(err.to_string()),
-        })?;
+        self.fail(step, epoch, err)
+    }
+
+    /// Marks the run failed at `step` with `err`'s message in its status, and returns `err`.
+    fn fail<T>(&self, step: u64, epoch: u64, err: TrainError) -> Result<T> {
+        let message = Some(err.to_string());
+        self.run.write_status(&Status { state: RunState::Failed, step, epoch, message })?;
         Err(err)
     }
 
@@ -214,14 +215,7 @@ impl Session {
             adapter[0],
             adapter.len() - 1
         );
-        let epoch = self.state.epoch;
-        self.run.write_status(&Status {
-            state: RunState::Failed,
-            step,
-            epoch,
-            message: Some(message.clone()),
-        })?;
-        Err(TrainError::NotTraining(message))
+        self.fail(step, self.state.epoch, TrainError::NotTraining(message))
     }
 
     /// The metrics line of the epoch that ends now (completed or cut short by `max_steps`).
