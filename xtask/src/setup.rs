@@ -238,7 +238,9 @@ fn pip_install_torch(python: &Path) -> Result<()> {
          the CUDA build, which also runs on CPU-only machines)"
     );
     let mut cmd = Command::new(python);
-    cmd.args(["-m", "pip", "install", "--no-input"]);
+    // No wheel cache: it would keep another ~3.5 GB of CUDA wheels in ~/.cache/pip beside the
+    // install, and a second install reuses the venv anyway.
+    cmd.args(["-m", "pip", "install", "--no-input", "--no-cache-dir"]);
     if !std::io::stderr().is_terminal() {
         cmd.args(["--progress-bar", "off"]);
     }
