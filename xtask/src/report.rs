@@ -9,19 +9,24 @@ use std::path::PathBuf;
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// The sweep directory.
-    #[arg(long, value_name = "DIR")]
-    pub sweep: PathBuf,
+    /// The sweep directory; repeat it to put several sweeps of one benchmark in one table
+    /// (then --out is required).
+    #[arg(long, value_name = "DIR", required = true)]
+    pub sweep: Vec<PathBuf>,
     /// Where report.md, report.csv and domains.png go (default: <sweep>/report).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
-    let sweep = mlae_sweep::SweepDir { root: util::absolute(&args.sweep) };
+    let sweeps: Vec<mlae_sweep::SweepDir> =
+        args.sweep.iter().map(|d| mlae_sweep::SweepDir { root: util::absolute(d) }).collect();
+    if sweeps.len() > 1 && args.out.is_none() {
+        anyhow::bail!("a report of {} sweeps needs --out DIR (it belongs to none of them)", sweeps.len());
+    }
     let published = mlae_report::load_published(&util::root().join("configs/published/mlae-paper.toml"))?;
-    let report = mlae_report::build(&sweep, &published)?;
-    let out = args.out.as_deref().map(util::absolute).unwrap_or_else(|| sweep.root.join("report"));
+    let report = mlae_report::build(&sweeps, &published)?;
+    let out = args.out.as_deref().map(util::absolute).unwrap_or_else(|| sweeps[0].root.join("report"));
     report.write(&out)?;
     print!("{}", report.markdown);
     std::io::stdout().flush()?;

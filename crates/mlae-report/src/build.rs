@@ -4,12 +4,13 @@ use crate::error::{ReportError, Result, bail};
 use crate::extra::{masking_table, selection_table};
 use crate::flat::flat_tables;
 use crate::published::Published;
-use crate::results::{Table, collect};
+use crate::results::{RunResult, Table, collect};
 use crate::vtab::vtab_tables;
 use mlae_data::Benchmark;
 use mlae_plot::BarChart;
 use mlae_sweep::SweepDir;
 use mlae_sweep::select::Selection;
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -29,31 +30,45 @@ fn accuracy_floor(chart: &BarChart) -> f64 {
     if lo.is_finite() { ((lo - 10.0) / 10.0).floor().max(0.0) * 10.0 } else { 0.0 }
 }
 
-/// Builds the report of a sweep directory.
-pub fn build(sweep: &SweepDir, published: &Published) -> Result<Report> {
-    let record = sweep.read_record()?;
+/// Builds the report of one sweep directory, or of several of the same benchmark side by side
+/// (a grid of baselines and a search grid, say): their rows share one table.
+pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
+    let Some(first) = sweeps.first() else { bail!("no sweep directory given") };
+    let record = first.read_record()?;
     let bench: Benchmark = record.benchmark.parse().map_err(ReportError::Invalid)?;
     let groups = bench.task_groups()?;
     let mut notes = Vec::new();
-    let results = collect(sweep, &mut notes)?;
+    let mut results = collect(first, &mut notes)?;
+    let mut grids = vec![format!("`{}`", record.grid)];
+    for sweep in &sweeps[1..] {
+        let other = sweep.read_record()?;
+        if other.benchmark != record.benchmark {
+            bail!(
+                "{} is a {} sweep and {} a {} sweep: one report holds one benchmark",
+                sweep.root.display(),
+                other.benchmark,
+                first.root.display(),
+                record.benchmark
+            );
+        }
+        merge_rows(&mut results, collect(sweep, &mut notes)?, &other.grid);
+        grids.push(format!("`{}`", other.grid));
+    }
     if results.is_empty() {
-        bail!(
-            "{}: no finished runs yet (see cargo xtask sweep --status {})",
-            sweep.root.display(),
-            sweep.root.display()
-        );
+        let dirs: Vec<String> = sweeps.iter().map(|s| s.root.display().to_string()).collect();
+        bail!("{}: no finished runs yet (see cargo xtask sweep --status {})", dirs.join(", "), dirs[0]);
     }
     let table = Table::new(&results);
     let mut md = format!(
-        "# Sweep report: grid `{}` on {}\n\n\
-         Sweep directory `{}`. Our numbers are top-1 test accuracy (%) from each run's `summary.json`, \
+        "# Sweep report: grid {} on {}\n\n\
+         Sweep directory {}. Our numbers are top-1 test accuracy (%) from each run's `summary.json`, \
          averaged over seeds. The protocol column says how each was obtained: `paper` = trained on \
          train800val200 (FGVC: train), accuracy after the last epoch; `val` = trained on train800, epoch \
          selected on val200; `selected on val` = the setting was chosen by validation accuracy in the search \
          stage. Rows marked **(published)** are figures printed in the MLAE paper, not measured here.\n\n",
-        record.grid,
+        grids.join(" + "),
         record.benchmark,
-        sweep.root.display()
+        sweeps.iter().map(|s| format!("`{}`", s.root.display())).collect::<Vec<_>>().join(", ")
     );
     let mut csv = String::from(
         "source,method,protocol,task,kind,seeds,accuracy,min,max,best_test_acc,backbone_params_m,wall_seconds_mean\n",
@@ -73,8 +88,10 @@ pub fn build(sweep: &SweepDir, published: &Published) -> Result<Report> {
     if record.grid == "ablation-masking" && bench == Benchmark::Vtab {
         masking_table(&table, &groups, &published.masking, &mut md);
     }
-    if let Some(chosen) = Selection::read_all(sweep)? {
-        selection_table(&chosen, &mut md);
+    for sweep in sweeps {
+        if let Some(chosen) = Selection::read_all(sweep)? {
+            selection_table(&chosen, &mut md);
+        }
     }
     if !notes.is_empty() {
         md.push_str("\n## Left out\n\n");
@@ -83,6 +100,18 @@ pub fn build(sweep: &SweepDir, published: &Published) -> Result<Report> {
         }
     }
     Ok(Report { markdown: md, csv, chart })
+}
+
+/// Adds another sweep's results; a row name the table already has (each grid's `mlae`, say)
+/// gets its grid's name, so that rows of different grids never average together.
+pub(crate) fn merge_rows(results: &mut Vec<RunResult>, more: Vec<RunResult>, grid: &str) {
+    let taken: BTreeSet<String> = results.iter().map(|r| r.row.clone()).collect();
+    results.extend(more.into_iter().map(|mut r| {
+        if taken.contains(&r.row) {
+            r.row = format!("{} ({grid})", r.row);
+        }
+        r
+    }));
 }
 
 impl Report {

@@ -210,3 +210,15 @@ fn val_runs_show_their_val_accuracy_beside_test() {
     assert_eq!(val_row, "| p=0.5 | 94.00 ± 2.83 (n=2) | 85.00 ± 1.41 (n=2) | 89.50 ± 2.12 (n=2) |");
     assert!(!val.contains("test-only"), "paper-protocol rows have no val accuracy: {val}");
 }
+
+#[test]
+fn a_second_sweeps_rows_keep_apart_from_the_firsts_of_the_same_name() {
+    let mut results = vec![r("a", "mlae", 0, 90.0), r("a", "lora", 0, 91.0)];
+    let finals = vec![r("a", "mlae", 0, 94.0), r("a", "dora", 0, 92.0)];
+    crate::build::merge_rows(&mut results, finals, "demo-search");
+    let t = Table::new(&results);
+    assert_eq!(t.cell("mlae", "a"), Some(90.0), "the first grid's mlae is not averaged with the other's");
+    assert_eq!(t.cell("mlae (demo-search)", "a"), Some(94.0));
+    assert_eq!(t.cell("dora", "a"), Some(92.0), "a name only one grid has stays as it is");
+    assert_eq!(t.cell("lora", "a"), Some(91.0));
+}
