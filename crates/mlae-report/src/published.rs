@@ -27,6 +27,8 @@ pub struct PublishedRow {
     pub method: String,
     #[serde(default)]
     pub params: Option<f64>,
+    /// One value per task, in `tasks` order; `nan` for a cell the paper prints but our text
+    /// copy does not show legibly (left out: see the row's `note`).
     #[serde(default)]
     pub acc: Vec<f64>,
     /// VTAB-1k: the printed average.
@@ -56,8 +58,9 @@ pub struct PublishedMasking {
 }
 
 impl PublishedRow {
+    /// The legible cells by task; a `nan` (left-out) cell is absent.
     pub(crate) fn by_task<'a>(&self, tasks: &'a [String]) -> BTreeMap<&'a str, f64> {
-        tasks.iter().map(String::as_str).zip(self.acc.iter().copied()).collect()
+        tasks.iter().map(String::as_str).zip(self.acc.iter().copied()).filter(|(_, v)| !v.is_nan()).collect()
     }
 }
 
@@ -90,6 +93,13 @@ pub fn load_published(path: &Path) -> Result<Published> {
                     r.method,
                     r.acc.len(),
                     b.tasks.len()
+                );
+            }
+            if r.acc.iter().any(|v| v.is_nan()) && r.note.is_none() {
+                bail!(
+                    "{}: {name} row {}: a left-out (nan) cell needs a note saying why",
+                    path.display(),
+                    r.method
                 );
             }
             if r.per_seed.iter().any(|s| s.len() != b.tasks.len()) || r.per_seed.len() != r.seeds.len() {
