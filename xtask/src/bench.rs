@@ -253,6 +253,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     let mut rust_meta = Value::Null;
     let mut py_meta = Value::Null;
+    let mut peaks: Vec<f64> = Vec::new();
+    let mut flops_per_image: Option<f64> = None;
     for mode in modes {
         for round in 0..args.rounds {
             // Rust first in even rounds (the reference needs the architecture Rust reports).
@@ -262,6 +264,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     util::step(&format!("{mode} round {}/{}: rust", round + 1, args.rounds));
                     let v = run_rust(&engine, args, mode)?;
                     arch = v["arch"].clone();
+                    if mode == "train" {
+                        let f = &v["train_flops_per_image"];
+                        flops_per_image =
+                            f["forward"].as_f64().zip(f["backward"].as_f64()).map(|(a, b)| a + b);
+                        util::step(&format!("matmul peak round {}/{}", round + 1, args.rounds));
+                        let p = run_rust(&engine, args, "peak")?;
+                        peaks.extend(p["matmul_peak"]["gflops"].as_f64());
+                    }
                     report_line("rust", mode, &v);
                     rust.add_report(&v);
                     rust_meta = v;
@@ -322,11 +332,42 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if let Some(c) = compiled.median("compile_seconds") {
         println!("\ntorch.compile time (first training step, not in the step time): {c:.1} s");
     }
+    if let Some(f) = flops_per_image.filter(|_| !peaks.is_empty()) {
+        println!();
+        print!("{}", peak_lines(f, median(&peaks), &rust, &sides));
+    }
     if against {
         println!();
         print!("{}", ratio_lines(&rust, &sides));
     }
     Ok(())
+}
+
+/// The training step's achieved FLOP/s (its matrix-product FLOPs per image, from
+/// `mlae_core::flops`, times images/s) as a fraction of the measured fp32 matmul peak, per side.
+fn peak_lines(flops_per_image: f64, peak_gflops: f64, rust: &Side, sides: &[(&str, &Side)]) -> String {
+    let mut s = format!(
+        "training step: {:.3} GFLOP per image in matrix products; fp32 matmul peak {:.1} GFLOP/s \
+         (median of the rounds' `mlae-cli bench --mode peak`)\n",
+        flops_per_image / 1e9,
+        peak_gflops
+    );
+    let mut line = String::from("train_peak_fraction:");
+    let all = std::iter::once(("rust", rust)).chain(sides.iter().copied());
+    for (name, side) in all {
+        if let Some(ips) = side.median("train_img_per_s") {
+            let achieved = ips * flops_per_image / 1e9;
+            let name = if name == "pytorch" { "eager" } else { name };
+            s.push_str(&format!(
+                "  {name}: {achieved:.1} GFLOP/s = {:.1} % of peak\n",
+                100.0 * achieved / peak_gflops
+            ));
+            line.push_str(&format!(" {name}={:.4}", achieved / peak_gflops));
+        }
+    }
+    s.push_str(&line);
+    s.push('\n');
+    s
 }
 
 fn mem_note(device: &str) -> &'static str {
@@ -433,6 +474,21 @@ fn describe(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fraction_of_peak_is_flops_times_throughput_over_the_peak() {
+        let side = |ips: f64| {
+            let mut s = Side::default();
+            s.push("train_img_per_s", Some(ips));
+            s
+        };
+        let (rust, eager) = (side(10.0), side(5.0));
+        // 2 GFLOP per image at 10 img/s = 20 GFLOP/s of a 100 GFLOP/s peak
+        let out = peak_lines(2e9, 100.0, &rust, &[("pytorch", &eager)]);
+        assert!(out.contains("rust: 20.0 GFLOP/s = 20.0 % of peak"), "{out}");
+        assert!(out.contains("eager: 10.0 GFLOP/s = 10.0 % of peak"), "{out}");
+        assert!(out.ends_with("train_peak_fraction: rust=0.2000 eager=0.1000\n"), "{out}");
+    }
 
     #[test]
     fn reports_become_medians_ratios_and_a_table() {

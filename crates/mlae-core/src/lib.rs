@@ -14,6 +14,7 @@
 //! - [`mask`]: expert-dropout masks reproducible from (seed, step) ([`MaskSampler`]);
 //! - [`merge`]: `dW = B^T diag(m lambda) A`, and the exact export of MLAE as a LoRA;
 //! - [`params`]: model sizes and parameter counts ([`count_params`]);
+//! - [`flops`]: matrix-product FLOPs of a training step, for the bench's fraction of peak;
 //! - [`similarity`]: the paper's expert cosine similarity, without building expert matrices;
 //! - [`rng`]: the workspace's one SplitMix64 (counter-based, replayable).
 //!
@@ -37,6 +38,7 @@
 //! ```
 
 pub mod error;
+pub mod flops;
 pub mod mask;
 pub mod merge;
 pub mod method;

@@ -342,6 +342,42 @@ pub struct ParityReport {
     pub bf16_max_abs_diff: f64,
 }
 
+/// fp32 matrix-product throughput of this libtorch on `device`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MatmulPeak {
+    /// Side of the square products.
+    pub size: i64,
+    /// `2 size^3` / median time per product, in GFLOP/s.
+    pub gflops: f64,
+    pub threads: i32,
+}
+
+/// The machine's measured fp32 matmul peak: `warmup + steps` products of two random
+/// `size x size` matrices, timed one by one (each read back). The training step's achieved
+/// FLOP/s is stated as a fraction of it; a large square product is the best case of the BLAS
+/// libtorch calls, so the fraction says how far the step's mixed, smaller products are from it.
+pub fn matmul_peak(device: Device, size: i64, warmup: usize, steps: usize) -> Result<MatmulPeak> {
+    if size < 1 || steps == 0 {
+        return Err(TrainError::Bench(format!("matmul size {size} and steps {steps} must be at least 1")));
+    }
+    tch::manual_seed(0);
+    let a = Tensor::randn([size, size], (Kind::Float, device));
+    let b = Tensor::randn([size, size], (Kind::Float, device));
+    let mut times = Vec::with_capacity(steps);
+    tch::no_grad(|| {
+        for i in 0..warmup + steps {
+            let start = Instant::now();
+            let c = a.matmul(&b);
+            let _ = c.double_value(&[0, 0]);
+            if i >= warmup {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+    });
+    let flops = 2.0 * (size as f64).powi(3);
+    Ok(MatmulPeak { size, gflops: flops / median(&times) / 1e9, threads: tch::get_num_threads() })
+}
+
 /// The same model (device-independent seeded initialisation, adapters given random values
 /// on the CPU and copied) and the same [`pattern_images`] batch of `cfg.batch` images, in
 /// inference mode on the CPU and on `cfg.device`, in fp32 and in bf16.

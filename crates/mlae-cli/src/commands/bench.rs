@@ -4,6 +4,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use mlae_core::flops::{StepFlops, Trained, train_step_flops};
 use mlae_core::{AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MlaeSpec, TargetLayer};
 use mlae_train::bench::{self, BenchConfig, BenchData};
 use mlae_train::config::Precision;
@@ -21,6 +22,9 @@ pub enum Mode {
     /// Logits of one fixed batch on the CUDA `--device` against the CPU's, in fp32 and bf16
     /// (`--batch` images; used by `cargo xtask gpu-check`).
     Parity,
+    /// fp32 throughput of square `--matmul-size` products on `--device` (median of
+    /// `--steps`): the peak that the training step's FLOP/s is a fraction of.
+    Peak,
 }
 
 /// Training compute precision (`train.precision`).
@@ -119,6 +123,9 @@ pub struct BenchArgs {
     /// Override the preset: MLP width.
     #[arg(long)]
     pub mlp_dim: Option<i64>,
+    /// Side of the square products of `--mode peak`.
+    #[arg(long, default_value_t = 2048)]
+    pub matmul_size: i64,
     /// Print one JSON object with every figure (and the resolved architecture) as the last line.
     #[arg(long)]
     pub json: bool,
@@ -132,6 +139,21 @@ fn vit_config(a: &BenchArgs) -> VitConfig {
     v.heads = a.heads.unwrap_or(v.heads);
     v.mlp_dim = a.mlp_dim.unwrap_or(v.mlp_dim);
     v
+}
+
+/// The training step's matrix-product FLOPs per image (`mlae_core::flops`), for this bench's
+/// model and method.
+fn train_flops(args: &BenchArgs, cfg: &BenchConfig) -> StepFlops {
+    let a = &cfg.adapter;
+    let rank = match a.kind {
+        AdapterKind::Mlae => a.mlae.experts * a.mlae.expert_rank,
+        AdapterKind::Dmlora => a.dmlora.branches * a.dmlora.branch_rank,
+        AdapterKind::LinearProbe | AdapterKind::Full => 0,
+        _ => a.lora.rank,
+    };
+    let targets: &[TargetLayer] = if a.kind.has_adapter() { &args.targets } else { &[] };
+    let trained = Trained { targets, rank, backbone: a.kind == AdapterKind::Full };
+    train_step_flops(&cfg.vit.dims(), &trained)
 }
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
@@ -224,6 +246,13 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             "peak memory: {:.0} MiB ({:.0} MiB after set-up); {}",
             t.peak_mem_mb, t.setup_mem_mb, t.mem_measure
         );
+        let flops = train_flops(args, &cfg);
+        println!(
+            "training step: {:.3} GFLOP per image in matrix products ({:.1} GFLOP/s achieved)",
+            flops.step() / 1e9,
+            flops.step() * t.train_img_per_s / 1e9
+        );
+        json["train_flops_per_image"] = serde_json::to_value(flops)?;
         json["train"] = serde_json::to_value(&t)?;
         json["train_img_per_s"] = t.train_img_per_s.into();
         json["peak_mem_mb"] = t.peak_mem_mb.into();
@@ -260,6 +289,17 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             p.cpu_logit_max_abs
         );
         json["parity"] = serde_json::to_value(&p)?;
+    }
+    if args.mode == Mode::Peak {
+        let p = bench::matmul_peak(device, args.matmul_size, args.warmup, args.steps)?;
+        println!(
+            "fp32 matmul {n} x {n} x {n}: {:.1} GFLOP/s (median of {} products, {} threads)",
+            p.gflops,
+            args.steps,
+            p.threads,
+            n = p.size
+        );
+        json["matmul_peak"] = serde_json::to_value(&p)?;
     }
     if args.json {
         println!("{}", serde_json::to_string(&json)?);

@@ -1,0 +1,128 @@
+//! Matrix-product FLOPs of a ViT's training step, counted from its sizes.
+//!
+//! The bench divides achieved FLOP/s by the machine's measured matmul peak, to say how far a
+//! step is from what the hardware can do. Only matrix products count (the patch projection,
+//! qkv, proj, fc1, fc2, attention's two products, the head and the adapters' low-rank pairs),
+//! at 2 FLOPs per multiply-add. Norms, softmax, GELU and the optimizer are left out (a few per
+//! cent of the work at these sizes), so the fraction computed from this count is a slight
+//! underestimate of the machine's real use.
+//!
+//! The backward pass computes the gradient of every product's input from the first block up
+//! (the patch projection's input is pixels, which need none) and the gradient of every trained
+//! weight. This counts the input gradient of block 0's qkv, which a frozen backbone does not
+//! need: at most 1/48 of the backward pass of a 12-block model.
+
+use crate::params::{ModelDims, layer_in_out};
+use crate::target::TargetLayer;
+use serde::Serialize;
+
+/// FLOPs per image of one training step, split by pass.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StepFlops {
+    pub forward: f64,
+    pub backward: f64,
+}
+
+impl StepFlops {
+    /// Forward plus backward, per image.
+    pub fn step(&self) -> f64 {
+        self.forward + self.backward
+    }
+}
+
+/// What trains: a low-rank pair of total `rank` on each of `targets` in every block (MLAE's
+/// `experts * expert_rank`, LoRA's `rank`, DMLoRA's `branches * branch_rank`; none for a
+/// linear probe), and whether every backbone weight trains too (full fine-tuning).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trained<'a> {
+    pub targets: &'a [TargetLayer],
+    pub rank: usize,
+    pub backbone: bool,
+}
+
+/// FLOPs per image of a training step: forward, then backward as described in the module.
+///
+/// ```
+/// use mlae_core::{ModelDims, TargetLayer};
+/// use mlae_core::flops::{Trained, train_step_flops};
+/// let d = ModelDims::vit_b16(100, 224);
+/// let probe = Trained { targets: &[], rank: 0, backbone: false };
+/// // ViT-B/16 at 224 px: the usual 17.6 G multiply-adds per forward, 35.1 GFLOPs
+/// let f = train_step_flops(&d, &probe);
+/// assert!((f.forward / 1e9 - 35.1).abs() < 0.1, "{}", f.forward / 1e9);
+/// ```
+pub fn train_step_flops(d: &ModelDims, trained: &Trained<'_>) -> StepFlops {
+    let n = (d.num_patches + 1) as f64;
+    let (dim, mlp) = (d.dim as f64, d.mlp_dim as f64);
+    let pixels = (d.in_chans * d.patch * d.patch) as f64;
+    let patch = 2.0 * d.num_patches as f64 * pixels * dim;
+    let block_linear = 2.0 * n * (dim * 3.0 * dim + dim * dim + 2.0 * dim * mlp);
+    let attention = 2.0 * 2.0 * n * n * dim;
+    let adapter: f64 = trained
+        .targets
+        .iter()
+        .map(|&t| {
+            let (i, o) = layer_in_out(t, d);
+            2.0 * n * trained.rank as f64 * (i + o) as f64
+        })
+        .sum();
+    let head = 2.0 * dim * d.num_classes as f64;
+    let depth = d.depth as f64;
+    let forward = patch + depth * (block_linear + attention + adapter) + head;
+    // Input gradients: the same products again, without the patch projection's (pixels) and
+    // the head's (its input is the last block's output, which does need it: kept).
+    let input_grads = depth * (block_linear + attention + adapter) + head;
+    // Weight gradients: one product per trained weight, as large as its forward product.
+    let weight_grads =
+        head + depth * adapter + if trained.backbone { patch + depth * block_linear } else { 0.0 };
+    StepFlops { forward, backward: input_grads + weight_grads }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1-block model small enough to count by hand.
+    fn tiny() -> ModelDims {
+        ModelDims {
+            depth: 1,
+            dim: 4,
+            mlp_dim: 8,
+            patch: 2,
+            in_chans: 3,
+            num_patches: 3,
+            num_classes: 5,
+            layer_scale: false,
+            qkv_bias: true,
+        }
+    }
+
+    #[test]
+    fn a_hand_counted_block_adapter_and_head() {
+        let d = tiny();
+        // tokens n = 4; patch: 2 * 3 patches * 12 pixels * 4 = 288
+        // linear: 2 * 4 * (4*12 + 4*4 + 2*4*8) = 8 * 128 = 1024; attention: 4 * 16 * 4 = 256
+        // head: 2 * 4 * 5 = 40; qkv adapter rank 2: 2 * 4 * 2 * (4 + 12) = 256
+        let probe = train_step_flops(&d, &Trained { targets: &[], rank: 0, backbone: false });
+        assert_eq!(probe.forward, 288.0 + 1024.0 + 256.0 + 40.0);
+        assert_eq!(probe.backward, (1024.0 + 256.0 + 40.0) + 40.0);
+        let mlae = train_step_flops(&d, &Trained { targets: &[TargetLayer::Qkv], rank: 2, backbone: false });
+        assert_eq!(mlae.forward, probe.forward + 256.0);
+        assert_eq!(mlae.backward, probe.backward + 256.0 + 256.0, "input and weight gradients");
+        let full = train_step_flops(&d, &Trained { targets: &[], rank: 0, backbone: true });
+        assert_eq!(full.backward, probe.backward + 288.0 + 1024.0);
+        assert_eq!(full.step(), full.forward + full.backward);
+    }
+
+    #[test]
+    fn the_quickstart_shape_is_dominated_by_the_frozen_backbone() {
+        // DINOv2 ViT-S/14 at 56 px (16 patches + class token), MLAE 8 x 1 on qkv.
+        let d = ModelDims::dinov2_s14(10, 56);
+        let mlae = train_step_flops(&d, &Trained { targets: &[TargetLayer::Qkv], rank: 8, backbone: false });
+        let probe = train_step_flops(&d, &Trained { targets: &[], rank: 0, backbone: false });
+        let extra = mlae.step() / probe.step() - 1.0;
+        assert!(extra > 0.0 && extra < 0.02, "the adapter adds {extra}");
+        // backward ~ forward for a frozen backbone (input gradients only)
+        assert!((probe.backward / probe.forward - 1.0).abs() < 0.05);
+    }
+}
