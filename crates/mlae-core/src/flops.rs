@@ -7,6 +7,10 @@
 //! cent of the work at these sizes), so the fraction computed from this count is a slight
 //! underestimate of the machine's real use.
 //!
+//! These are the model's FLOPs, the same for every implementation (a model-FLOP utilisation):
+//! an implementation that skips work (mlae-vit runs the last block's proj and MLP for the
+//! class token only) is credited with the full count.
+//!
 //! The backward pass computes the gradient of every product's input from the first block up
 //! (the patch projection's input is pixels, which need none) and the gradient of every trained
 //! weight. This counts the input gradient of block 0's qkv, which a frozen backbone does not
