@@ -61,7 +61,7 @@ pub use method::{Method, MethodPlan};
 pub use methods::dmlora::{self, DmloraPlan, DmloraSpec, RampShape, branch_drop_prob, in_stage2};
 pub use methods::full::FullPlan;
 pub use methods::linear_probe::LinearProbePlan;
-pub use methods::lora::{LoraPlan, LoraSpec};
+pub use methods::lora::{LoraPlan, LoraSpec, UpdateDropoutOn};
 pub use methods::mlae::{MaskSpec, MaskStrategy, MlaeLayerPlan, MlaePlan, MlaeSpec};
 pub use methods::{AdapterKind, AdapterPlan, AdapterSpec, count_params};
 pub use params::{ModelDims, ParamCount, layer_in_out};

@@ -5,10 +5,11 @@ mod common;
 
 use common::*;
 use mlae_core::{
-    AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MaskSampler, MlaeSpec, TargetLayer, dmlora, merge_delta,
+    AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MaskSampler, MlaeSpec, TargetLayer, UpdateDropoutOn,
+    dmlora, merge_delta,
 };
 use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx};
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// A tiny model with randomised adapters and the adapter of block 1's qkv.
 fn adapted(spec: &AdapterSpec) -> AdaptedVit {
@@ -119,7 +120,8 @@ fn lora_kinds_place_their_dropout_where_they_say() {
     for kind in [AdapterKind::Lora, AdapterKind::LoraDropout] {
         // each kind reads its own dropout: 0.5 where it acts, the other one set to show it is ignored
         let (input_dropout, update_dropout) = if kind == AdapterKind::Lora { (0.5, 0.9) } else { (0.9, 0.5) };
-        let lora = LoraSpec { rank: 4, alpha: Some(2.0), input_dropout, update_dropout };
+        let lora =
+            LoraSpec { rank: 4, alpha: Some(2.0), input_dropout, update_dropout, ..Default::default() };
         let spec = AdapterSpec { kind, lora, ..Default::default() };
         let m = adapted(&spec);
         let a = m.adapter(1, TargetLayer::Qkv).unwrap();
@@ -148,6 +150,40 @@ fn lora_kinds_place_their_dropout_where_they_say() {
         assert_eq!((lora.rank, lora.alpha), (4, 2.0));
         assert!(tensor2(&lora.lora_b).equal(&bm));
     }
+}
+
+#[test]
+fn the_matrix_reading_drops_elements_of_dw_shared_by_the_batch() {
+    let _rng = rng_lock();
+    let sampler = MaskSampler::new(0);
+    let lora = LoraSpec {
+        rank: 4,
+        update_dropout: 0.5,
+        update_dropout_on: UpdateDropoutOn::Matrix,
+        ..Default::default()
+    };
+    let spec = AdapterSpec { kind: AdapterKind::LoraDropout, lora, ..Default::default() };
+    let m = adapted(&spec);
+    let a = m.adapter(1, TargetLayer::Qkv).unwrap();
+    let dw = a.merged_delta(); // (96, 32)
+    let ctx = |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 1, sampler: &sampler };
+    // x = the identity, twice: each row reads one column of the (dropped) dW
+    let eye = Tensor::eye(32, (Kind::Float, Device::Cpu));
+    let x = Tensor::cat(&[&eye, &eye], 0);
+    let base = Tensor::zeros([64, 96], (Kind::Float, Device::Cpu));
+    tch::manual_seed(5);
+    let got = a.forward(&x, base.shallow_clone(), &ctx(true));
+    let (first, second) = (got.narrow(0, 0, 32), got.narrow(0, 32, 32));
+    assert!(first.equal(&second), "one mask per forward pass, shared by every row of the batch");
+    // every element is 0 or dW / (1 - p), and about half are dropped
+    let kept = first.ne(0.0);
+    let scaled = dw.tr() * 2.0;
+    assert!(max_abs_diff(&first.where_self(&kept, &scaled), &scaled) < 1e-5);
+    let dropped = 1.0 - kept.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+    assert!((0.4..0.6).contains(&dropped), "dropped fraction {dropped}");
+    // eval: exactly the LoRA
+    let eval = a.forward(&x, base.shallow_clone(), &ctx(false));
+    assert!(max_abs_diff(&eval.narrow(0, 0, 32), &dw.tr()) < 1e-5);
 }
 
 #[test]

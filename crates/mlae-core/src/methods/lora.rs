@@ -37,11 +37,32 @@ pub struct LoraSpec {
     /// Kind lora-dropout: dropout on the update's output `scale * B A x`. In [0, 1).
     /// Default 0.
     pub update_dropout: f64,
+    /// Kind lora-dropout: what `update_dropout` drops. The paper's "dropout directly on dW"
+    /// reads two ways; `output` (the default) drops elements of `dW x`, `matrix` drops
+    /// elements of the matrix `dW` itself (one mask per forward pass, shared by the batch).
+    pub update_dropout_on: UpdateDropoutOn,
+}
+
+/// Where kind lora-dropout drops (`adapter.lora.update_dropout_on`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateDropoutOn {
+    /// Elements of the update's output `scale * B A x` (per token).
+    #[default]
+    Output,
+    /// Elements of `dW = scale * B A` (DropConnect on the update; per forward pass).
+    Matrix,
 }
 
 impl Default for LoraSpec {
     fn default() -> Self {
-        LoraSpec { rank: 8, alpha: None, input_dropout: 0.0, update_dropout: 0.0 }
+        LoraSpec {
+            rank: 8,
+            alpha: None,
+            input_dropout: 0.0,
+            update_dropout: 0.0,
+            update_dropout_on: UpdateDropoutOn::Output,
+        }
     }
 }
 
@@ -83,6 +104,7 @@ impl LoraSpec {
             scale: self.scale(),
             input_dropout,
             update_dropout,
+            update_dropout_on: self.update_dropout_on,
             layers: sites(targets, depth),
         }
     }
@@ -120,7 +142,8 @@ impl Method for LoraDropout {
     type Section = LoraSpec;
     type Plan = LoraPlan;
     const ADAPTS_LAYERS: bool = true;
-    const KEY_SETTINGS: &'static [&'static str] = &["adapter.lora.rank", "adapter.lora.update_dropout"];
+    const KEY_SETTINGS: &'static [&'static str] =
+        &["adapter.lora.rank", "adapter.lora.update_dropout", "adapter.lora.update_dropout_on"];
 
     fn validate(s: &LoraSpec, targets: &[TargetLayer]) -> Result<(), SpecError> {
         s.validate_common(targets)?;
@@ -128,7 +151,8 @@ impl Method for LoraDropout {
     }
 
     fn label(s: &LoraSpec) -> String {
-        format!("lora-dropout-r{}-p{}", s.rank, s.update_dropout)
+        let on = if s.update_dropout_on == UpdateDropoutOn::Matrix { "-matrix" } else { "" };
+        format!("lora-dropout-r{}-p{}{on}", s.rank, s.update_dropout)
     }
 
     fn resolve(s: &LoraSpec, targets: &[TargetLayer], depth: usize) -> Result<LoraPlan, SpecError> {
@@ -157,8 +181,11 @@ pub struct LoraPlan {
     pub scale: f64,
     /// Dropout on the adapter's input (kind lora).
     pub input_dropout: f64,
-    /// Dropout on the update's output (kind lora-dropout).
+    /// Dropout on the update (kind lora-dropout).
     pub update_dropout: f64,
+    /// What `update_dropout` drops: the update's output or the matrix dW.
+    #[serde(default)]
+    pub update_dropout_on: UpdateDropoutOn,
     /// The adapted layers, in plan order.
     pub layers: Vec<LayerSite>,
 }
@@ -197,6 +224,23 @@ mod tests {
         let s = LoraSpec { input_dropout: 0.2, update_dropout: 0.4, ..Default::default() };
         let p = LoraDropout::resolve(&s, &[TargetLayer::Qkv], 2).unwrap();
         assert_eq!((p.input_dropout, p.update_dropout), (0.0, 0.4));
+        assert_eq!(p.update_dropout_on, UpdateDropoutOn::Output, "the default reading");
+    }
+
+    #[test]
+    fn the_matrix_reading_is_a_key_with_two_values() {
+        let s: LoraSpec = toml::from_str("update_dropout = 0.5\nupdate_dropout_on = 'matrix'").unwrap();
+        let p = LoraDropout::resolve(&s, &[TargetLayer::Qkv], 1).unwrap();
+        assert_eq!(p.update_dropout_on, UpdateDropoutOn::Matrix);
+        assert_eq!(LoraDropout::label(&s), "lora-dropout-r8-p0.5-matrix");
+        let e = toml::from_str::<LoraSpec>("update_dropout_on = 'weights'").unwrap_err();
+        assert!(e.to_string().contains("output") && e.to_string().contains("matrix"), "{e}");
+        // a plan written before the key existed still reads
+        let old: LoraPlan = serde_json::from_str(
+            r#"{"rank":8,"scale":1.0,"input_dropout":0.0,"update_dropout":0.5,"layers":[]}"#,
+        )
+        .unwrap();
+        assert_eq!(old.update_dropout_on, UpdateDropoutOn::Output);
     }
 
     #[test]

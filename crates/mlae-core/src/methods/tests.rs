@@ -51,7 +51,10 @@ fn toml_defaults_and_round_trip() {
         "[adapter]\nkind = 'lora-dropout'\n[adapter.lora]\nrank = 4\nalpha = 8.0\nupdate_dropout = 0.1\n",
     )
     .unwrap();
-    assert_eq!(lora.lora, LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.0, update_dropout: 0.1 });
+    assert_eq!(
+        lora.lora,
+        LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.0, update_dropout: 0.1, ..Default::default() }
+    );
 }
 
 #[test]
@@ -185,10 +188,28 @@ fn stored_specs_of_the_flat_layout_are_upgraded_by_kind() {
     assert_eq!((mlae.kind, &mlae.targets, &mlae.mlae), (AdapterKind::Mlae, &targets, &want));
     assert_eq!(mlae.lora, LoraSpec::default(), "kinds that did not read a key get nothing from it");
     let lora = up("lora", 4, 0.1);
-    assert_eq!(lora.lora, LoraSpec { rank: 4, alpha: Some(16.0), input_dropout: 0.1, update_dropout: 0.0 });
+    assert_eq!(
+        lora.lora,
+        LoraSpec {
+            rank: 4,
+            alpha: Some(16.0),
+            input_dropout: 0.1,
+            update_dropout: 0.0,
+            ..Default::default()
+        }
+    );
     assert_eq!(lora.mlae, MlaeSpec::default());
     let lora_d = up("lora-dropout", 4, 0.3);
-    assert_eq!(lora_d.lora, LoraSpec { rank: 4, alpha: Some(16.0), input_dropout: 0.0, update_dropout: 0.3 });
+    assert_eq!(
+        lora_d.lora,
+        LoraSpec {
+            rank: 4,
+            alpha: Some(16.0),
+            input_dropout: 0.0,
+            update_dropout: 0.3,
+            ..Default::default()
+        }
+    );
     let dm = up("dmlora", 2, 0.0);
     assert_eq!(dm.dmlora, DmloraSpec { branches: 3, branch_rank: 2, ..Default::default() });
     // the upgraded specs resolve to what the flat layout meant: same counts as before
