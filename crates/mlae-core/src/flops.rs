@@ -73,9 +73,10 @@ pub fn train_step_flops(d: &ModelDims, trained: &Trained<'_>) -> StepFlops {
     let head = 2.0 * dim * d.num_classes as f64;
     let depth = d.depth as f64;
     let forward = patch + depth * (block_linear + attention + adapter) + head;
-    // Input gradients: the same products again, without the patch projection's (pixels) and
-    // the head's (its input is the last block's output, which does need it: kept).
-    let input_grads = depth * (block_linear + attention + adapter) + head;
+    // Input gradients: the same products again, without the patch projection's (pixels); the
+    // head's input (the last block's output) needs one. Attention's two products take the
+    // gradient of both operands (q and k, p and v), so they count twice.
+    let input_grads = depth * (block_linear + 2.0 * attention + adapter) + head;
     // Weight gradients: one product per trained weight, as large as its forward product.
     let weight_grads =
         head + depth * adapter + if trained.backbone { patch + depth * block_linear } else { 0.0 };
@@ -109,7 +110,7 @@ mod tests {
         // head: 2 * 4 * 5 = 40; qkv adapter rank 2: 2 * 4 * 2 * (4 + 12) = 256
         let probe = train_step_flops(&d, &Trained { targets: &[], rank: 0, backbone: false });
         assert_eq!(probe.forward, 288.0 + 1024.0 + 256.0 + 40.0);
-        assert_eq!(probe.backward, (1024.0 + 256.0 + 40.0) + 40.0);
+        assert_eq!(probe.backward, (1024.0 + 2.0 * 256.0 + 40.0) + 40.0);
         let mlae = train_step_flops(&d, &Trained { targets: &[TargetLayer::Qkv], rank: 2, backbone: false });
         assert_eq!(mlae.forward, probe.forward + 256.0);
         assert_eq!(mlae.backward, probe.backward + 256.0 + 256.0, "input and weight gradients");
@@ -126,7 +127,8 @@ mod tests {
         let probe = train_step_flops(&d, &Trained { targets: &[], rank: 0, backbone: false });
         let extra = mlae.step() / probe.step() - 1.0;
         assert!(extra > 0.0 && extra < 0.02, "the adapter adds {extra}");
-        // backward ~ forward for a frozen backbone (input gradients only)
+        // backward ~ forward for a frozen backbone (input gradients only; 17 tokens make
+        // attention's doubled products small)
         assert!((probe.backward / probe.forward - 1.0).abs() < 0.05);
     }
 }

@@ -39,7 +39,7 @@ impl Linear {
 /// reading `x` and writing the output in place without any layout copy, forward and backward.
 /// The result is the same function with the same autograd (gradients for `x`, and for the
 /// weight and bias when they require one).
-pub(crate) fn linear_onednn(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+pub fn linear_onednn(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
     let mut size = x.size();
     let inn = *size.last().expect("linear input has a feature dimension");
     let out = weight.size()[0];

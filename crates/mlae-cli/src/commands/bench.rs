@@ -293,8 +293,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
     if args.mode == Mode::Peak {
         let p = bench::matmul_peak(device, args.matmul_size, args.warmup, args.steps)?;
         println!(
-            "fp32 matmul {n} x {n} x {n}: {:.1} GFLOP/s (median of {} products, {} threads)",
+            "fp32 matmul {n} x {n} x {n}: {:.1} GFLOP/s (BLAS {:.1}, oneDNN {}; median of {} products, {} threads)",
             p.gflops,
+            p.blas_gflops,
+            p.onednn_gflops.map_or("-".into(), |g| format!("{g:.1}")),
             args.steps,
             p.threads,
             n = p.size
