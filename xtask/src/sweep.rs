@@ -6,7 +6,7 @@ use crate::util::{self, step};
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use mlae_sweep::slurm::SlurmOptions;
-use mlae_sweep::{Executor as SweepExecutor, SweepDir, SweepRequest};
+use mlae_sweep::{Executor as SweepExecutor, SearchMode, SweepDir, SweepRequest};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -15,6 +15,16 @@ pub enum Executor {
     Local,
     /// Submit a Slurm job array (one array index per run).
     Slurm,
+}
+
+/// How a search grid searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Search {
+    /// Every setting trains the whole schedule (appendix A.2).
+    Full,
+    /// Successive halving: every setting trains a short budget, the best third on val goes
+    /// on (rungs at E/9, E/3, E epochs for 9 settings); see mlae-sweep's halving module.
+    Halving,
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +71,9 @@ pub struct SweepArgs {
     pub status: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "local")]
     pub executor: Executor,
+    /// Search grids (with [select]): train every setting to the end, or successive halving.
+    #[arg(long, value_enum, default_value = "full")]
+    pub search: Search,
     /// Slurm partition.
     #[arg(long)]
     pub partition: Option<String>,
@@ -114,6 +127,10 @@ pub fn run(args: &SweepArgs) -> Result<()> {
             gres: args.gres.clone(),
             time: args.time.clone(),
             array_limit: args.array_limit,
+        },
+        search: match args.search {
+            Search::Full => SearchMode::Full,
+            Search::Halving => SearchMode::Halving,
         },
     };
     let planned = mlae_sweep::plan(request)?;

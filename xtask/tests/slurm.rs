@@ -454,5 +454,76 @@ fn a_sweep_runs_as_a_slurm_job_array_and_a_cancelled_task_resumes_on_resubmissio
         let mean = acc.iter().sum::<f64>() / acc.len() as f64;
         assert!(row.ends_with(&format!("| {} | {mean:.2} |", cells.join(" | "))), "{row}");
     }
+
+    // Successive halving under Slurm: each call submits the rungs now due, and the next call
+    // (once those finished) decides and submits what follows.
+    let grid = grid_file(
+        tmp.path(),
+        "slurm-halving",
+        &template,
+        "protocol = \"val\"\nseeds = [0]\n[axes]\n\"adapter.mlae.expert_dropout\" = [0.1, 0.3, 0.5]\n\
+         [select]\nmetric = \"best_val_acc\"\nfinal_protocol = \"paper\"\n",
+    );
+    let sweep = tmp.path().join("halving");
+    let task = tasks[0].as_str();
+    let search: Vec<String> =
+        ["0.1", "0.3", "0.5"].map(|p| format!("search.{task}.mlae.expert_dropout={p}.s0")).to_vec();
+    let final_run = format!("final.{task}.mlae.s0");
+    let mut all: Vec<&str> = search.iter().map(String::as_str).collect();
+    all.push(&final_run);
+    let submit = || {
+        let flags = ["--executor", "slurm", "--benchmark", "demo", "--tasks", task, "--search", "halving"];
+        let mut c = real_sweep(&cache, &flags, &grid, &sweep, &cli, &data, 6);
+        c.env("SLURM_CONF", &cluster.conf);
+        stdout(&run_ok(&mut c))
+    };
+    let last_job = || {
+        let jobs = json(&sweep.join("slurm/jobs.json"));
+        let last = jobs.as_array().unwrap().last().unwrap().clone();
+        (last["job_id"].as_str().unwrap().to_string(), last["runs"].clone())
+    };
+    let state = |r: &str| run_status(&sweep, r).and_then(|s| s["state"].as_str().map(String::from));
+    let out = submit();
+    assert!(out.contains(": 3 runs") && out.contains("rungs at epochs [2, 6]"), "{out}");
+    assert!(out.contains("final runs wait for their next halving rung"), "{out}");
+    let (job, runs) = last_job();
+    assert_eq!(runs, serde_json::json!(search));
+    wait_for_runs(&sweep, &all, "the first rung", timeout, || {
+        cluster.active(&job).is_empty() && search.iter().all(|r| state(r).as_deref() == Some("paused"))
+    });
+    let out = submit();
+    assert!(out.contains(": 1 runs"), "{out}");
+    let (job, runs) = last_job();
+    let kept = runs[0].as_str().unwrap().to_string();
+    let scripts: Vec<String> = json(&sweep.join("slurm/jobs.json"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| std::fs::read_to_string(j["script"].as_str().unwrap()).unwrap())
+        .collect();
+    assert_eq!(scripts[0].matches("--stop-after-epoch 2").count(), 3, "{}", scripts[0]);
+    assert!(
+        !scripts[1].contains("--stop-after-epoch") && scripts[1].contains(" --resume "),
+        "{}",
+        scripts[1]
+    );
+    wait_for_runs(&sweep, &all, "the survivor", timeout, || {
+        cluster.active(&job).is_empty() && state(&kept).as_deref() == Some("finished")
+    });
+    let out = submit();
+    assert!(out.contains(": 1 runs"), "{out}");
+    let (job, runs) = last_job();
+    assert_eq!(runs, serde_json::json!([final_run]));
+    wait_for_runs(&sweep, &all, "the final run", timeout, || {
+        cluster.active(&job).is_empty() && state(&final_run).as_deref() == Some("finished")
+    });
+    assert_eq!(json(&sweep.join("selection.json"))[&final_run]["selected"], kept.as_str());
+    let rung: Vec<f64> = search
+        .iter()
+        .map(|r| parse(&lines(&sweep.join("runs").join(r).join("rungs.jsonl"))[0])["acc"].as_f64().unwrap())
+        .collect();
+    let best = (0..3).fold(0, |b, i| if rung[i] > rung[b] { i } else { b });
+    assert_eq!(kept, search[best], "the best val200 score at epoch 2 goes on: {rung:?}");
+    assert!(!submit().contains("submitted"), "nothing left to do");
     eprintln!("Slurm test done after {:?}", started.elapsed());
 }

@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::*;
@@ -350,4 +351,99 @@ fn the_vtab_paper_grid_trains_every_task_with_table_10_and_reports_the_domain_me
     assert!(csv.contains(&format!("ours,mlae,paper,average,average,,{average:.4},")), "{csv}");
     assert!(csv.contains(&format!("ours,mlae,paper,Structured,group,,{:.4},", domain_means[2])), "{csv}");
     eprintln!("VTAB-1k paper grid end to end: {:?}", started.elapsed());
+}
+
+/// A metrics record without its timings (throughput, seconds and memory differ run to run).
+fn without_timings(line: &str) -> serde_json::Value {
+    let mut v = parse(line);
+    for k in ["images_per_s", "seconds", "peak_mem_mb"] {
+        v.as_object_mut().unwrap().remove(k);
+    }
+    v
+}
+
+#[test]
+fn halving_pauses_at_rungs_keeps_the_best_third_on_val_and_its_survivor_is_the_full_grids_run() {
+    let cli = mlae_cli();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    write_demo_tasks(&data, [2, 1, 1]);
+    let template = tiny_configs(tmp.path(), "demo");
+    // 3 settings, 6 epochs: one rung at epoch 2 keeping 1 of 3, then the survivor to epoch 6.
+    let grid = grid_file(
+        tmp.path(),
+        "halving-small",
+        &template,
+        "protocol = \"val\"\nseeds = [0]\n[axes]\n\"adapter.mlae.expert_dropout\" = [0.1, 0.3, 0.5]\n\
+         [select]\nmetric = \"best_val_acc\"\nfinal_protocol = \"paper\"\n",
+    );
+    let cache = tmp.path().join("cache");
+    let (halved, full) = (tmp.path().join("halving"), tmp.path().join("full"));
+    let sweep = |dir: &Path, extra: &[&str]| {
+        let mut flags = vec!["--benchmark", "demo", "--tasks", "mnist5k"];
+        flags.extend(extra);
+        real_sweep(&cache, &flags, &grid, dir, &cli, &data, 6)
+    };
+    let runs: Vec<String> =
+        ["0.1", "0.3", "0.5"].iter().map(|p| format!("search.mnist5k.mlae.expert_dropout={p}.s0")).collect();
+
+    let dry = stdout(&run_ok(&mut sweep(&halved, &["--search", "halving", "--dry-run"])));
+    assert!(dry.contains("rungs at epochs [2, 6], settings per rung 3 -> 1"), "{dry}");
+    assert_eq!(dry.matches("due: train to epoch 2").count(), 3, "{dry}");
+    run_ok(&mut sweep(&halved, &["--search", "halving"]));
+
+    // Every setting paused at epoch 2 with its val200 score; the best went on to the end.
+    let rung_acc = |run: &str| -> f64 {
+        let rungs = lines(&halved.join("runs").join(run).join("rungs.jsonl"));
+        assert_eq!(rungs.len(), 1, "{run}: {rungs:?}");
+        let r = parse(&rungs[0]);
+        assert_eq!((r["epoch"].as_u64(), r["split"].as_str()), (Some(2), Some("val200")));
+        r["acc"].as_f64().unwrap()
+    };
+    let scores: Vec<f64> = runs.iter().map(|r| rung_acc(r)).collect();
+    let best = (0..3).fold(0, |b, i| if scores[i] > scores[b] { i } else { b });
+    for (i, r) in runs.iter().enumerate() {
+        let status = run_status(&halved, r).unwrap();
+        let expected = if i == best { ("finished", 6) } else { ("paused", 2) };
+        assert_eq!((status["state"].as_str().unwrap(), status["epoch"].as_u64().unwrap()), expected, "{r}");
+    }
+    let record = json(&halved.join("halving.json"));
+    let group = &record["search.mnist5k.mlae.s0"];
+    assert_eq!(group["rungs"], serde_json::json!([2, 6]));
+    assert_eq!(group["decided"][0]["kept"], serde_json::json!([runs[best]]));
+    assert_eq!(group["decided"][1]["metric"], "best_val_acc");
+    assert_eq!(
+        (group["epochs_trained"].as_u64(), group["full_grid_epochs"].as_u64()),
+        (Some(3 * 2 + 4), Some(18))
+    );
+    let selection = json(&halved.join("selection.json"));
+    assert_eq!(selection["final.mnist5k.mlae.s0"]["selected"], runs[best].as_str());
+    assert_eq!(run_state(&halved, "final.mnist5k.mlae.s0").as_deref(), Some("finished"));
+    let status = stdout(&run_ok(xtask_real(&cache).arg("sweep").arg("--status").arg(&halved)));
+    assert_eq!(status.lines().filter(|l| l.starts_with("paused ")).count(), 2, "{status}");
+
+    // Again: nothing is due and nothing runs.
+    run_ok(&mut sweep(&halved, &["--search", "halving"]));
+    for r in &runs {
+        assert_eq!(launches(&halved, r).len(), if *r == runs[best] { 2 } else { 1 }, "{r}");
+    }
+
+    // The full grid trains the same runs without pauses: the survivor is that very run, and each
+    // rung score is the val200 accuracy the unpaused run has at epoch 2.
+    run_ok(&mut sweep(&full, &[]));
+    let metrics = |dir: &Path, run: &str| -> Vec<serde_json::Value> {
+        lines(&dir.join("runs").join(run).join("metrics.jsonl")).iter().map(|l| without_timings(l)).collect()
+    };
+    assert_eq!(metrics(&halved, &runs[best]), metrics(&full, &runs[best]));
+    let (a, b) = (summary(&halved, &runs[best]), summary(&full, &runs[best]));
+    for k in ["test_acc", "best_val_acc", "selected_epoch", "steps"] {
+        assert_eq!(a[k], b[k], "{k}");
+    }
+    for (r, s) in runs.iter().zip(&scores) {
+        assert_eq!(metrics(&full, r)[1]["eval"]["val200"]["acc"].as_f64(), Some(*s), "{r}");
+    }
+    assert_eq!(
+        summary(&halved, "final.mnist5k.mlae.s0")["test_acc"],
+        summary(&full, "final.mnist5k.mlae.s0")["test_acc"]
+    );
 }

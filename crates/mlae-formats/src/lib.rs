@@ -20,5 +20,6 @@ pub use config::{ExperimentConfig, Protocol};
 pub use error::{FormatError, Invalid, Result};
 pub use preset::{CheckpointFormat, PosResize, Preset};
 pub use run::{
-    EpochMetrics, EvalResult, RunDir, RunLayout, RunPhase, RunState, Status, Summary, WhichCheckpoint,
+    EpochMetrics, EvalResult, RunDir, RunLayout, RunPhase, RunState, RungScore, Status, Summary,
+    WhichCheckpoint,
 };

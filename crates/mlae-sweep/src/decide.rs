@@ -93,12 +93,16 @@ pub fn hostname() -> String {
 
 /// The arguments of `mlae-cli` for one run; the same for every executor.
 pub fn command_args(sweep: &SweepDir, p: &Prepared, action: &Action) -> Vec<String> {
-    match action {
+    let mut args: Vec<String> = match action {
         Action::Resume => {
             vec!["finetune".into(), "--resume".into(), sweep.run_dir(&p.spec.name).display().to_string()]
         }
         _ => vec!["finetune".into(), "--config".into(), p.config.display().to_string(), "--force".into()],
+    };
+    if let Some(k) = p.stop_after_epoch {
+        args.extend(["--stop-after-epoch".into(), k.to_string()]);
     }
+    args
 }
 
 /// Records a launch before it happens.

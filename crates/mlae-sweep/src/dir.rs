@@ -4,6 +4,7 @@
 //! sweep.json          what the sweep is (grid, benchmark, the last command's overrides)
 //! plan.json           every run planned so far: task, variant, seed, stage, axes point
 //! selection.json      search grids: the setting selected per task on validation accuracy
+//! halving.json        --search halving: per task and seed, each rung's scores and kept settings
 //! configs/<run>.toml  the generated config of each run (extends the grid's files)
 //! runs/<run>/         each run's directory, written by mlae-cli (mlae-formats' layout)
 //! logs/<run>.log      each run's output (every attempt appended)
@@ -56,6 +57,9 @@ impl SweepDir {
     }
     pub fn selection(&self) -> PathBuf {
         self.root.join("selection.json")
+    }
+    pub fn halving(&self) -> PathBuf {
+        self.root.join("halving.json")
     }
     pub fn slurm_dir(&self) -> PathBuf {
         self.root.join("slurm")

@@ -7,13 +7,14 @@
 //! checkpoint; one whose fingerprint changed is moved aside (`runs/<run>.stale-N`) and
 //! started again. Run directories are read through mlae-formats' types, as the trainer
 //! writes them. Modules, innermost first: [`grid`], [`config`], [`dir`], [`prepare`],
-//! [`decide`], [`slurm`], [`local`], [`select`], [`status`], [`plan`].
+//! [`decide`], [`slurm`], [`local`], [`select`], [`halving`], [`status`], [`plan`].
 
 pub mod config;
 pub mod decide;
 pub mod dir;
 pub mod error;
 pub mod grid;
+pub mod halving;
 pub mod local;
 pub mod plan;
 pub mod prepare;
@@ -23,5 +24,5 @@ pub mod status;
 
 pub use dir::{Plan, PlannedRun, RunRecord, SweepDir, SweepRecord};
 pub use error::{Result, SweepError};
-pub use plan::{Executor, PlannedSweep, SweepRequest, plan};
+pub use plan::{Executor, PlannedSweep, SearchMode, SweepRequest, plan};
 pub use select::Chosen;

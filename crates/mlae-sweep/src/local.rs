@@ -94,6 +94,8 @@ fn interrupts() -> &'static AtomicUsize {
 
 struct Running {
     name: String,
+    /// A halving rung: the run is meant to pause, not finish.
+    pauses: bool,
     child: Child,
     slot: usize,
     signalled: usize,
@@ -156,7 +158,13 @@ pub fn run_local(sweep: &SweepDir, runs: &[Prepared], opts: &LocalOptions) -> Re
                         action.label(),
                         device_note(slot, &opts.devices)
                     );
-                    running.push(Running { name: p.spec.name.clone(), child, slot, signalled: 0 });
+                    running.push(Running {
+                        name: p.spec.name.clone(),
+                        pauses: p.stop_after_epoch.is_some(),
+                        child,
+                        slot,
+                        signalled: 0,
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("FAILED {}: {e}", p.spec.name);
@@ -181,11 +189,14 @@ pub fn run_local(sweep: &SweepDir, runs: &[Prepared], opts: &LocalOptions) -> Re
             if status.success() && phase == RunPhase::Done {
                 tracing::info!("done  {}", r.name);
                 outcome.ran.push(r.name);
+            } else if status.success() && r.pauses && phase == RunPhase::Paused {
+                tracing::info!("paused {} (halving rung)", r.name);
+                outcome.ran.push(r.name);
             } else if r.signalled > 0 {
                 tracing::info!("stopped {} ({status}; resumable)", r.name);
             } else {
                 let why = if status.success() {
-                    "exited 0 without a finished run directory".into()
+                    "exited 0 without a finished (or, at a halving rung, paused) run directory".into()
                 } else {
                     status.to_string()
                 };

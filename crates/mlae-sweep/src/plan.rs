@@ -7,13 +7,26 @@ use crate::decide::{Action, decide};
 use crate::dir::{Plan, SweepDir, SweepRecord, read_json, write_json};
 use crate::error::{Result, SweepError, bail, io_err};
 use crate::grid::Grid;
+use crate::grid::Stage;
+use crate::halving::{self, Halving};
 use crate::local::{self, LocalOptions};
 use crate::prepare::{Prepared, prepare, write_configs};
 use crate::select::{Selection, select};
 use crate::slurm::{self, SlurmOptions};
 use mlae_data::Benchmark;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+
+/// How a search grid searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchMode {
+    /// Every setting trains the whole schedule (appendix A.2's protocol).
+    #[default]
+    Full,
+    /// Successive halving ([`crate::halving`]): short budgets first, the best third goes on.
+    Halving,
+}
 
 /// Where the runs go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +63,8 @@ pub struct SweepRequest {
     pub devices: Vec<String>,
     /// Slurm executor options; `cli` is what the script runs (also shown by a dry run).
     pub slurm: SlurmOptions,
+    /// Search grids only: the full grid or successive halving.
+    pub search: SearchMode,
 }
 
 /// A checked plan: every run's config resolved, validated and fingerprinted.
@@ -66,6 +81,8 @@ pub struct PlannedSweep {
     extra: Vec<(String, toml::Value)>,
     pub prepared: Vec<Prepared>,
     pub selection: Option<Selection>,
+    /// `--search halving`: what is decided and what is due now.
+    pub halving: Option<Halving>,
 }
 
 /// Resolves and checks a request without writing anything. A run whose config would not
@@ -134,16 +151,45 @@ pub fn plan(req: SweepRequest) -> Result<PlannedSweep> {
     }
     let specs = grid.expand(&req.root, bench.name(), &tasks, &seeds)?;
     let prepared = prepare(&sweep, &grid_name, &extra, &specs)?;
-    let selection = match &grid.select {
-        Some(sel) => Some(select(&sweep, &grid_name, &extra, &prepared, sel)?),
-        None => None,
+    let (selection, halving) = match (&grid.select, req.search) {
+        (Some(sel), SearchMode::Full) => (Some(select(&sweep, &grid_name, &extra, &prepared, sel)?), None),
+        (Some(sel), SearchMode::Halving) => {
+            let h = halving::progress(&sweep, &grid_name, &extra, &prepared, sel)?;
+            (Some(h.selection.clone()), Some(h))
+        }
+        (None, SearchMode::Halving) => bail!(
+            "--search halving: grid {grid_name} has no [select] section; halving ranks the settings of a              search grid (e.g. --grid demo-search)"
+        ),
+        (None, SearchMode::Full) => (None, None),
     };
-    Ok(PlannedSweep { req, sweep, record, grid, grid_name, bench, tasks, seeds, extra, prepared, selection })
+    Ok(PlannedSweep {
+        req,
+        sweep,
+        record,
+        grid,
+        grid_name,
+        bench,
+        tasks,
+        seeds,
+        extra,
+        prepared,
+        selection,
+        halving,
+    })
 }
 
 impl PlannedSweep {
     fn finals(&self) -> Vec<Prepared> {
         self.selection.as_ref().map(|s| s.finals.clone()).unwrap_or_default()
+    }
+
+    /// What an executor gets now: every run of the grid (and the finals selected so far), or
+    /// with halving the runs due at their rungs and the finals decided so far.
+    fn to_run(&self) -> Vec<Prepared> {
+        match &self.halving {
+            Some(h) => h.due.iter().cloned().chain(self.finals()).collect(),
+            None => self.prepared.iter().cloned().chain(self.finals()).collect(),
+        }
     }
 
     /// Runs planned now: the grid's, plus final runs selected or waiting for their search.
@@ -173,14 +219,37 @@ impl PlannedSweep {
         );
         let queued = slurm::active(&slurm::queue_states(&self.sweep));
         let mut todo = Vec::new();
+        let due: BTreeMap<&str, Option<u64>> = self
+            .halving
+            .iter()
+            .flat_map(|h| h.due.iter().map(|p| (p.spec.name.as_str(), p.stop_after_epoch)))
+            .collect();
         for p in self.prepared.iter().chain(&self.finals()) {
             let action = decide(&self.sweep, p, &queued, true)?;
             let ext: Vec<String> = p.spec.extends.iter().map(|e| short(e)).collect();
-            let _ =
-                writeln!(out, "  {}  {}  [{}] ({})", p.spec.name, p.summary, ext.join(" + "), action.label());
+            let rung = match (self.halving.is_some(), due.get(p.spec.name.as_str())) {
+                (true, Some(Some(k))) => format!(", due: train to epoch {k}"),
+                (true, Some(None)) => ", due: train to the end".into(),
+                (true, None) if p.spec.stage == Stage::Search && action != Action::Skip => ", not due".into(),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {}  {}  [{}] ({}{rung})",
+                p.spec.name,
+                p.summary,
+                ext.join(" + "),
+                action.label()
+            );
+        }
+        for p in self.to_run() {
+            let action = decide(&self.sweep, &p, &queued, true)?;
             if matches!(action, Action::Resume | Action::Fresh { .. }) {
-                todo.push((p.clone(), action));
+                todo.push((p, action));
             }
+        }
+        if let Some(h) = &self.halving {
+            let _ = writeln!(out, "{}", h.describe());
         }
         if let Some(s) = &self.selection {
             for w in &s.waiting {
@@ -227,23 +296,27 @@ impl PlannedSweep {
         if let Some(s) = &self.selection {
             s.save(sweep)?;
         }
-        match self.req.executor {
-            Executor::Slurm => self.submit(cli, &finals),
-            Executor::Local => self.run_local(cli, plan),
+        if let Some(h) = &self.halving {
+            h.save(sweep)?;
+        }
+        match (self.req.executor, self.halving.is_some()) {
+            (Executor::Slurm, _) => self.submit(cli),
+            (Executor::Local, false) => self.run_local(cli, plan),
+            (Executor::Local, true) => self.run_local_halving(cli, plan),
         }
     }
 
-    fn submit(&self, cli: PathBuf, finals: &[Prepared]) -> Result<String> {
+    fn submit(&self, cli: PathBuf) -> Result<String> {
         let sweep = &self.sweep;
         let opts = SlurmOptions { cli, ..self.req.slurm.clone() };
         let queued = slurm::active(&slurm::queue_states(sweep));
         let mut todo = Vec::new();
         let (mut done, mut busy) = (0, 0);
-        for p in self.prepared.iter().chain(finals) {
-            match decide(sweep, p, &queued, false)? {
+        for p in self.to_run() {
+            match decide(sweep, &p, &queued, false)? {
                 Action::Skip => done += 1,
                 Action::Busy(_) => busy += 1,
-                a => todo.push((p.clone(), a)),
+                a => todo.push((p, a)),
             }
         }
         tracing::info!("sweep: {} to submit, {done} done, {busy} still with Slurm", todo.len());
@@ -252,12 +325,16 @@ impl PlannedSweep {
             let job = slurm::submit(sweep, &todo, &opts)?;
             let _ = writeln!(out, "submitted Slurm job array {job}: {} runs", todo.len());
         }
+        if let Some(h) = &self.halving {
+            let _ = writeln!(out, "{}", h.describe());
+        }
         if let Some(s) = &self.selection
             && !s.waiting.is_empty()
         {
+            let what = if self.halving.is_some() { "their next halving rung" } else { "their search runs" };
             let _ = writeln!(
                 out,
-                "{} final runs wait for their search runs; run this command again once those finish",
+                "{} final runs wait for {what}; run this command again once those finish",
                 s.waiting.len()
             );
         }
@@ -285,6 +362,55 @@ impl PlannedSweep {
                 tracing::info!("no final run for {}: {}", w.name, w.why);
             }
             outcome.absorb(local::run_local(sweep, &s.finals, &opts)?);
+        }
+        outcome.into_result(sweep)?;
+        Ok(String::new())
+    }
+}
+
+impl PlannedSweep {
+    /// `--search halving` on this machine: runs the rungs due, decides, and goes on until every
+    /// group has its last rung decided, then runs the finals. Each round is what a new call of
+    /// the command would do, so an interrupted halving sweep resumes where it stopped.
+    fn run_local_halving(&self, cli: PathBuf, mut plan: Plan) -> Result<String> {
+        let sweep = &self.sweep;
+        let sel = self.grid.select.as_ref().expect("halving is refused for grids without [select]");
+        let opts = LocalOptions {
+            cli,
+            workdir: self.req.root.clone(),
+            jobs: self.req.jobs.unwrap_or(self.req.devices.len().max(1)),
+            devices: self.req.devices.clone(),
+        };
+        let mut outcome = local::Outcome::default();
+        let mut last_due: Vec<(String, Option<u64>)> = Vec::new();
+        loop {
+            let h = halving::progress(sweep, &self.grid_name, &self.extra, &self.prepared, sel)?;
+            h.save(sweep)?;
+            plan.add(h.selection.finals.iter().map(|p| &p.spec));
+            write_json(&sweep.plan(), &plan)?;
+            write_configs(&h.selection.finals)?;
+            h.selection.save(sweep)?;
+            let due: Vec<(String, Option<u64>)> =
+                h.due.iter().map(|p| (p.spec.name.clone(), p.stop_after_epoch)).collect();
+            if due.is_empty() {
+                tracing::info!("{}", h.describe());
+                tracing::info!("\n==> final runs: per task, the setting that won the last rung");
+                outcome.absorb(local::run_local(sweep, &h.selection.finals, &opts)?);
+                break;
+            }
+            if due == last_due {
+                // nothing moved since the last round (runs busy elsewhere): leave it to them
+                tracing::info!("halving: {} runs are due but none could run here now", due.len());
+                break;
+            }
+            tracing::info!("\n==> {}", h.describe());
+            let round = local::run_local(sweep, &h.due, &opts)?;
+            let stop = round.interrupted || !round.failed.is_empty();
+            outcome.absorb(round);
+            if stop {
+                break;
+            }
+            last_due = due;
         }
         outcome.into_result(sweep)?;
         Ok(String::new())
@@ -340,6 +466,7 @@ mod tests {
             jobs: None,
             devices: Vec::new(),
             slurm: SlurmOptions { workdir: root, ..Default::default() },
+            search: SearchMode::Full,
         }
     }
 

@@ -15,6 +15,11 @@ pub struct Prepared {
     pub fingerprint: String,
     /// The settings a reader checks first (method, p, init, protocol, epochs).
     pub summary: String,
+    /// `train.epochs` of the resolved config.
+    pub epochs: u64,
+    /// Pause the run once this many epochs are done (a halving rung); not part of the config,
+    /// so the paused run keeps its fingerprint and resumes.
+    pub stop_after_epoch: Option<u64>,
 }
 
 /// Keys shown for each run of a plan, when the merged config has them: the method, its own key
@@ -50,6 +55,8 @@ pub fn prepare(
             text,
             fingerprint: config::fingerprint(&merged),
             summary,
+            epochs: cfg.train.epochs,
+            stop_after_epoch: None,
         });
     }
     Ok(out)

@@ -15,7 +15,8 @@ use std::fmt::Write as _;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunStatus {
     pub name: String,
-    /// pending, queued, running, interrupted, failed, done, or stale (config changed since).
+    /// pending, queued, running, interrupted, paused (a halving rung), failed, done, or stale
+    /// (config changed since).
     pub label: &'static str,
     pub detail: String,
 }
@@ -51,6 +52,7 @@ pub fn collect(sweep: &SweepDir, plan: &Plan, queue: &BTreeMap<String, String>) 
             // status.json still says running but no process is on it: killed without notice.
             (_, RunPhase::Running) => "interrupted",
             (_, RunPhase::Interrupted) => "interrupted",
+            (_, RunPhase::Paused) => "paused",
             (_, RunPhase::Failed) => "failed",
             (_, RunPhase::Pending) => "pending",
         };
@@ -60,6 +62,16 @@ pub fn collect(sweep: &SweepDir, plan: &Plan, queue: &BTreeMap<String, String>) 
             if let Some(a) = s.best_val_acc {
                 detail.push(format!("val {:.2}", 100.0 * a));
             }
+        }
+        if label == "paused"
+            && let Some(st) = layout.read_status().ok().flatten()
+        {
+            let score = layout.read_rungs().ok().and_then(|r| r.get(&st.epoch).map(|r| r.acc));
+            detail.push(format!(
+                "at epoch {}{}",
+                st.epoch,
+                score.map(|a| format!(", val {:.2}", 100.0 * a)).unwrap_or_default()
+            ));
         }
         if label != "pending" && !planned.point.is_empty() && planned.stage == Stage::Final {
             let p: Vec<String> = planned.point.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -29,6 +29,10 @@ pub enum TrainError {
     RunDir { path: PathBuf, message: String },
     #[error("interrupted at step {step}; a checkpoint was written to {checkpoint}")]
     Interrupted { step: u64, checkpoint: PathBuf },
+    /// Paused on request (`stop_after_epoch`) with a checkpoint: not a failure.
+    #[error("paused after epoch {epoch} of {epochs}{}; a checkpoint was written to {checkpoint}",
+        score.as_ref().map(|(split, acc)| format!(" ({split} accuracy {acc:.4})")).unwrap_or_default())]
+    Paused { epoch: u64, epochs: u64, score: Option<(String, f64)>, checkpoint: PathBuf },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
     /// A dataset problem (names the list file, line or image).

@@ -31,6 +31,11 @@ pub struct FinetuneArgs {
     /// testing resume deterministically.
     #[arg(long, value_name = "N", hide = true)]
     pub interrupt_at_step: Option<u64>,
+    /// Pause once N epochs are done: score the validation split into rungs.jsonl, write a
+    /// checkpoint and exit 0. The schedule stays the config's; `--resume` goes on as if there
+    /// had been no pause (successive halving's rungs: `cargo xtask sweep --search halving`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stop_after_epoch: Option<u64>,
 }
 
 const HOW_TO_START: &str = "\
@@ -63,6 +68,7 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
         progress: !args.no_progress,
         interrupt: Some(interrupt),
         interrupt_at_step: args.interrupt_at_step,
+        stop_after_epoch: args.stop_after_epoch,
     };
     let (run_dir, result) = match &args.resume {
         Some(dir) => (dir.clone(), trainer::resume(dir, &opts)),
@@ -96,6 +102,11 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
                 println!("selected epoch {e} on validation accuracy {v:.4}");
             }
             println!("test accuracy: {:.4}", s.test_acc);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ TrainError::Paused { .. }) => {
+            println!("run directory: {}", run_dir.display());
+            println!("{e}; continue with: mlae-cli finetune --resume {}", shell_word(&run_dir));
             Ok(ExitCode::SUCCESS)
         }
         Err(e @ TrainError::Interrupted { .. }) => {

@@ -154,11 +154,12 @@ impl RunDir {
 
     /// Appends one record to `metrics.jsonl` and syncs it to disk.
     pub fn append_metrics<T: Serialize>(&self, record: &T) -> Result<()> {
-        let path = self.metrics_path();
-        let mut f = OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
-        let line = serde_json::to_string(record).expect("metrics serialise");
-        writeln!(f, "{line}").map_err(io_err(&path))?;
-        f.sync_data().map_err(io_err(&path))
+        append_line(&self.metrics_path(), record)
+    }
+
+    /// Appends a pause's validation score to `rungs.jsonl`.
+    pub fn append_rung(&self, record: &super::RungScore) -> Result<()> {
+        append_line(&self.layout().rungs(), record)
     }
 
     /// Keeps only the metrics records for which `keep` holds (on resume, records written
@@ -214,6 +215,14 @@ fn busy_message(lock_path: &Path) -> String {
          and try again",
         lock_path.display()
     )
+}
+
+/// Appends one JSON line and syncs it, so that a line once written survives a crash.
+fn append_line<T: Serialize>(path: &Path, record: &T) -> Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(io_err(path))?;
+    let line = serde_json::to_string(record).expect("records serialise");
+    writeln!(f, "{line}").map_err(io_err(path))?;
+    f.sync_data().map_err(io_err(path))
 }
 
 /// The atomic write, with the path attached to an error.

@@ -8,11 +8,12 @@
 //! <run>/summary.json       written when the run ends (Summary)
 //! <run>/curves.png         loss / accuracy plot
 //! <run>/tb/                TensorBoard event files (one per process that trained the run)
-//! <run>/status.json        running | finished | failed | interrupted (Status)
+//! <run>/rungs.jsonl       the validation score at each pause (RungScore; halving reads it)
+//! <run>/status.json        running | finished | failed | interrupted | paused (Status)
 //! <run>/.lock              held by the process writing the run
 //! ```
 
-use super::records::{EpochMetrics, RunState, Status, Summary, WhichCheckpoint};
+use super::records::{EpochMetrics, RunState, RungScore, Status, Summary, WhichCheckpoint};
 use crate::config::ExperimentConfig;
 use crate::error::{FormatError, Result, io_err};
 use serde::de::DeserializeOwned;
@@ -29,6 +30,7 @@ impl RunLayout {
     pub const CONFIG: &'static str = "config.toml";
     pub const CONFIG_HASH: &'static str = "config.hash";
     pub const METRICS: &'static str = "metrics.jsonl";
+    pub const RUNGS: &'static str = "rungs.jsonl";
     pub const STATUS: &'static str = "status.json";
     pub const SUMMARY: &'static str = "summary.json";
     pub const CURVES: &'static str = "curves.png";
@@ -53,6 +55,9 @@ impl RunLayout {
     }
     pub fn metrics(&self) -> PathBuf {
         self.root.join(Self::METRICS)
+    }
+    pub fn rungs(&self) -> PathBuf {
+        self.root.join(Self::RUNGS)
     }
     pub fn status(&self) -> PathBuf {
         self.root.join(Self::STATUS)
@@ -114,6 +119,24 @@ impl RunLayout {
             .collect()
     }
 
+    /// The validation score recorded at each pause, by epoch (the last record of an epoch wins:
+    /// a run paused twice at the same epoch scored the same weights).
+    pub fn read_rungs(&self) -> Result<std::collections::BTreeMap<u64, RungScore>> {
+        let path = self.rungs();
+        let mut out = std::collections::BTreeMap::new();
+        if !path.exists() {
+            return Ok(out);
+        }
+        for (i, v) in read_jsonl(&path)?.into_iter().enumerate() {
+            let r: RungScore = serde_json::from_value(v).map_err(|e| FormatError::RunDir {
+                path: path.clone(),
+                message: format!("record {}: {e}", i + 1),
+            })?;
+            out.insert(r.epoch, r);
+        }
+        Ok(out)
+    }
+
     /// The resolved config stored in the run (`config.toml`). A run written with the flat
     /// `[adapter]` layout of older versions is upgraded (`AdapterSpec::from_stored`: the stored
     /// kind says what each old key meant), so old runs resume; a config a person writes fails
@@ -140,6 +163,7 @@ impl RunLayout {
             Some(RunState::Finished) if self.summary().is_file() => RunPhase::Done,
             Some(RunState::Running) => RunPhase::Running,
             Some(RunState::Interrupted) => RunPhase::Interrupted,
+            Some(RunState::Paused) => RunPhase::Paused,
             _ => RunPhase::Failed,
         }
     }
@@ -159,6 +183,8 @@ pub enum RunPhase {
     Running,
     /// Stopped by Ctrl-C / SIGTERM after writing a checkpoint.
     Interrupted,
+    /// Paused at the end of an epoch on purpose (a halving rung), with a checkpoint.
+    Paused,
     /// `failed`, or a directory without a readable status.
     Failed,
     /// `finished` with a `summary.json`.
@@ -204,11 +230,30 @@ mod tests {
         assert_eq!(l.config(), Path::new("/r/config.toml"));
         assert_eq!(l.config_hash(), Path::new("/r/config.hash"));
         assert_eq!(l.metrics(), Path::new("/r/metrics.jsonl"));
+        assert_eq!(l.rungs(), Path::new("/r/rungs.jsonl"));
         assert_eq!(l.status(), Path::new("/r/status.json"));
         assert_eq!(l.summary(), Path::new("/r/summary.json"));
         assert_eq!(l.curves(), Path::new("/r/curves.png"));
         assert_eq!(l.last_checkpoint(), Path::new("/r/checkpoints/last.safetensors"));
         assert_eq!(l.best_checkpoint(), Path::new("/r/checkpoints/best.safetensors"));
+    }
+
+    #[test]
+    fn rung_scores_are_read_by_epoch_the_last_record_winning() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = RunLayout::new(tmp.path());
+        assert!(l.read_rungs().unwrap().is_empty(), "no file: no rungs");
+        let line = |e: u64, acc: f64| {
+            format!(r#"{{"epoch":{e},"step":{},"split":"val200","acc":{acc},"loss":1.0}}"#, e * 13)
+        };
+        std::fs::write(l.rungs(), format!("{}\n{}\n{}\n", line(1, 0.5), line(3, 0.7), line(3, 0.75)))
+            .unwrap();
+        let r = l.read_rungs().unwrap();
+        assert_eq!(r.keys().copied().collect::<Vec<_>>(), [1, 3]);
+        assert_eq!((r[&1].acc, r[&3].acc, r[&3].step), (0.5, 0.75, 39));
+        std::fs::write(l.rungs(), "{\"epoch\":1}\n").unwrap();
+        let err = l.read_rungs().unwrap_err().to_string();
+        assert!(err.contains("rungs.jsonl") && err.contains("record 1"), "{err}");
     }
 
     #[test]
@@ -227,6 +272,8 @@ mod tests {
         assert_eq!(l.phase(), RunPhase::Done);
         std::fs::write(l.status(), r#"{"state":"interrupted","step":3,"epoch":1}"#).unwrap();
         assert_eq!(l.phase(), RunPhase::Interrupted);
+        std::fs::write(l.status(), r#"{"state":"paused","step":3,"epoch":1}"#).unwrap();
+        assert_eq!(l.phase(), RunPhase::Paused);
         std::fs::write(l.status(), "not json").unwrap();
         assert_eq!(l.phase(), RunPhase::Failed);
         assert!(l.read_status().unwrap_err().to_string().contains("status.json"));

@@ -7,4 +7,4 @@ mod records;
 
 pub use dir::{RunDir, config_hash, write_file};
 pub use layout::{RunLayout, RunPhase, read_jsonl};
-pub use records::{EpochMetrics, EvalResult, RunState, Status, Summary, WhichCheckpoint};
+pub use records::{EpochMetrics, EvalResult, RunState, RungScore, Status, Summary, WhichCheckpoint};

@@ -14,6 +14,9 @@ pub enum RunState {
     Finished,
     Failed,
     Interrupted,
+    /// Stopped on purpose at the end of an epoch (`--stop-after-epoch`, a halving rung), with
+    /// a checkpoint and a score on the validation split: resumable, not finished.
+    Paused,
 }
 
 /// `status.json`: rewritten at each epoch and when the run stops.
@@ -32,6 +35,20 @@ pub struct EvalResult {
     pub acc: f64,
     pub loss: f64,
     pub n: usize,
+}
+
+/// One line of `rungs.jsonl`: the validation score of a run paused at the end of `epoch`
+/// (successive halving ranks runs on it). Kept apart from `metrics.jsonl` so that pausing
+/// changes neither the run's epoch selection nor its results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RungScore {
+    /// Epochs completed when the run paused (1-based).
+    pub epoch: u64,
+    pub step: u64,
+    /// The split scored (the config's validation split).
+    pub split: String,
+    pub acc: f64,
+    pub loss: f64,
 }
 
 /// One line of `metrics.jsonl`, written after each epoch.

@@ -41,6 +41,11 @@ pub struct RunOptions {
     /// Behave as if interrupted once this many optimizer steps are done (counted from the
     /// start of the run, not of this process): a deterministic Ctrl-C for testing resume.
     pub interrupt_at_step: Option<u64>,
+    /// Pause once this many epochs are done (fewer than the config's): score the validation
+    /// split into `rungs.jsonl`, write `last` and stop with [`TrainError::Paused`]. The
+    /// schedule stays the config's, so a resume continues exactly as if there had been no
+    /// pause; successive halving trains its rungs this way.
+    pub stop_after_epoch: Option<u64>,
 }
 
 /// Starts a new run from a config.

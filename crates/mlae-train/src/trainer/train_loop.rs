@@ -63,6 +63,10 @@ impl Session {
         self.check_training = self.state.step == 0;
         // The stage in force; `None` makes the first step of this process apply its stage.
         let mut stage = None;
+        if self.pause_due(opts) {
+            // resumed at (or past) the requested pause: score and stop without training
+            return self.pause(&progress, wall_before);
+        }
 
         while self.state.epoch < t.epochs && self.state.step < max_steps {
             let epoch = self.state.epoch;
@@ -152,6 +156,9 @@ impl Session {
             if self.interrupted(opts) {
                 return self.stop_interrupted(&progress, wall_before + wall_start.elapsed().as_secs_f64());
             }
+            if self.pause_due(opts) {
+                return self.pause(&progress, wall_before + wall_start.elapsed().as_secs_f64());
+            }
         }
         progress.finish();
         self.state.wall_seconds = wall_before + wall_start.elapsed().as_secs_f64();
@@ -166,6 +173,46 @@ impl Session {
         let (step, epoch) = (self.state.step, self.state.epoch);
         self.run.write_status(&Status { state: RunState::Interrupted, step, epoch, message: None })?;
         Err(TrainError::Interrupted { step, checkpoint: self.run.last_checkpoint() })
+    }
+
+    /// Whether `stop_after_epoch` asks for a pause now: at an epoch boundary, at or past the
+    /// requested epoch, before the last epoch (a run at its end finishes instead).
+    fn pause_due(&self, opts: &RunOptions) -> bool {
+        opts.stop_after_epoch.is_some_and(|k| {
+            self.state.epoch >= k
+                && self.state.epoch < self.cfg.train.epochs
+                && self.state.batch_in_epoch == 0
+        })
+    }
+
+    /// Scores the validation split into `rungs.jsonl` (not into `metrics.jsonl`: the run's own
+    /// epoch selection and results stay those of an unpaused run), writes `last` and the
+    /// paused status. Evaluation draws no random numbers, so the resumed run is unchanged.
+    fn pause(&mut self, progress: &Progress, wall: f64) -> Result<Summary> {
+        progress.finish();
+        self.state.wall_seconds = wall;
+        let (step, epoch) = (self.state.step, self.state.epoch);
+        let split = self.cfg.val_split();
+        let mut score = None;
+        if let Some((_, set)) = self.evals.iter().find(|(name, _)| *name == split) {
+            let r = self.evaluator.evaluate(&self.model, set, None);
+            self.run.append_rung(&mlae_formats::RungScore {
+                epoch,
+                step,
+                split: split.clone(),
+                acc: r.acc,
+                loss: r.loss,
+            })?;
+            score = Some((split, r.acc));
+        }
+        self.save_checkpoint(&self.run.last_checkpoint())?;
+        self.run.write_status(&Status { state: RunState::Paused, step, epoch, message: None })?;
+        Err(TrainError::Paused {
+            epoch,
+            epochs: self.cfg.train.epochs,
+            score,
+            checkpoint: self.run.last_checkpoint(),
+        })
     }
 
     /// Marks the run failed on a NaN or infinity, naming what became non-finite and the last
