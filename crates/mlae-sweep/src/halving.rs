@@ -318,6 +318,7 @@ mod tests {
     fn the_schedule_pauses_at_thirds_of_thirds_and_keeps_a_third() {
         assert_eq!(rungs(9, 10), [1, 3, 10]);
         assert_eq!(rungs(36, 100), [4, 11, 33, 100]);
+        assert_eq!(rungs(36, 500), [19, 56, 167, 500]);
         assert_eq!(rungs(4, 10), [3, 10]);
         assert_eq!(rungs(3, 6), [2, 6]);
         assert_eq!(rungs(2, 10), [10], "fewer than 3 settings: no rung before the end");
@@ -331,8 +332,16 @@ mod tests {
     #[test]
     fn the_demo_search_grid_trains_under_a_quarter_of_the_full_grid() {
         // 9 settings x 10 epochs: 9 x 1 + 3 x (3 - 1) + 1 x (10 - 3) run-epochs
-        let r = rungs(9, 10);
-        let (mut m, mut prev, mut total) = (9u64, 0u64, 0u64);
+        let total = run_epochs(9, 10);
+        assert_eq!(total, 22);
+        assert!(90.0 / total as f64 > 4.0);
+        assert_eq!(run_epochs(36, 500), 1_905, "the VTAB-1k search grid: 36 x 500 = 18,000 in full");
+    }
+
+    /// Run-epochs a group of `n` settings trains under halving.
+    fn run_epochs(n: usize, epochs: u64) -> u64 {
+        let (mut m, mut prev, mut total) = (n as u64, 0, 0);
+        let r = rungs(n, epochs);
         for (i, e) in r.iter().enumerate() {
             total += m * (e - prev);
             prev = *e;
@@ -340,7 +349,6 @@ mod tests {
                 m = keep(m as usize) as u64;
             }
         }
-        assert_eq!(total, 22);
-        assert!(90.0 / total as f64 > 4.0);
+        total
     }
 }
