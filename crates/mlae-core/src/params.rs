@@ -134,6 +134,7 @@ pub fn layer_in_out(target: TargetLayer, dims: &ModelDims) -> (usize, usize) {
         TargetLayer::Proj => (dims.dim, dims.dim),
         TargetLayer::Fc1 => (dims.dim, dims.mlp_dim),
         TargetLayer::Fc2 => (dims.mlp_dim, dims.dim),
+        TargetLayer::Q | TargetLayer::K | TargetLayer::V => (dims.dim, dims.dim),
     }
 }
 

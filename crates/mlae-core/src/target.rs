@@ -23,18 +23,59 @@ pub enum TargetLayer {
     Fc1,
     /// The second MLP layer, mlp_dim -> dim.
     Fc2,
+    /// The query rows of the fused qkv (rows 0..dim of its weight), dim -> dim: an adapter of
+    /// its own on that slice, as if q were a separate linear layer (the lineage's "LoRA on q
+    /// and v" inside timm's fused qkv).
+    Q,
+    /// The key rows of the fused qkv (dim..2 dim).
+    K,
+    /// The value rows of the fused qkv (2 dim..3 dim).
+    V,
 }
 
-named_enum!(TargetLayer, "adapter.targets", { Qkv => "qkv", Proj => "proj", Fc1 => "fc1", Fc2 => "fc2" });
+named_enum!(TargetLayer, "adapter.targets", {
+    Qkv => "qkv", Proj => "proj", Fc1 => "fc1", Fc2 => "fc2", Q => "q", K => "k", V => "v"
+});
 
 impl TargetLayer {
+    /// The four whole linear layers of a block (every target but the q/k/v slices).
+    pub const WHOLE: &'static [TargetLayer] =
+        &[TargetLayer::Qkv, TargetLayer::Proj, TargetLayer::Fc1, TargetLayer::Fc2];
+
     /// The module path inside a timm block (`blocks.N.<path>`), as used by timm and PEFT keys.
+    /// For the q/k/v slices, a name beside the fused layer's (`attn.q`): timm has no such
+    /// module, the slice lives in [`TargetLayer::fused`].
     pub fn module_path(self) -> &'static str {
         match self {
             TargetLayer::Qkv => "attn.qkv",
             TargetLayer::Proj => "attn.proj",
             TargetLayer::Fc1 => "mlp.fc1",
             TargetLayer::Fc2 => "mlp.fc2",
+            TargetLayer::Q => "attn.q",
+            TargetLayer::K => "attn.k",
+            TargetLayer::V => "attn.v",
+        }
+    }
+
+    /// The linear layer of the block that holds this target: `qkv` for its slices, else itself.
+    ///
+    /// ```
+    /// use mlae_core::TargetLayer;
+    /// assert_eq!(TargetLayer::V.fused(), TargetLayer::Qkv);
+    /// assert_eq!(TargetLayer::V.qkv_slice(), Some(2));
+    /// assert_eq!(TargetLayer::Proj.fused(), TargetLayer::Proj);
+    /// ```
+    pub fn fused(self) -> TargetLayer {
+        if self.qkv_slice().is_some() { TargetLayer::Qkv } else { self }
+    }
+
+    /// Which third of the fused qkv's output rows a slice target adapts (q 0, k 1, v 2).
+    pub fn qkv_slice(self) -> Option<usize> {
+        match self {
+            TargetLayer::Q => Some(0),
+            TargetLayer::K => Some(1),
+            TargetLayer::V => Some(2),
+            _ => None,
         }
     }
 }
@@ -67,12 +108,20 @@ pub(crate) fn check_targets(targets: &[TargetLayer]) -> Result<(), SpecError> {
     if targets.is_empty() {
         return Err(SpecError::invalid(
             "adapter.targets",
-            "is empty; list at least one of qkv, proj, fc1, fc2",
+            "is empty; list at least one of qkv, proj, fc1, fc2 (or q, k, v: slices of qkv)",
         ));
     }
     for (i, t) in targets.iter().enumerate() {
         if targets[..i].contains(t) {
             return Err(SpecError::invalid("adapter.targets", format!("{t} is listed twice")));
+        }
+        if t.qkv_slice().is_some() && targets.contains(&TargetLayer::Qkv) {
+            return Err(SpecError::invalid(
+                "adapter.targets",
+                format!(
+                    "{t} is a slice of qkv, which is adapted whole too; list qkv or its slices (q, k, v)"
+                ),
+            ));
         }
     }
     Ok(())

@@ -1,15 +1,15 @@
 //! Writing and reading what a fine-tuning run produces: the adapter-only checkpoint, the merged
 //! model in timm's layout, and a PEFT LoRA adapter.
 
-use crate::adapter::ParamRole;
+use crate::adapter::{ParamRole, PeftLayer};
 use crate::config::VitConfig;
 use crate::error::{Result, VitError};
 use crate::model::AdaptedVit;
 use crate::tensor_io::{read_safetensors, write_safetensors};
-use mlae_core::{AdapterKind, AdapterSpec};
+use mlae_core::{AdapterKind, AdapterSpec, TargetLayer};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// Marks adapter checkpoints, so other safetensors files are rejected clearly.
 pub const ADAPTER_FORMAT: &str = "mlae-adapter/1";
@@ -141,7 +141,7 @@ impl AdaptedVit {
     fn merged_tensors(&self) -> Vec<(String, Tensor)> {
         let merged: HashMap<String, Tensor> = self
             .adapted_layers()
-            .filter_map(|l| Some((format!("{}.weight", l.adapter()?.site().name()), l.merged_weight())))
+            .map(|(id, l)| (format!("{}.weight", id.name()), l.merged_weight()))
             .collect();
         tch::no_grad(|| {
             let mut out: Vec<(String, Tensor)> = self
@@ -198,9 +198,28 @@ impl AdaptedVit {
         let mut tensors = Vec::new();
         let mut layers: Vec<(String, usize, f64)> = Vec::new();
         let mut fields = Vec::new();
+        let mut slices: Vec<(String, Vec<(TargetLayer, PeftLayer)>)> = Vec::new();
         for a in self.adapters() {
-            let name = a.site().name();
+            let site = a.site();
+            if site.target.qkv_slice().is_some() {
+                let fused = format!("blocks.{}.{}", site.block, TargetLayer::Qkv.module_path());
+                let layer = (site.target, a.peft_layer()?);
+                match slices.iter_mut().find(|(n, _)| *n == fused) {
+                    Some((_, v)) => v.push(layer),
+                    None => slices.push((fused, vec![layer])),
+                }
+                continue;
+            }
+            let name = site.name();
             let peft = a.peft_layer()?;
+            for (suffix, t) in peft.tensors {
+                tensors.push((format!("base_model.model.{name}.{suffix}"), t));
+            }
+            layers.push((name.clone(), peft.rank, peft.alpha));
+            fields.push((name, peft.config));
+        }
+        for (name, parts) in slices {
+            let peft = stack_qkv_slices(&name, parts, self.cfg.dim)?;
             for (suffix, t) in peft.tensors {
                 tensors.push((format!("base_model.model.{name}.{suffix}"), t));
             }
@@ -266,6 +285,45 @@ impl AdaptedVit {
         meta.insert("mlae_adapter_kind".to_string(), self.plan.kind().to_string());
         write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, meta)
     }
+}
+
+/// The q/k/v slice adapters of one fused qkv as ONE exact PEFT LoRA on `attn.qkv`: the slices'
+/// A stacked, `(sum r_i, in)`, and B block-diagonal, `(3 dim, sum r_i)`, slice i's B (times its
+/// scale alpha_i / r_i) in its rows and its own columns, zeros elsewhere; alpha = sum r_i, so
+/// PEFT's scale is 1. `x A^T B^T` then adds each slice's update to its rows only, as here. A
+/// kind that stores more than a plain LoRA (DoRA's magnitude) cannot be stacked so.
+fn stack_qkv_slices(name: &str, parts: Vec<(TargetLayer, PeftLayer)>, dim: i64) -> Result<PeftLayer> {
+    let total: usize = parts.iter().map(|(_, p)| p.rank).sum();
+    let mut a_rows = Vec::new();
+    let b = Tensor::zeros([3 * dim, total as i64], (Kind::Float, Device::Cpu));
+    let mut col = 0i64;
+    let mut config = serde_json::Map::new();
+    for (target, p) in parts {
+        let get = |key: &str| p.tensors.iter().find(|(k, _)| k == key).map(|(_, t)| t.shallow_clone());
+        let (Some(a), Some(bi), 2) = (get("lora_A.weight"), get("lora_B.weight"), p.tensors.len()) else {
+            let keys: Vec<&str> = p.tensors.iter().map(|(k, _)| k.as_str()).collect();
+            return Err(VitError::Config(format!(
+                "{name}: the adapter on the {target} slice stores {keys:?}; only plain low-rank slices \
+                 (lora, lora-dropout, mlae, dmlora) stack into one PEFT LoRA on the fused qkv. Export \
+                 the merged timm model instead (mlae-cli export --merged)"
+            )));
+        };
+        let r = p.rank as i64;
+        let first = target.qkv_slice().expect("a slice target") as i64 * dim;
+        let scale = p.alpha / p.rank as f64;
+        tch::no_grad(|| b.narrow(0, first, dim).narrow(1, col, r).copy_(&(bi.to_kind(Kind::Float) * scale)));
+        a_rows.push(a.to_kind(Kind::Float));
+        col += r;
+        for (k, v) in p.config {
+            config.insert(k, v);
+        }
+    }
+    Ok(PeftLayer {
+        tensors: vec![("lora_A.weight".into(), Tensor::cat(&a_rows, 0)), ("lora_B.weight".into(), b)],
+        rank: total,
+        alpha: total as f64,
+        config,
+    })
 }
 
 /// The `adapter_config.json` fields that the layers set (`(layer name, fields)`), which PEFT

@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 /// Every adapter kind on every target layer, with the kind's dropout on (so training-mode
 /// paths are exercised) and per-layer expert counts for MLAE.
 fn adapter_specs() -> Vec<AdapterSpec> {
-    let all = TargetLayer::ALL.to_vec();
+    let all = TargetLayer::WHOLE.to_vec();
     vec![
         AdapterSpec {
             kind: AdapterKind::Lora,
@@ -61,7 +61,63 @@ fn adapter_specs() -> Vec<AdapterSpec> {
             lora: LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.2, ..Default::default() },
             ..Default::default()
         },
+        // q and v as slices of the fused qkv (the lineage's LoRA placement), beside a whole layer
+        AdapterSpec {
+            kind: AdapterKind::Lora,
+            targets: vec![TargetLayer::Q, TargetLayer::V, TargetLayer::Fc1],
+            lora: LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.2, ..Default::default() },
+            ..Default::default()
+        },
+        AdapterSpec {
+            kind: AdapterKind::Mlae,
+            targets: vec![TargetLayer::V, TargetLayer::K, TargetLayer::Q],
+            mlae: MlaeSpec { experts: 4, expert_dropout: 0.5, coeff_init: 0.5, ..Default::default() },
+            ..Default::default()
+        },
+        AdapterSpec {
+            kind: AdapterKind::Dora,
+            targets: vec![TargetLayer::V],
+            lora: LoraSpec { rank: 4, alpha: Some(8.0), ..Default::default() },
+            ..Default::default()
+        },
     ]
+}
+
+/// A q/v slice adapter is an adapter on a separate q or v layer: its update lands in its rows
+/// of the fused qkv only, the k rows keep the frozen weight, and it merges exactly.
+#[test]
+fn slice_adapters_change_only_their_rows_of_qkv_and_merge_exactly() {
+    let _rng = rng_lock();
+    let spec = AdapterSpec {
+        kind: AdapterKind::Lora,
+        targets: vec![TargetLayer::Q, TargetLayer::V],
+        lora: LoraSpec { rank: 4, alpha: Some(8.0), ..Default::default() },
+        ..Default::default()
+    };
+    let mut m = tiny_model(&spec, 5);
+    randomize_trainable(&m, 6);
+    let x = input(2, 1);
+    let unmerged = m.forward_t(&x, &ForwardCtx::eval());
+    let w0 = m.tensor("blocks.1.attn.qkv.weight").unwrap().copy();
+    let d = w0.size()[1];
+    // the same update by hand: rows [0, d) get 2 B_q A_q, rows [2d, 3d) get 2 B_v A_v
+    let t = |n: &str| m.tensor(&format!("blocks.1.attn.{n}")).unwrap();
+    let dq = t("q.lora_B").mm(&t("q.lora_A")) * 2.0;
+    let dv = t("v.lora_B").mm(&t("v.lora_A")) * 2.0;
+    assert_eq!(t("q.lora_A").size(), [4, d]);
+    assert_eq!(t("v.lora_B").size(), [d, 4]);
+    m.merge().unwrap();
+    let w = m.tensor("blocks.1.attn.qkv.weight").unwrap();
+    assert_close("q rows", &w.narrow(0, 0, d), &(w0.narrow(0, 0, d) + dq), 1e-6);
+    assert!(w.narrow(0, d, d).equal(&w0.narrow(0, d, d)), "the k rows are untouched");
+    assert_close("v rows", &w.narrow(0, 2 * d, d), &(w0.narrow(0, 2 * d, d) + dv), 1e-6);
+    assert_close("merged logits", &m.forward_t(&x, &ForwardCtx::eval()), &unmerged, 1e-5);
+    m.unmerge().unwrap();
+    assert_close("unmerged weight", &m.tensor("blocks.1.attn.qkv.weight").unwrap(), &w0, 1e-6);
+    // qkv and one of its slices cannot both be adapted
+    let both = AdapterSpec { targets: vec![TargetLayer::Qkv, TargetLayer::V], ..Default::default() };
+    let err = both.resolve(2).unwrap_err().to_string();
+    assert!(err.contains("adapter.targets") && err.contains("slice of qkv"), "{err}");
 }
 
 fn input(batch: i64, seed: u64) -> Tensor {
@@ -175,12 +231,22 @@ fn merged_equals_unmerged_and_unmerge_restores_the_weights() {
         let mut m = tiny_model(&spec, 11);
         randomize_trainable(&m, 11);
         let unmerged = m.forward_t(&x, &ForwardCtx::eval());
-        let weights: Vec<(String, Tensor)> = m
+        // each adapted layer's weight (a q/k/v slice: its rows of the fused qkv's)
+        let rows = |t: Tensor, target: TargetLayer| match target.qkv_slice() {
+            Some(i) => {
+                let n = t.size()[0] / 3;
+                t.narrow(0, i as i64 * n, n)
+            }
+            None => t,
+        };
+        let fused_name = |l: &mlae_core::LayerSite| {
+            format!("blocks.{}.{}.weight", l.block, l.target.fused().module_path())
+        };
+        let weights: Vec<(mlae_core::LayerSite, Tensor)> = m
             .plan()
             .sites()
-            .iter()
-            .map(|l| format!("{}.weight", l.name()))
-            .map(|n| (n.clone(), m.tensor(&n).unwrap().copy()))
+            .into_iter()
+            .map(|l| (l, rows(m.tensor(&fused_name(&l)).unwrap(), l.target).copy()))
             .collect();
         m.merge().unwrap();
         assert!(m.is_merged());
@@ -207,9 +273,10 @@ fn merged_equals_unmerged_and_unmerge_restores_the_weights() {
         m.merge().unwrap();
         m.unmerge().unwrap();
         let mut worst = 0.0f64;
-        for (name, w) in &weights {
-            let now = m.tensor(name).unwrap();
-            let a = m.adapters().find(|a| format!("{}.weight", a.site().name()) == *name).unwrap();
+        for (site, w) in &weights {
+            let name = &site.name();
+            let now = rows(m.tensor(&fused_name(site)).unwrap(), site.target);
+            let a = m.adapter(site.block, site.target).unwrap();
             let err = (&now - w).abs();
             if spec.kind == AdapterKind::Dora {
                 // DoRA's unmerge divides by the merge's m/n, then subtracts: a few roundings

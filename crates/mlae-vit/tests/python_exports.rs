@@ -118,11 +118,33 @@ fn cases() -> Vec<Case> {
                 ..Default::default()
             },
         },
+        // q and v as slices of the fused qkv: PEFT gets one exact LoRA on attn.qkv (the
+        // slices' A stacked, B block-diagonal)
+        Case {
+            name: "lora-qv",
+            cfg: tiny_vit(32),
+            backbone: "tiny_vit.safetensors",
+            spec: AdapterSpec {
+                kind: AdapterKind::Lora,
+                targets: vec![TargetLayer::Q, TargetLayer::V, TargetLayer::Fc1],
+                lora: LoraSpec { rank: 4, alpha: Some(8.0), ..Default::default() },
+                ..Default::default()
+            },
+        },
+        Case {
+            name: "mlae-qkv-slices",
+            cfg: tiny_vit(32),
+            backbone: "tiny_vit.safetensors",
+            spec: AdapterSpec {
+                targets: vec![TargetLayer::V, TargetLayer::Q, TargetLayer::K],
+                ..Default::default()
+            },
+        },
         Case {
             name: "dinov2-mlae",
             cfg: tiny_dinov2(28),
             backbone: "tiny_dinov2.safetensors",
-            spec: AdapterSpec { targets: TargetLayer::ALL.to_vec(), ..Default::default() },
+            spec: AdapterSpec { targets: TargetLayer::WHOLE.to_vec(), ..Default::default() },
         },
         Case {
             name: "full",
@@ -194,7 +216,21 @@ fn timm_and_peft_reproduce_the_exports() {
         String::from_utf8_lossy(&out.stderr)
     );
     // every case was checked: merged for all, PEFT for the adapter kinds
-    assert_eq!(stdout.lines().filter(|l| l.contains("(ok,")).count(), 8 + 7, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.contains("(ok,")).count(), 10 + 9, "{stdout}");
+}
+
+#[test]
+fn a_dora_slice_cannot_go_to_peft_and_the_error_says_what_to_export() {
+    let spec = AdapterSpec {
+        kind: AdapterKind::Dora,
+        targets: vec![TargetLayer::V],
+        lora: LoraSpec { rank: 4, ..Default::default() },
+        ..Default::default()
+    };
+    let m = AdaptedVit::new(&tiny_vit(32), &spec, 3, Device::Cpu).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let err = m.export_peft(&tmp.path().join("peft")).unwrap_err().to_string();
+    assert!(err.contains("blocks.0.attn.qkv") && err.contains("v slice") && err.contains("merged"), "{err}");
 }
 
 #[test]

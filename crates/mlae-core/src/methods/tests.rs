@@ -268,6 +268,13 @@ fn common_checks() {
             ..Default::default()
         };
         assert!(err(twice, 12).to_string().contains("qkv is listed twice"));
+        let both = AdapterSpec {
+            kind: *kind,
+            targets: vec![TargetLayer::Q, TargetLayer::Qkv],
+            ..Default::default()
+        };
+        let e = err(both, 12);
+        assert!(e.field() == "adapter.targets" && e.to_string().contains("q is a slice of qkv"), "{e}");
     }
     assert_eq!(err(AdapterSpec::default(), 0).field(), "model.depth");
     assert_eq!(err(AdapterSpec { kind: AdapterKind::Full, ..Default::default() }, 0).field(), "model.depth");
@@ -339,9 +346,17 @@ fn counts_per_kind() {
         assert_eq!(count(spec).adapter, 295_008, "{pattern}");
     }
     // all four targets
-    let all = count(AdapterSpec { targets: TargetLayer::ALL.to_vec(), ..Default::default() });
+    let all = count(AdapterSpec { targets: TargetLayer::WHOLE.to_vec(), ..Default::default() });
     assert_eq!(all.adapter, 12 * 8 * ((768 + 2304 + 1) + (768 + 768 + 1) + 2 * (768 + 3072 + 1)));
     assert!(format!("{all}").starts_with("trainable "));
+    // q and v as slices of qkv: each a dim -> dim layer of its own
+    let qv = count(AdapterSpec {
+        kind: AdapterKind::Lora,
+        targets: vec![TargetLayer::Q, TargetLayer::V],
+        lora: LoraSpec { rank: 8, ..Default::default() },
+        ..Default::default()
+    });
+    assert_eq!(qv.adapter, 12 * 2 * 8 * (768 + 768));
 }
 
 #[test]

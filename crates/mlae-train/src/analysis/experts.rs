@@ -43,11 +43,9 @@ c_{i,t} = B_i^T diag(lambda_i) A_i x_t to the layer's output; the value is ||c_{
 (rank-1 experts: |lambda_i| |a_i . x_t| ||b_i||_2)";
 
 /// The adapted target used for `block` when none is asked for: the first of qkv, proj, fc1,
-/// fc2 that carries an adapter.
+/// fc2, q, k, v that carries an adapter.
 pub fn default_target(model: &AdaptedVit, block: usize) -> Option<TargetLayer> {
-    [TargetLayer::Qkv, TargetLayer::Proj, TargetLayer::Fc1, TargetLayer::Fc2]
-        .into_iter()
-        .find(|&t| model.adapter(block, t).is_some())
+    TargetLayer::ALL.iter().copied().find(|&t| model.adapter(block, t).is_some())
 }
 
 /// `||B_i^T diag(lambda_i) A_i x_t||_2` for every image, expert and patch token of `x`

@@ -101,21 +101,24 @@ macro_rules! block_tensors {
 pub(crate) use block_tensors;
 
 impl Block {
+    /// The linear layer holding `target` (the fused qkv for a q/k/v slice).
     pub(crate) fn linear(&self, target: TargetLayer) -> &AdaptedLinear {
-        match target {
+        match target.fused() {
             TargetLayer::Qkv => &self.qkv,
             TargetLayer::Proj => &self.proj,
             TargetLayer::Fc1 => &self.fc1,
             TargetLayer::Fc2 => &self.fc2,
+            TargetLayer::Q | TargetLayer::K | TargetLayer::V => unreachable!("fused() maps slices to qkv"),
         }
     }
 
     pub(crate) fn linear_mut(&mut self, target: TargetLayer) -> &mut AdaptedLinear {
-        match target {
+        match target.fused() {
             TargetLayer::Qkv => &mut self.qkv,
             TargetLayer::Proj => &mut self.proj,
             TargetLayer::Fc1 => &mut self.fc1,
             TargetLayer::Fc2 => &mut self.fc2,
+            TargetLayer::Q | TargetLayer::K | TargetLayer::V => unreachable!("fused() maps slices to qkv"),
         }
     }
 

@@ -200,24 +200,39 @@ impl AdaptedVit {
     /// The adapter on a linear layer, if any (A, B, coefficients through
     /// [`AdapterLayer::factors`]).
     pub fn adapter(&self, block: usize, target: TargetLayer) -> Option<&dyn AdapterLayer> {
-        self.linear(LayerId { block, target })?.adapter()
+        self.linear(LayerId { block, target })?.adapter_for(target)
     }
 
     /// Every adapter, in plan order.
     pub fn adapters(&self) -> impl Iterator<Item = &dyn AdapterLayer> {
-        self.adapted.iter().map(|&id| self.layer(id).adapter().expect("an adapted layer has an adapter"))
+        self.adapted
+            .iter()
+            .map(|&id| self.layer(id).adapter_for(id.target).expect("an adapted layer has an adapter"))
     }
 
     /// Tells every adapter that its frozen layer's weights were replaced (a loaded backbone).
     pub(crate) fn rebase_adapters(&mut self) {
-        for id in self.adapted.clone() {
+        for id in self.adapted_linears() {
             self.layer_mut(id).rebase();
         }
     }
 
-    /// Every adapted layer, in plan order.
-    pub(crate) fn adapted_layers(&self) -> impl Iterator<Item = &AdaptedLinear> {
-        self.adapted.iter().map(|&id| self.layer(id))
+    /// The linear layers that hold adapters, each once (q and v slices share the fused qkv),
+    /// in plan order.
+    fn adapted_linears(&self) -> Vec<LayerId> {
+        let mut out: Vec<LayerId> = Vec::new();
+        for id in &self.adapted {
+            let fused = LayerId { block: id.block, target: id.target.fused() };
+            if !out.contains(&fused) {
+                out.push(fused);
+            }
+        }
+        out
+    }
+
+    /// Every linear layer holding adapters, once each, with its id, in plan order.
+    pub(crate) fn adapted_layers(&self) -> impl Iterator<Item = (LayerId, &AdaptedLinear)> {
+        self.adapted_linears().into_iter().map(|id| (id, self.layer(id)))
     }
 
     /// Any tensor of the model by its name (`pos_embed`, `blocks.0.attn.qkv.weight`,
@@ -355,7 +370,8 @@ impl AdaptedVit {
                 self.backbone.blocks.len()
             )));
         }
-        let want = LayerId { block, target };
+        // a q/k/v slice reads the fused qkv's input
+        let want = LayerId { block, target: target.fused() };
         let mut input = None;
         tch::no_grad(|| {
             self.forward_with(x, &ForwardCtx::eval(), &mut |id, t| {
@@ -409,7 +425,7 @@ impl AdaptedVit {
         if self.is_merged() {
             return Err(VitError::Config("the adapters are already merged".into()));
         }
-        for id in self.adapted.clone() {
+        for id in self.adapted_linears() {
             self.layer_mut(id).merge()?;
         }
         Ok(())
@@ -422,7 +438,7 @@ impl AdaptedVit {
         if !self.is_merged() {
             return Err(VitError::Config("the adapters are not merged".into()));
         }
-        for id in self.adapted.clone() {
+        for id in self.adapted_linears() {
             if self.layer(id).is_merged() {
                 self.layer_mut(id).unmerge()?;
             }
