@@ -3,6 +3,7 @@
 use crate::error::{ReportError, Result, bail};
 use crate::extra::{masking_table, selection_table};
 use crate::flat::flat_tables;
+use crate::halving::{halving_tables, read_halving};
 use crate::published::Published;
 use crate::results::{RunResult, Table, collect};
 use crate::vtab::vtab_tables;
@@ -51,8 +52,13 @@ pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
                 record.benchmark
             );
         }
-        merge_rows(&mut results, collect(sweep, &mut notes)?, &other.grid);
-        grids.push(format!("`{}`", other.grid));
+        // a halving search's rows keep apart from a full search's of the same grid
+        let label = match read_halving(sweep)? {
+            Some(_) => format!("{}, halving", other.grid),
+            None => other.grid.clone(),
+        };
+        merge_rows(&mut results, collect(sweep, &mut notes)?, &label);
+        grids.push(format!("`{label}`"));
     }
     if results.is_empty() {
         let dirs: Vec<String> = sweeps.iter().map(|s| s.root.display().to_string()).collect();
@@ -93,6 +99,7 @@ pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
             selection_table(&chosen, &mut md);
         }
     }
+    halving_tables(sweeps, &mut md)?;
     if !notes.is_empty() {
         md.push_str("\n## Left out\n\n");
         for n in &notes {

@@ -6,13 +6,15 @@
 //! per-task mean over seeds ± the sample std, and the mean over tasks, with the val200
 //! accuracy too for runs that selected on val. Every number says which protocol produced it.
 //! Only runs of the sweep's plan count, and only while their config is the one they ran with;
-//! runs are read through mlae-formats' `Summary`.
+//! runs are read through mlae-formats' `Summary`. A sweep run with `--search halving` adds its
+//! rungs, the training it took, and, beside a full search of the same grid, both selections.
 
 mod build;
 mod cells;
 pub mod error;
 pub mod extra;
 pub mod flat;
+pub mod halving;
 pub mod published;
 pub mod results;
 pub mod vtab;
