@@ -23,7 +23,7 @@ use crate::dir::{RunRecord, SweepDir, read_json, write_json};
 use crate::error::{Result, SweepError, bail};
 use crate::grid::{self, Select, Stage};
 use crate::prepare::{Prepared, prepare};
-use crate::select::{Chosen, Selection, Waiting};
+use crate::select::{Chosen, Selection, Waiting, search_groups};
 use mlae_formats::RunPhase;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -136,24 +136,14 @@ pub fn progress(
     search: &[Prepared],
     sel: &Select,
 ) -> Result<Halving> {
-    type Key = (String, String, u64);
-    let mut groups: BTreeMap<Key, Vec<&Prepared>> = BTreeMap::new();
-    let mut order: Vec<Key> = Vec::new();
-    for p in search.iter().filter(|p| p.spec.stage == Stage::Search) {
-        let key = (p.spec.task.clone(), p.spec.variant.clone(), p.spec.seed);
-        if !groups.contains_key(&key) {
-            order.push(key.clone());
-        }
-        groups.entry(key).or_default().push(p);
-    }
     let mut out = Halving {
         groups: Vec::new(),
         due: Vec::new(),
         selection: Selection { finals: Vec::new(), waiting: Vec::new(), chosen: BTreeMap::new() },
     };
     let mut finals = Vec::new();
-    for key in order {
-        let members = &groups[&key];
+    for (key, members) in search_groups(search) {
+        let members = &members;
         let epochs = members[0].epochs;
         if let Some(p) = members.iter().find(|p| p.epochs != epochs) {
             bail!(
@@ -219,24 +209,7 @@ pub fn progress(
             if last {
                 let (best, value) = scores[0];
                 let spec = grid::final_run(&best.spec, sel.final_protocol);
-                out.selection.chosen.insert(
-                    spec.name.clone(),
-                    Chosen {
-                        task: key.0.clone(),
-                        variant: key.1.clone(),
-                        seed: key.2,
-                        metric: sel.metric.field().into(),
-                        selected: best.spec.name.clone(),
-                        point: best
-                            .spec
-                            .point
-                            .iter()
-                            .map(|(k, v)| (k.clone(), grid::value_text(v)))
-                            .collect(),
-                        value,
-                        candidates: scores.iter().map(|(p, v)| (p.spec.name.clone(), *v)).collect(),
-                    },
-                );
+                out.selection.chosen.insert(spec.name.clone(), Chosen::of(&key, sel, best, value, &scores));
                 finals.push(spec);
             }
         }

@@ -52,6 +52,44 @@ impl Selection {
     }
 }
 
+/// A search group: (task, variant, seed).
+pub(crate) type GroupKey = (String, String, u64);
+
+/// The search runs grouped by (task, variant, seed), groups and members in plan order.
+pub(crate) fn search_groups(search: &[Prepared]) -> Vec<(GroupKey, Vec<&Prepared>)> {
+    let mut groups: Vec<(GroupKey, Vec<&Prepared>)> = Vec::new();
+    for p in search.iter().filter(|p| p.spec.stage == Stage::Search) {
+        let key = (p.spec.task.clone(), p.spec.variant.clone(), p.spec.seed);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, members)) => members.push(p),
+            None => groups.push((key, vec![p])),
+        }
+    }
+    groups
+}
+
+impl Chosen {
+    /// The record of `best` (scored `value`) selected among `candidates` of group `key`.
+    pub(crate) fn of(
+        key: &GroupKey,
+        sel: &Select,
+        best: &Prepared,
+        value: f64,
+        candidates: &[(&Prepared, f64)],
+    ) -> Self {
+        Chosen {
+            task: key.0.clone(),
+            variant: key.1.clone(),
+            seed: key.2,
+            metric: sel.metric.field().into(),
+            selected: best.spec.name.clone(),
+            point: best.spec.point.iter().map(|(k, v)| (k.clone(), grid::value_text(v))).collect(),
+            value,
+            candidates: candidates.iter().map(|(p, v)| (p.spec.name.clone(), *v)).collect(),
+        }
+    }
+}
+
 /// For each (task, variant, seed): the search run with the highest validation accuracy (the
 /// first in grid order on a tie), as a final run. A group is selected only when all its
 /// search runs are done with their current config, so the choice cannot change later.
@@ -62,21 +100,11 @@ pub fn select(
     search: &[Prepared],
     sel: &Select,
 ) -> Result<Selection> {
-    type Key = (String, String, u64);
-    let mut groups: BTreeMap<Key, Vec<&Prepared>> = BTreeMap::new();
-    let mut order: Vec<Key> = Vec::new();
-    for p in search.iter().filter(|p| p.spec.stage == Stage::Search) {
-        let key = (p.spec.task.clone(), p.spec.variant.clone(), p.spec.seed);
-        if !groups.contains_key(&key) {
-            order.push(key.clone());
-        }
-        groups.entry(key).or_default().push(p);
-    }
     let mut finals = Vec::new();
     let mut waiting = Vec::new();
     let mut chosen = BTreeMap::new();
-    for key in order {
-        let members = &groups[&key];
+    for (key, members) in search_groups(search) {
+        let members = &members;
         let final_name = grid::run_name(&key.0, &key.1, &[], key.2, Stage::Final);
         let mut candidates = Vec::new();
         let mut missing = 0;
@@ -109,19 +137,7 @@ pub fn select(
         }
         let (best, value) = candidates.iter().fold(candidates[0], |b, c| if c.1 > b.1 { *c } else { b });
         let spec = grid::final_run(&best.spec, sel.final_protocol);
-        chosen.insert(
-            spec.name.clone(),
-            Chosen {
-                task: key.0.clone(),
-                variant: key.1.clone(),
-                seed: key.2,
-                metric: sel.metric.field().into(),
-                selected: best.spec.name.clone(),
-                point: best.spec.point.iter().map(|(k, v)| (k.clone(), grid::value_text(v))).collect(),
-                value,
-                candidates: candidates.iter().map(|(p, v)| (p.spec.name.clone(), *v)).collect(),
-            },
-        );
+        chosen.insert(spec.name.clone(), Chosen::of(&key, sel, best, value, &candidates));
         finals.push(spec);
     }
     Ok(Selection { finals: prepare(sweep, grid_name, extra, &finals)?, waiting, chosen })
