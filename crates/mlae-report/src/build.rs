@@ -40,7 +40,9 @@ pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
     let groups = bench.task_groups()?;
     let mut notes = Vec::new();
     let mut results = collect(first, &mut notes)?;
-    let mut grids = vec![format!("`{}`", record.grid)];
+    // each sweep's name in headings; a halving search's rows keep apart from a full search's
+    // of the same grid
+    let mut labels = vec![label(first, &record.grid)?];
     for sweep in &sweeps[1..] {
         let other = sweep.read_record()?;
         if other.benchmark != record.benchmark {
@@ -52,13 +54,9 @@ pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
                 record.benchmark
             );
         }
-        // a halving search's rows keep apart from a full search's of the same grid
-        let label = match read_halving(sweep)? {
-            Some(_) => format!("{}, halving", other.grid),
-            None => other.grid.clone(),
-        };
+        let label = label(sweep, &other.grid)?;
         merge_rows(&mut results, collect(sweep, &mut notes)?, &label);
-        grids.push(format!("`{label}`"));
+        labels.push(label);
     }
     if results.is_empty() {
         let dirs: Vec<String> = sweeps.iter().map(|s| s.root.display().to_string()).collect();
@@ -72,7 +70,7 @@ pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
          train800val200 (FGVC: train), accuracy after the last epoch; `val` = trained on train800, epoch \
          selected on val200; `selected on val` = the setting was chosen by validation accuracy in the search \
          stage. Rows marked **(published)** are figures printed in the MLAE paper, not measured here.\n\n",
-        grids.join(" + "),
+        labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(" + "),
         record.benchmark,
         sweeps.iter().map(|s| format!("`{}`", s.root.display())).collect::<Vec<_>>().join(", ")
     );
@@ -94,9 +92,9 @@ pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
     if record.grid == "ablation-masking" && bench == Benchmark::Vtab {
         masking_table(&table, &groups, &published.masking, &mut md);
     }
-    for sweep in sweeps {
+    for (sweep, label) in sweeps.iter().zip(&labels) {
         if let Some(chosen) = Selection::read_all(sweep)? {
-            selection_table(&chosen, &mut md);
+            selection_table(label, &chosen, read_halving(sweep)?.as_ref(), &mut md);
         }
     }
     halving_tables(sweeps, &mut md)?;
@@ -107,6 +105,14 @@ pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
         }
     }
     Ok(Report { markdown: md, csv, chart })
+}
+
+/// A sweep's name in the report: its grid, and `, halving` for a `--search halving` sweep.
+fn label(sweep: &SweepDir, grid: &str) -> Result<String> {
+    Ok(match read_halving(sweep)? {
+        Some(_) => format!("{grid}, halving"),
+        None => grid.to_string(),
+    })
 }
 
 /// Adds another sweep's results; a row name the table already has (each grid's `mlae`, say)
