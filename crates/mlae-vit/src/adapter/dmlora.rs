@@ -5,6 +5,7 @@ use super::stacked_delta;
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, cast, kaiming_a, param, repeat_rows};
 use crate::error::Result;
 use crate::init;
+use crate::linear::Linear;
 use crate::tensor_io::to_array2;
 use mlae_core::{AdapterKind, DmloraPlan, DmloraSpec, LayerSite, PeftLora};
 use tch::{Kind, Tensor};
@@ -58,7 +59,7 @@ impl AdapterLayer for DmloraLayer {
         self.site
     }
 
-    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+    fn forward(&self, _frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
         let kind = x.kind();
         let w = if ctx.train {
             mlae_core::dmlora::branch_weights(ctx.sampler, &self.spec, ctx.step, ctx.total_steps, ctx.layer)
@@ -69,7 +70,7 @@ impl AdapterLayer for DmloraLayer {
         base.addmm(&h, &cast(&self.b, kind))
     }
 
-    fn merged_delta(&self) -> Tensor {
+    fn merged_delta(&self, _w: &Tensor) -> Tensor {
         let w = mlae_core::dmlora::branch_weights_inference(self.spec.branches);
         let c = tch::no_grad(|| self.branch_coefficients(&w).to_kind(Kind::Float));
         stacked_delta(&self.a, &self.b, &c)

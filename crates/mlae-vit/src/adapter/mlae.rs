@@ -4,6 +4,7 @@ use super::stacked_delta;
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, cast, kaiming_a, param, repeat_rows};
 use crate::error::{Result, VitError};
 use crate::init;
+use crate::linear::Linear;
 use crate::tensor_io::{to_array1, to_array2};
 use mlae_core::{AdapterKind, LayerSite, MlaeLayerPlan, MlaePlan, PeftLora};
 use tch::{Kind, Tensor};
@@ -82,7 +83,7 @@ impl AdapterLayer for MlaeLayer {
         self.plan.site
     }
 
-    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+    fn forward(&self, _frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
         if ctx.train && self.plan.expert_dropout > 0.0 {
             let s =
                 ctx.sampler.layer_scales(ctx.step, ctx.layer, self.plan.experts, self.plan.expert_dropout);
@@ -92,7 +93,7 @@ impl AdapterLayer for MlaeLayer {
         }
     }
 
-    fn merged_delta(&self) -> Tensor {
+    fn merged_delta(&self, _w: &Tensor) -> Tensor {
         let c = tch::no_grad(|| repeat_rows(self.lambda.to_kind(Kind::Float), self.plan.expert_rank));
         stacked_delta(&self.a, &self.b, &c)
     }
