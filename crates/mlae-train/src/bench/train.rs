@@ -46,8 +46,9 @@ fn mem_now(device: Device, probe: &mut GpuMemProbe) -> f64 {
 /// What [`mem_now`] measures on `device`.
 pub fn mem_measure(device: Device) -> &'static str {
     if device.is_cuda() {
-        "peak device memory in use, sampled after every step through the CUDA driver (cuMemGetInfo: \
-         context + caching allocator), fresh process"
+        "peak device memory in use as the CUDA driver reports it (cuMemGetInfo, sampled after every \
+         step): the CUDA context, the caching allocator's whole reserve and any other process on the \
+         GPU, so an upper bound of what the tensors need; fresh process"
     } else {
         "peak resident set size of the process (VmHWM), fresh process"
     }
