@@ -55,23 +55,30 @@ impl TrainStep {
         let logits = model.forward_t(x, &ctx).to_kind(Kind::Float);
         let loss =
             logits.cross_entropy_loss::<Tensor>(y, None, tch::Reduction::Mean, -100, self.label_smoothing);
-        let loss_value = loss.double_value(&[]);
-        if !loss_value.is_finite() {
-            return Err(NonFinite { what: format!("the loss became non-finite ({loss_value})") });
-        }
         opt.zero_grad();
         loss.backward();
         if let Some(c) = self.grad_clip {
-            opt.clip_grad_norm(c);
+            opt.clip_grad_norm_(c);
         }
         opt.step(lrs);
-        // Every step: a NaN or infinity in a gradient, a parameter or a moment stops the run
-        // before anything non-finite can be checkpointed.
-        if let Some(what) = opt.first_non_finite() {
+        // One read per step, after the update: the loss, the accuracy count and whether every
+        // gradient, parameter and moment is finite, together. Every step checks, so a NaN or
+        // infinity stops the run before anything non-finite can be checkpointed.
+        let read = tch::no_grad(|| {
+            let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Float);
+            Tensor::stack(&[loss.detach(), correct, opt.all_finite().to_kind(Kind::Float)], 0)
+        });
+        let [loss_value, correct, finite] = mlae_vit::transfer::read_f64(&read)[..] else {
+            unreachable!("three values were stacked")
+        };
+        if !loss_value.is_finite() {
+            return Err(NonFinite { what: format!("the loss became non-finite ({loss_value})") });
+        }
+        if finite == 0.0 {
+            // the slow path names the tensor (more reads; the run stops here anyway)
+            let what = opt.first_non_finite().unwrap_or_else(|| "a trainable tensor".into());
             return Err(NonFinite { what: format!("{what} became non-finite") });
         }
-        let correct =
-            tch::no_grad(|| logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]));
         Ok(StepOutcome { loss: loss_value, correct: correct as u64 })
     }
 }
@@ -135,5 +142,67 @@ mod tests {
         for (seed, step) in [(0, 0), (7, 123), (u64::MAX, 1)] {
             assert_eq!(step_seed(seed, step), mix(seed, step) as i64 & i64::MAX);
         }
+    }
+
+    /// The step's host traffic, counted where it happens (`mlae_vit::transfer`): one read per
+    /// step (loss, accuracy and the finite flag together) and at most one upload (the forward's
+    /// table of mask scales or branch weights), for every adapter kind, with clipping on.
+    #[test]
+    fn a_step_reads_once_and_uploads_at_most_once_for_every_kind() {
+        use mlae_core::{AdapterKind, AdapterSpec, MlaeSpec, TargetLayer};
+        use mlae_vit::transfer::Transfers;
+        use mlae_vit::{Preset, VitConfig};
+        use tch::Device;
+        let mut vit = VitConfig::from_preset(Preset::VitTi16, 16, 5);
+        (vit.patch_size, vit.dim, vit.depth, vit.heads, vit.mlp_dim) = (8, 32, 2, 2, 64);
+        for kind in [
+            AdapterKind::Lora,
+            AdapterKind::LoraDropout,
+            AdapterKind::Mlae,
+            AdapterKind::Dmlora,
+            AdapterKind::Dora,
+            AdapterKind::LinearProbe,
+            AdapterKind::Full,
+        ] {
+            let spec = AdapterSpec {
+                kind,
+                targets: vec![TargetLayer::Qkv, TargetLayer::Fc1],
+                mlae: MlaeSpec { experts: 4, expert_dropout: 0.5, ..Default::default() },
+                ..Default::default()
+            };
+            let model = AdaptedVit::new(&vit, &spec, 3, Device::Cpu).unwrap();
+            let mut optim = param_groups(&model, 1e-4);
+            let lrs = vec![1e-3; optim.group_roles.len()];
+            let step = TrainStep { seed: 0, label_smoothing: 0.1, grad_clip: Some(1.0) };
+            tch::manual_seed(1);
+            let x = Tensor::randn([4, 3, 16, 16], (Kind::Float, Device::Cpu));
+            let y = Tensor::from_slice(&[0i64, 1, 2, 3]);
+            for s in 0..3 {
+                let before = Transfers::now();
+                let out = step.run(&model, &mut optim.opt, (&x, &y), ForwardCtx::train(s, 3), &lrs).unwrap();
+                let t = Transfers::now().since(before);
+                assert!(out.loss.is_finite() && out.correct <= 4, "{kind}");
+                assert_eq!(t.reads, 1, "{kind}, step {s}: host reads");
+                assert!(t.uploads <= 1, "{kind}, step {s}: {} uploads", t.uploads);
+            }
+        }
+    }
+
+    /// A NaN is still caught and named, now from the one read.
+    #[test]
+    fn a_non_finite_step_still_names_what_went_non_finite() {
+        use mlae_core::AdapterSpec;
+        use mlae_vit::{Preset, VitConfig};
+        use tch::Device;
+        let mut vit = VitConfig::from_preset(Preset::VitTi16, 16, 5);
+        (vit.patch_size, vit.dim, vit.depth, vit.heads, vit.mlp_dim) = (8, 32, 2, 2, 64);
+        let model = AdaptedVit::new(&vit, &AdapterSpec::default(), 3, Device::Cpu).unwrap();
+        let mut optim = param_groups(&model, 0.0);
+        let lrs = vec![1e-3; optim.group_roles.len()];
+        let step = TrainStep { seed: 0, label_smoothing: 0.0, grad_clip: None };
+        let x = Tensor::full([2, 3, 16, 16], f64::NAN, (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1]);
+        let err = step.run(&model, &mut optim.opt, (&x, &y), ForwardCtx::train(0, 1), &lrs).unwrap_err();
+        assert!(err.what.contains("the loss became non-finite"), "{}", err.what);
     }
 }

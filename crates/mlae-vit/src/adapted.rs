@@ -4,7 +4,7 @@
 //! ([`AdapterLayer::forward`]), so it never needs to know which kind it holds.
 
 use crate::adapter::AdapterLayer;
-use crate::ctx::{AdapterCtx, ForwardCtx};
+use crate::ctx::{AdapterCtx, ForwardCtx, StepWeights};
 use crate::error::{Result, VitError};
 use crate::linear::Linear;
 use tch::{Kind, Tensor};
@@ -36,6 +36,32 @@ impl AdaptedLinear {
     /// The frozen layer.
     pub fn base(&self) -> &Linear {
         &self.base
+    }
+
+    /// What every adapter of this layer draws on the host for the forward `ctx`, by plan index
+    /// (see [`StepWeights`]).
+    pub(crate) fn step_weights(
+        &self,
+        ctx: &ForwardCtx,
+        sampler: &mlae_core::MaskSampler,
+    ) -> Vec<(usize, Option<Vec<f32>>)> {
+        if self.merged {
+            return Vec::new();
+        }
+        self.adapters
+            .iter()
+            .map(|a| {
+                let actx = AdapterCtx {
+                    train: ctx.train,
+                    step: ctx.step,
+                    total_steps: ctx.total_steps,
+                    layer: a.index,
+                    sampler,
+                    weights: None,
+                };
+                (a.index, a.layer.step_weights(&actx))
+            })
+            .collect()
     }
 
     /// The adapter on the whole layer, or else the first slice adapter, if the plan puts one here.
@@ -99,6 +125,7 @@ impl AdaptedLinear {
         kind: Kind,
         ctx: &ForwardCtx,
         sampler: &mlae_core::MaskSampler,
+        weights: Option<&StepWeights>,
     ) -> Tensor {
         if self.merged || self.adapters.is_empty() {
             return self.base.forward(x, kind);
@@ -113,6 +140,7 @@ impl AdaptedLinear {
                 total_steps: ctx.total_steps,
                 layer: a.index,
                 sampler,
+                weights: weights.and_then(|w| w.get(a.index)),
             };
             let frozen = self.frozen_for(a.rows);
             y = match a.rows {

@@ -3,6 +3,7 @@
 //! none of them imports another to get it.
 
 use mlae_core::MaskSampler;
+use tch::{Device, Tensor};
 
 /// What a forward pass needs to know: training or inference, and the step clock that masks,
 /// DMLoRA's schedule and nothing else read. Dropout and drop-path draw from libtorch's RNG,
@@ -40,4 +41,46 @@ pub struct AdapterCtx<'a> {
     pub layer: usize,
     /// The run's mask sampler.
     pub sampler: &'a MaskSampler,
+    /// This layer's row of the forward's [`StepWeights`] (what its
+    /// [`crate::AdapterLayer::step_weights`] gave, already on the device), when the model
+    /// built one; an adapter run on its own (`None`) computes and uploads its own.
+    pub weights: Option<&'a Tensor>,
+}
+
+/// The per-layer weights that adapters draw on the host for one forward pass (MLAE's expert
+/// mask scales, DMLoRA's branch weights), uploaded together: one host-to-device copy per
+/// forward instead of one per adapted layer (each of which would stall a CUDA stream).
+#[derive(Debug)]
+pub struct StepWeights {
+    /// A view of the uploaded table per plan layer, `None` for a layer that asked for none.
+    rows: Vec<Option<Tensor>>,
+}
+
+impl StepWeights {
+    /// Uploads `per_layer` (by plan index) to `device` in one copy; `None` when no layer has
+    /// any.
+    pub fn upload(per_layer: Vec<Option<Vec<f32>>>, device: Device) -> Option<StepWeights> {
+        if per_layer.iter().all(Option::is_none) {
+            return None;
+        }
+        let flat: Vec<f32> = per_layer.iter().flatten().flatten().copied().collect();
+        let table = crate::transfer::upload_f32(&flat, device);
+        let mut offset = 0i64;
+        let rows = per_layer
+            .iter()
+            .map(|w| {
+                w.as_ref().map(|w| {
+                    let row = table.narrow(0, offset, w.len() as i64);
+                    offset += w.len() as i64;
+                    row
+                })
+            })
+            .collect();
+        Some(StepWeights { rows })
+    }
+
+    /// The row of plan layer `layer`, if it has one.
+    pub fn get(&self, layer: usize) -> Option<&Tensor> {
+        self.rows.get(layer).and_then(Option::as_ref)
+    }
 }

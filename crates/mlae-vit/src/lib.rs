@@ -27,6 +27,7 @@ pub mod model;
 pub mod pos_embed;
 pub mod runtime;
 pub mod tensor_io;
+pub mod transfer;
 
 pub use adapted::AdaptedLinear;
 pub use adapter::{
@@ -34,7 +35,7 @@ pub use adapter::{
     PeftLayer,
 };
 pub use config::{Preset, VitConfig};
-pub use ctx::ForwardCtx;
+pub use ctx::{ForwardCtx, StepWeights};
 pub use error::{Result, VitError};
 pub use import::{CheckpointFormat, StateDict, infer_format, read_checkpoint};
 pub use linear::Linear;

@@ -83,7 +83,7 @@ fn dmlora_is_the_scaled_weighted_sum_of_its_branches() {
                 let (ak, bk) = (am.narrow(0, 2 * k as i64, 2), bm.narrow(0, 2 * k as i64, 2));
                 want += x.mm(&ak.tr()).mm(&bk) * (s * wk as f64);
             }
-            let ctx = AdapterCtx { train, step, total_steps: 100, layer, sampler: &sampler };
+            let ctx = AdapterCtx { train, step, total_steps: 100, layer, sampler: &sampler, weights: None };
             let got = a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx);
             assert!(max_abs_diff(&got, &want) < 1e-5, "step {step}, train {train}");
         }
@@ -117,7 +117,8 @@ fn mlae_merge_and_export_agree_with_mlae_core() {
     // inference = base + x dW^T
     let (x, base) = qkv_input();
     let sampler = MaskSampler::new(m.seed());
-    let ctx = AdapterCtx { train: false, step: 0, total_steps: 1, layer: 1, sampler: &sampler };
+    let ctx =
+        AdapterCtx { train: false, step: 0, total_steps: 1, layer: 1, sampler: &sampler, weights: None };
     let got = a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx);
     assert!(max_abs_diff(&got, &(&base + x.mm(&tensor2(&want).tr()))) < 1e-5);
 }
@@ -138,7 +139,8 @@ fn lora_kinds_place_their_dropout_where_they_say() {
         let (am, bm) = (param(a, "lora_A"), param(a, "lora_B"));
         assert_eq!((am.size(), bm.size()), (vec![4, 32], vec![96, 4]));
         let scale = 0.5; // alpha / r
-        let ctx = |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 1, sampler: &sampler };
+        let ctx =
+            |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 1, sampler: &sampler, weights: None };
         // eval: no dropout anywhere
         let want = &base + x.mm(&am.tr()).mm(&bm.tr()) * scale;
         assert!(max_abs_diff(&a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx(false)), &want) < 1e-5);
@@ -176,7 +178,8 @@ fn the_matrix_reading_drops_elements_of_dw_shared_by_the_batch() {
     let m = adapted(&spec);
     let a = m.adapter(1, TargetLayer::Qkv).unwrap();
     let dw = qkv1_delta(&m); // (96, 32)
-    let ctx = |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 1, sampler: &sampler };
+    let ctx =
+        |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 1, sampler: &sampler, weights: None };
     // x = the identity, twice: each row reads one column of the (dropped) dW
     let eye = Tensor::eye(32, (Kind::Float, Device::Cpu));
     let x = Tensor::cat(&[&eye, &eye], 0);

@@ -282,7 +282,8 @@ fn dora_kind_layer_with_input_dropout_follows_peft() {
     let x2 = f["layer.x"].flatten(0, 1);
     let base = x2.linear(&w, Some(&bias));
     let sampler = MaskSampler::new(0);
-    let ctx = |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 0, sampler: &sampler };
+    let ctx =
+        |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 0, sampler: &sampler, weights: None };
     tch::manual_seed(11);
     let y = layer.forward(frozen, &x2, base.shallow_clone(), &ctx(true));
     tch::manual_seed(11);

@@ -205,7 +205,8 @@ fn the_model_uses_the_mask_samplers_scales_in_training_and_none_at_eval() {
     let sampler = MaskSampler::new(42);
     let mut differs = false;
     for step in 0..8 {
-        let ctx = AdapterCtx { train: true, step, total_steps: 8, layer: 3, sampler: &sampler };
+        let ctx =
+            AdapterCtx { train: true, step, total_steps: 8, layer: 3, sampler: &sampler, weights: None };
         let got = layer.forward(&frozen, &x2, base.shallow_clone(), &ctx);
         let scales = sampler.layer_scales(step, 3, 3, 0.5);
         let want = layer.forward_with_scales(&x2, base.shallow_clone(), Some(&scales));
@@ -213,7 +214,8 @@ fn the_model_uses_the_mask_samplers_scales_in_training_and_none_at_eval() {
         differs |= scales != [2.0, 2.0, 2.0];
     }
     assert!(differs, "p = 0.5 must drop some expert in 8 steps");
-    let ctx = AdapterCtx { train: false, step: 3, total_steps: 8, layer: 3, sampler: &sampler };
+    let ctx =
+        AdapterCtx { train: false, step: 3, total_steps: 8, layer: 3, sampler: &sampler, weights: None };
     let eval = layer.forward(&frozen, &x2, base.shallow_clone(), &ctx);
     assert!(eval.equal(&layer.forward_with_scales(&x2, base, None)));
 }

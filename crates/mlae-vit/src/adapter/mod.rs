@@ -98,6 +98,14 @@ pub trait AdapterLayer: Send {
     /// are cast, so gradients reach them). Most kinds read `x` and `base` only; one whose
     /// update reads the frozen weight (DoRA's weight norm) reads `frozen`.
     fn forward(&self, frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor;
+    /// The weights this layer draws on the host for the forward `ctx` describes (MLAE's
+    /// expert mask scales, DMLoRA's branch weights), or `None`. The model gathers every
+    /// layer's into one upload per forward ([`crate::ctx::StepWeights`]) and hands each its
+    /// row as [`AdapterCtx::weights`].
+    fn step_weights(&self, ctx: &AdapterCtx<'_>) -> Option<Vec<f32>> {
+        let _ = ctx;
+        None
+    }
     /// Called when the frozen layer under this adapter is set or its weights replaced (on
     /// attach, and after a backbone checkpoint is loaded; before any saved adapter tensors are
     /// restored). A kind whose parameters start from the frozen weight (DoRA's magnitude)

@@ -3,7 +3,7 @@
 
 use crate::adapted::AdaptedLinear;
 use crate::config::VitConfig;
-use crate::ctx::ForwardCtx;
+use crate::ctx::{ForwardCtx, StepWeights};
 use crate::linear::cast;
 use mlae_core::{LayerSite, MaskSampler, TargetLayer};
 use std::ops::ControlFlow;
@@ -29,6 +29,8 @@ pub(crate) struct Pass<'a> {
     /// The kind the pass computes in.
     pub kind: Kind,
     pub sampler: &'a MaskSampler,
+    /// The forward's host-drawn adapter weights, uploaded once.
+    pub weights: Option<&'a StepWeights>,
 }
 
 pub(crate) struct Norm {
@@ -111,7 +113,7 @@ impl Block {
         hook: &mut LayerHook<'_>,
     ) -> ControlFlow<(), Tensor> {
         hook(LayerSite { block: self.index, target }, x)?;
-        ControlFlow::Continue(self.linear(target).forward(x, pass.kind, pass.ctx, pass.sampler))
+        ControlFlow::Continue(self.linear(target).forward(x, pass.kind, pass.ctx, pass.sampler, pass.weights))
     }
 
     /// The block on tokens `x: (batch, tokens, dim)`. With [`Rows::ClassToken`] it returns

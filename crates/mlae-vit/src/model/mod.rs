@@ -17,7 +17,7 @@ pub use block::LayerHook;
 use crate::adapted::AdaptedLinear;
 use crate::adapter::{self, AdapterLayer, ParamRole};
 use crate::config::VitConfig;
-use crate::ctx::ForwardCtx;
+use crate::ctx::{ForwardCtx, StepWeights};
 use crate::error::{Result, VitError};
 use crate::linear::{Linear, cast};
 use crate::pos_embed::{PosResize, resample_pos_embed};
@@ -325,7 +325,8 @@ impl AdaptedVit {
     ) -> Result<ControlFlow<(), Tensor>> {
         let mut h = self.embed(x)?;
         let kind = self.compute_kind;
-        let pass = Pass { cfg: &self.cfg, ctx, kind, sampler: &self.sampler };
+        let weights = self.step_weights(ctx);
+        let pass = Pass { cfg: &self.cfg, ctx, kind, sampler: &self.sampler, weights: weights.as_ref() };
         let depth = self.backbone.blocks.len();
         for blk in &self.backbone.blocks {
             // Only the class token leaves the last block: there, the other tokens serve as
@@ -339,6 +340,17 @@ impl AdaptedVit {
         // The final norm is per token, so normalising only the class token is timm's result.
         let cls = self.backbone.norm.forward(&h.select(1, 0), self.cfg.eps, kind);
         Ok(ControlFlow::Continue(self.head.forward(&cls, kind).to_kind(Kind::Float)))
+    }
+
+    /// Every adapter's host-drawn weights for the forward `ctx`, in one upload.
+    fn step_weights(&self, ctx: &ForwardCtx) -> Option<StepWeights> {
+        let mut per_layer: Vec<Option<Vec<f32>>> = vec![None; self.adapted.len()];
+        for (_, layer) in self.adapted_layers() {
+            for (index, w) in layer.step_weights(ctx, &self.sampler) {
+                per_layer[index] = w;
+            }
+        }
+        StepWeights::upload(per_layer, self.device)
     }
 
     /// The input of one linear layer (`(batch, tokens, in)`, f32, no grad) at inference, for
