@@ -103,6 +103,12 @@ impl LayerSite {
     }
 }
 
+impl std::fmt::Display for LayerSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
 /// Checks `adapter.targets` for a method that adapts layers: not empty, no repeats.
 pub(crate) fn check_targets(targets: &[TargetLayer]) -> Result<(), SpecError> {
     if targets.is_empty() {

@@ -4,6 +4,7 @@
 
 use crate::error::{Result, TrainError};
 use crate::rundir::write_file;
+use mlae_vit::AdaptedVit;
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
@@ -90,6 +91,29 @@ fn to_bytes(t: &Tensor) -> Option<(Dtype, Vec<u8>)> {
     let mut bytes = vec![0u8; n];
     t.copy_data_u8(&mut bytes, t.numel());
     Some((dtype, bytes))
+}
+
+/// Copies a checkpoint's `model.*` tensors into the model's trainable parameters; a missing
+/// parameter or a shape mismatch is an error naming both.
+pub fn copy_params(model: &AdaptedVit, loaded: &Loaded, path: &Path) -> Result<()> {
+    let err = |message: String| TrainError::Checkpoint { path: path.to_path_buf(), message };
+    tch::no_grad(|| {
+        for (name, mut t, _) in model.trainable() {
+            let src = loaded
+                .tensors
+                .get(&format!("model.{name}"))
+                .ok_or_else(|| err(format!("parameter {name} is missing")))?;
+            if src.size() != t.size() {
+                return Err(err(format!(
+                    "parameter {name} has shape {:?}, the model has {:?}",
+                    src.size(),
+                    t.size()
+                )));
+            }
+            t.copy_(src);
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

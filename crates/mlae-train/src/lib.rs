@@ -19,6 +19,8 @@ pub mod plot;
 pub mod progress;
 pub mod rundir;
 pub mod schedule;
+pub mod setup;
+pub mod step;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

@@ -9,6 +9,15 @@
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
+/// How [`AdamW::first_non_finite`] names each of a parameter's tensors (before and after its
+/// name).
+const NON_FINITE_WHAT: [(&str, &str); 4] = [
+    ("the gradient of", ""),
+    ("the parameter", " itself"),
+    ("the optimizer's first moment (exp_avg) of", ""),
+    ("the optimizer's second moment (exp_avg_sq) of", ""),
+];
+
 /// Hyper-parameters shared by every group.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -112,6 +121,14 @@ impl AdamW {
     /// process and not in another (a run resumed after DMLoRA's stage switch has none), and
     /// the norm could differ in its last bits.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+        self.clip_grad_norm_(max_norm).map_or(0.0, |t| mlae_vit::transfer::read_f64(&t)[0])
+    }
+
+    /// [`AdamW::clip_grad_norm`] without reading anything back: the norm stays on the device
+    /// (`None` when no gradient is being trained) and the gradients are scaled by
+    /// `min(1, max_norm / (norm + 1e-6))` there, as PyTorch's `clip_grad_norm_` does (a
+    /// non-finite norm makes the gradients non-finite, which the step's finite check reports).
+    pub fn clip_grad_norm_(&mut self, max_norm: f64) -> Option<Tensor> {
         let grads: Vec<Tensor> = self
             .params
             .iter()
@@ -120,21 +137,19 @@ impl AdamW {
             .filter(|g| g.defined())
             .collect();
         if grads.is_empty() {
-            return 0.0;
+            return None;
         }
-        let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
-        let total = Tensor::stack(&norms, 0).norm().double_value(&[]);
-        if max_norm > 0.0 && total.is_finite() {
-            let coef = max_norm / (total + 1e-6);
-            if coef < 1.0 {
-                tch::no_grad(|| {
-                    for mut g in grads {
-                        let _ = g.g_mul_scalar_(coef);
-                    }
-                });
+        tch::no_grad(|| {
+            let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
+            let total = Tensor::stack(&norms, 0).norm();
+            if max_norm > 0.0 {
+                let coef = ((&total + 1e-6).reciprocal() * max_norm).clamp_max(1.0);
+                for mut g in grads {
+                    let _ = g.g_mul_(&coef.to_kind(g.kind()));
+                }
             }
-        }
-        total
+            Some(total)
+        })
     }
 
     /// One update; `lrs[g]` is the learning rate of group `g` for this step.
@@ -173,13 +188,33 @@ impl AdamW {
     /// updates are zero. Cost: one elementwise pass over each of those tensors and one
     /// device sync; the search for the name runs only on failure.
     pub fn first_non_finite(&self) -> Option<String> {
-        // (parameter, which of its tensors, the tensor); described only on failure
-        const WHAT: [(&str, &str); 4] = [
-            ("the gradient of", ""),
-            ("the parameter", " itself"),
-            ("the optimizer's first moment (exp_avg) of", ""),
-            ("the optimizer's second moment (exp_avg_sq) of", ""),
-        ];
+        let checks = self.finite_checks();
+        if checks.is_empty() {
+            return None;
+        }
+        let flags = tch::no_grad(|| {
+            let all: Vec<Tensor> = checks.iter().map(|(_, _, t)| t.isfinite().all()).collect();
+            Tensor::stack(&all, 0)
+        });
+        let ok: Vec<bool> = mlae_vit::transfer::read_f64(&flags).into_iter().map(|v| v != 0.0).collect();
+        let (name, what, _) = checks.iter().zip(ok).find(|(_, ok)| !ok)?.0;
+        let (before, after) = NON_FINITE_WHAT[*what];
+        Some(format!("{before} {name}{after}"))
+    }
+
+    /// Whether every tensor [`AdamW::first_non_finite`] looks at is finite, as a boolean
+    /// scalar left on the device (the step reads it with its loss, in one read).
+    pub fn all_finite(&self) -> Tensor {
+        let checks = self.finite_checks();
+        tch::no_grad(|| {
+            let all: Vec<Tensor> = checks.iter().map(|(_, _, t)| t.isfinite().all()).collect();
+            if all.is_empty() { Tensor::from(true) } else { Tensor::stack(&all, 0).all() }
+        })
+    }
+
+    /// (parameter name, which of its tensors, the tensor) for every tensor of the trainable
+    /// state: gradient (when defined), parameter, both moments; frozen parameters left out.
+    fn finite_checks(&self) -> Vec<(&str, usize, Tensor)> {
         let mut checks: Vec<(&str, usize, Tensor)> = Vec::new();
         for p in self.params.iter().filter(|p| !p.frozen) {
             let grad = p.tensor.grad();
@@ -190,20 +225,7 @@ impl AdamW {
             checks.push((&p.name, 2, p.exp_avg.shallow_clone()));
             checks.push((&p.name, 3, p.exp_avg_sq.shallow_clone()));
         }
-        if checks.is_empty() {
-            return None;
-        }
-        let flags = tch::no_grad(|| {
-            let all: Vec<Tensor> = checks.iter().map(|(_, _, t)| t.isfinite().all()).collect();
-            Tensor::stack(&all, 0)
-        });
-        if flags.all().int64_value(&[]) == 1 {
-            return None;
-        }
-        let ok = Vec::<bool>::try_from(&flags.to_kind(Kind::Bool)).unwrap_or_default();
-        let (name, what, _) = checks.iter().zip(ok).find(|(_, ok)| !ok)?.0;
-        let (before, after) = WHAT[*what];
-        Some(format!("{before} {name}{after}"))
+        checks
     }
 
     /// Whether the parameter `name` has had a non-zero gradient in any update so far (its

@@ -8,13 +8,15 @@
 //!   and the registry that builds them. A method's config, plan, parameter count and schedule
 //!   live in its mlae-core module (`mlae_core::methods`); its libtorch layer lives here, with
 //!   one line in this side's registry (`adapter::build`);
-//! - [`linear`]: the frozen linear layer and [`AdaptedLinear`], which owns a frozen layer, its
-//!   adapter and its merge state;
+//! - [`linear`]: the frozen linear layer; [`adapted`]: [`AdaptedLinear`], which owns a frozen
+//!   layer, its adapters and its merge state; [`ctx`]: what a forward pass tells the layers;
 //! - [`import`]: readers of foreign checkpoint formats into timm naming;
 //! - [`tensor_io`]: the safetensors dtype table and tensor <-> ndarray copies.
 
+pub mod adapted;
 pub mod adapter;
 pub mod config;
+pub mod ctx;
 pub mod error;
 pub mod export;
 pub mod import;
@@ -25,16 +27,19 @@ pub mod model;
 pub mod pos_embed;
 pub mod runtime;
 pub mod tensor_io;
+pub mod transfer;
 
+pub use adapted::AdaptedLinear;
 pub use adapter::{
     AdapterCtx, AdapterLayer, DmloraLayer, ExpertFactors, LoraDropoutLayer, LoraLayer, MlaeLayer, ParamRole,
     PeftLayer,
 };
 pub use config::{Preset, VitConfig};
+pub use ctx::{ForwardCtx, StepWeights};
 pub use error::{Result, VitError};
 pub use import::{CheckpointFormat, StateDict, infer_format, read_checkpoint};
-pub use linear::{AdaptedLinear, Linear};
+pub use linear::Linear;
 pub use load::{HeadLoad, LoadReport};
-pub use mlae_core::TargetLayer;
-pub use model::{AdaptedVit, ForwardCtx, LayerHook, LayerId};
+pub use mlae_core::{LayerSite, TargetLayer};
+pub use model::{AdaptedVit, LayerHook};
 pub use pos_embed::{PosResize, resample_pos_embed};

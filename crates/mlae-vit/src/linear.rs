@@ -1,11 +1,8 @@
-//! Linear layers: the frozen base ([`Linear`], with its oneDNN fast path) and the adapted
-//! layer that owns a base, its optional adapter and its merge state ([`AdaptedLinear`], the
-//! counterpart of PEFT's `LoraLayer`).
+//! The frozen linear layer ([`Linear`], with its oneDNN fast path on the CPU) and [`cast`],
+//! the one place a stored tensor meets the compute kind. A leaf module: everything that
+//! computes with a frozen weight imports it, it imports nothing of the model.
 
-use crate::adapter::{AdapterCtx, AdapterLayer, cast};
-use crate::error::{Result, VitError};
 use tch::{Kind, Tensor};
-
 /// A frozen linear layer `x W^T + b`, `W: (out, in)`, in timm's layout.
 pub struct Linear {
     pub(crate) weight: Tensor,
@@ -13,6 +10,12 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// A frozen layer of `weight: (out, in)` and an optional `bias: (out,)`, stored as given
+    /// (tools and tests that run an adapter outside a model build one).
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear { weight, bias }
+    }
+
     /// The weight `(out, in)`, sharing storage with the model.
     pub fn weight(&self) -> &Tensor {
         &self.weight
@@ -51,25 +54,12 @@ pub fn linear_onednn(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tens
     y.permute([0, 2, 3, 1]).reshape(size)
 }
 
-/// An adapter attached to a linear layer, with its place in the plan and, for a q/k/v
-/// slice of qkv, the output rows it adapts.
-struct Attached {
-    index: usize,
-    layer: Box<dyn AdapterLayer>,
-    /// `(first row, rows)` of the base's output for a slice target; `None`: the whole layer.
-    rows: Option<(i64, i64)>,
-}
-
-/// A linear layer of a block: the frozen base, and the adapters the plan puts on it (one on
-/// the whole layer, or one per q/k/v slice of a fused qkv), with this layer's own merge state.
-/// Merged, the forward is the base's alone (base-model speed); unmerged, the adapters'.
-pub struct AdaptedLinear {
-    pub(crate) base: Linear,
-    adapters: Vec<Attached>,
-    merged: bool,
-}
-
 impl Linear {
+    /// The same layer as a second handle (views sharing storage).
+    pub(crate) fn view(&self) -> Linear {
+        Linear { weight: self.weight.shallow_clone(), bias: self.bias.as_ref().map(Tensor::shallow_clone) }
+    }
+
     /// Output rows `first .. first + n` of this layer as a layer of its own (views of the
     /// weight and bias, sharing storage): what a slice adapter sees as its frozen layer.
     pub(crate) fn rows(&self, first: i64, n: i64) -> Linear {
@@ -80,179 +70,9 @@ impl Linear {
     }
 }
 
-impl AdaptedLinear {
-    /// A layer without adapter.
-    pub(crate) fn new(base: Linear) -> Self {
-        AdaptedLinear { base, adapters: Vec::new(), merged: false }
-    }
-
-    /// The frozen layer.
-    pub fn base(&self) -> &Linear {
-        &self.base
-    }
-
-    /// The adapter on the whole layer, or else the first slice adapter, if the plan puts one here.
-    pub fn adapter(&self) -> Option<&dyn AdapterLayer> {
-        self.adapters.first().map(|a| a.layer.as_ref())
-    }
-
-    /// The adapter for `target` (the layer itself, or one of its q/k/v slices).
-    pub fn adapter_for(&self, target: mlae_core::TargetLayer) -> Option<&dyn AdapterLayer> {
-        self.adapters.iter().find(|a| a.layer.site().target == target).map(|a| a.layer.as_ref())
-    }
-
-    /// Whether the adapters are folded into the base weight.
-    pub fn is_merged(&self) -> bool {
-        self.merged
-    }
-
-    /// Puts `layer` on this linear layer (on its slice, for a q/k/v target) as the plan's
-    /// `index`-th adapted layer, and shows it its frozen layer ([`AdapterLayer::rebase`]).
-    pub(crate) fn attach(&mut self, index: usize, mut layer: Box<dyn AdapterLayer>) {
-        debug_assert!(!self.merged, "attach to a merged layer");
-        let rows = layer.site().target.qkv_slice().map(|i| {
-            let n = self.base.weight.size()[0] / 3;
-            (i as i64 * n, n)
-        });
-        match rows {
-            Some((first, n)) => layer.rebase(&self.base.rows(first, n)),
-            None => layer.rebase(&self.base),
-        }
-        self.adapters.push(Attached { index, layer, rows });
-    }
-
-    /// Tells the adapters that the frozen weights were replaced (a loaded backbone).
-    pub(crate) fn rebase(&mut self) {
-        debug_assert!(!self.merged, "rebase of a merged layer");
-        for a in &mut self.adapters {
-            match a.rows {
-                Some((first, n)) => a.layer.rebase(&self.base.rows(first, n)),
-                None => a.layer.rebase(&self.base),
-            }
-        }
-    }
-
-    /// Removes the adapters (the model is about to get new ones).
-    pub(crate) fn detach(&mut self) {
-        debug_assert!(!self.merged, "detach from a merged layer");
-        self.adapters.clear();
-    }
-
-    /// `x: (batch, tokens, in)` through the base and, unless merged, the adapters. A slice
-    /// adapter adds its update to its rows of the output only (`slice_scatter`, out of place,
-    /// so gradients flow), exactly as an adapter on a separate q, k or v layer would.
-    pub(crate) fn forward(
-        &self,
-        x: &Tensor,
-        kind: Kind,
-        ctx: &crate::model::ForwardCtx,
-        sampler: &mlae_core::MaskSampler,
-    ) -> Tensor {
-        if self.merged || self.adapters.is_empty() {
-            return self.base.forward(x, kind);
-        }
-        let (b, n) = (x.size()[0], x.size()[1]);
-        let x2 = x.flatten(0, 1);
-        let actx = |a: &Attached| AdapterCtx {
-            train: ctx.train,
-            step: ctx.step,
-            total_steps: ctx.total_steps,
-            layer: a.index,
-            sampler,
-        };
-        let mut y = None;
-        for a in self.adapters.iter().filter(|a| a.rows.is_none()) {
-            y = Some(a.layer.forward_frozen(&x2, &self.base, kind, &actx(a)));
-        }
-        let mut y = y.unwrap_or_else(|| self.base.forward(&x2, kind));
-        for a in &self.adapters {
-            let Some((first, rows)) = a.rows else { continue };
-            let part = if a.layer.kind() == mlae_core::AdapterKind::Dora {
-                // DoRA's update reads its frozen rows (their norms): give it the slice as a layer
-                a.layer.forward_frozen(&x2, &self.base.rows(first, rows), kind, &actx(a))
-            } else {
-                a.layer.forward(&x2, y.narrow(1, first, rows), &actx(a))
-            };
-            y = y.slice_scatter(&part, 1, Some(first), Some(first + rows), 1);
-        }
-        y.view([b, n, -1])
-    }
-
-    /// The weight with the adapters folded in (f32, no gradient), computed without changing
-    /// the layer; the base weight when merged already or without adapters.
-    pub(crate) fn merged_weight(&self) -> Tensor {
-        tch::no_grad(|| {
-            let w = self.base.weight.to_kind(Kind::Float);
-            if self.merged {
-                return w;
-            }
-            self.adapters.iter().fold(w, |w, a| match a.rows {
-                None => a.layer.merged_weight(&w),
-                Some((first, n)) => {
-                    let part = a.layer.merged_weight(&w.narrow(0, first, n));
-                    w.slice_scatter(&part, 0, Some(first), Some(first + n), 1)
-                }
-            })
-        })
-    }
-
-    /// Folds the adapters into the base weight (`W += dW`); `Ok(false)` without adapters.
-    pub(crate) fn merge(&mut self) -> Result<bool> {
-        if self.merged {
-            return Err(VitError::Config("the adapter is already merged".into()));
-        }
-        if self.adapters.is_empty() {
-            return Ok(false);
-        }
-        let w = &mut self.base.weight;
-        tch::no_grad(|| {
-            let mut merged = w.to_kind(Kind::Float);
-            for a in &mut self.adapters {
-                merged = match a.rows {
-                    None => a.layer.merge(&merged),
-                    Some((first, n)) => {
-                        let part = a.layer.merge(&merged.narrow(0, first, n));
-                        merged.slice_scatter(&part, 0, Some(first), Some(first + n), 1)
-                    }
-                };
-            }
-            store(w, merged)
-        });
-        self.merged = true;
-        Ok(true)
-    }
-
-    /// Undoes [`AdaptedLinear::merge`], in the reverse order.
-    pub(crate) fn unmerge(&mut self) -> Result<()> {
-        if !self.merged || self.adapters.is_empty() {
-            return Err(VitError::Config("the adapter is not merged".into()));
-        }
-        let w = &mut self.base.weight;
-        tch::no_grad(|| {
-            let mut base = w.to_kind(Kind::Float);
-            for a in self.adapters.iter_mut().rev() {
-                base = match a.rows {
-                    None => a.layer.unmerge(&base),
-                    Some((first, n)) => {
-                        let part = a.layer.unmerge(&base.narrow(0, first, n));
-                        base.slice_scatter(&part, 0, Some(first), Some(first + n), 1)
-                    }
-                };
-            }
-            store(w, base)
-        });
-        self.merged = false;
-        Ok(())
-    }
-}
-
-/// Writes `value` (f32) into the weight, in the weight's kind.
-fn store(w: &mut Tensor, value: Tensor) {
-    if w.kind() == Kind::Float {
-        w.copy_(&value);
-    } else {
-        w.copy_(&value.to_kind(w.kind()));
-    }
+/// Casts a tensor to `kind` only when needed (a bf16 forward uses the f32 master weights).
+pub(crate) fn cast(t: &Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind { t.shallow_clone() } else { t.to_kind(kind) }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use mlae_core::{
     AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MaskSampler, MlaeSpec, TargetLayer, UpdateDropoutOn,
     dmlora, merge_delta,
 };
-use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx};
+use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx, LayerSite, Linear};
 use tch::{Device, Kind, Tensor};
 
 /// A tiny model with randomised adapters and the adapter of block 1's qkv.
@@ -16,6 +16,16 @@ fn adapted(spec: &AdapterSpec) -> AdaptedVit {
     let m = tiny_model(spec, 21);
     randomize_trainable(&m, 21);
     m
+}
+
+/// Block 1's frozen qkv layer, which the adapter of [`adapted`] sits on.
+fn qkv1(m: &AdaptedVit) -> &Linear {
+    m.linear(LayerSite { block: 1, target: TargetLayer::Qkv }).unwrap().base()
+}
+
+/// The update of block 1's qkv adapter as a weight, for the frozen weight under it.
+fn qkv1_delta(m: &AdaptedVit) -> Tensor {
+    m.linear(LayerSite { block: 1, target: TargetLayer::Qkv }).unwrap().delta(TargetLayer::Qkv).unwrap()
 }
 
 fn qkv_input() -> (Tensor, Tensor) {
@@ -73,8 +83,8 @@ fn dmlora_is_the_scaled_weighted_sum_of_its_branches() {
                 let (ak, bk) = (am.narrow(0, 2 * k as i64, 2), bm.narrow(0, 2 * k as i64, 2));
                 want += x.mm(&ak.tr()).mm(&bk) * (s * wk as f64);
             }
-            let ctx = AdapterCtx { train, step, total_steps: 100, layer, sampler: &sampler };
-            let got = a.forward(&x, base.shallow_clone(), &ctx);
+            let ctx = AdapterCtx { train, step, total_steps: 100, layer, sampler: &sampler, weights: None };
+            let got = a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx);
             assert!(max_abs_diff(&got, &want) < 1e-5, "step {step}, train {train}");
         }
     }
@@ -82,7 +92,7 @@ fn dmlora_is_the_scaled_weighted_sum_of_its_branches() {
     // merged: s / K per branch, mlae-core's merge
     let c = dmlora::branch_coefficients(3, s as f32);
     let want = merge_delta(arr2(&am).view(), arr2(&bm).view(), c.view(), None, 2);
-    assert!(max_abs_diff(&a.merged_delta(), &tensor2(&want)) < 1e-6);
+    assert!(max_abs_diff(&qkv1_delta(&m), &tensor2(&want)) < 1e-6);
     let lora = a.to_peft().unwrap();
     assert!(max_abs_diff(&tensor2(&lora.delta()), &tensor2(&want)) < 1e-6);
     assert_eq!((lora.rank, lora.alpha), (6, 6.0));
@@ -97,7 +107,7 @@ fn mlae_merge_and_export_agree_with_mlae_core() {
     let (am, bm, l) = (param(a, "mlae_A"), param(a, "mlae_B"), param(a, "mlae_lambda"));
     let l = ndarray::Array1::from_vec(Vec::<f32>::try_from(&l).unwrap());
     let want = merge_delta(arr2(&am).view(), arr2(&bm).view(), l.view(), None, 2);
-    assert!(max_abs_diff(&a.merged_delta(), &tensor2(&want)) < 1e-6);
+    assert!(max_abs_diff(&qkv1_delta(&m), &tensor2(&want)) < 1e-6);
     let lora = a.to_peft().unwrap();
     assert_eq!((lora.rank, lora.alpha, lora.scaling()), (8, 8.0, 1.0));
     assert!(max_abs_diff(&tensor2(&lora.delta()), &tensor2(&want)) < 1e-6);
@@ -107,8 +117,9 @@ fn mlae_merge_and_export_agree_with_mlae_core() {
     // inference = base + x dW^T
     let (x, base) = qkv_input();
     let sampler = MaskSampler::new(m.seed());
-    let ctx = AdapterCtx { train: false, step: 0, total_steps: 1, layer: 1, sampler: &sampler };
-    let got = a.forward(&x, base.shallow_clone(), &ctx);
+    let ctx =
+        AdapterCtx { train: false, step: 0, total_steps: 1, layer: 1, sampler: &sampler, weights: None };
+    let got = a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx);
     assert!(max_abs_diff(&got, &(&base + x.mm(&tensor2(&want).tr()))) < 1e-5);
 }
 
@@ -128,13 +139,14 @@ fn lora_kinds_place_their_dropout_where_they_say() {
         let (am, bm) = (param(a, "lora_A"), param(a, "lora_B"));
         assert_eq!((am.size(), bm.size()), (vec![4, 32], vec![96, 4]));
         let scale = 0.5; // alpha / r
-        let ctx = |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 1, sampler: &sampler };
+        let ctx =
+            |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 1, sampler: &sampler, weights: None };
         // eval: no dropout anywhere
         let want = &base + x.mm(&am.tr()).mm(&bm.tr()) * scale;
-        assert!(max_abs_diff(&a.forward(&x, base.shallow_clone(), &ctx(false)), &want) < 1e-5);
+        assert!(max_abs_diff(&a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx(false)), &want) < 1e-5);
         // train: the same libtorch RNG draw, applied on the input (lora) or the update (lora-dropout)
         tch::manual_seed(17);
-        let got = a.forward(&x, base.shallow_clone(), &ctx(true));
+        let got = a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx(true));
         tch::manual_seed(17);
         let want = match kind {
             AdapterKind::Lora => &base + x.dropout(0.5, true).mm(&am.tr()).mm(&bm.tr()) * scale,
@@ -142,7 +154,7 @@ fn lora_kinds_place_their_dropout_where_they_say() {
         };
         assert!(max_abs_diff(&got, &want) < 1e-5, "{kind}");
         assert!(
-            max_abs_diff(&got, &a.forward(&x, base.shallow_clone(), &ctx(false))) > 1e-3,
+            max_abs_diff(&got, &a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx(false))) > 1e-3,
             "{kind}: dropout acts"
         );
         // the export is PEFT's own layout, unscaled
@@ -165,14 +177,15 @@ fn the_matrix_reading_drops_elements_of_dw_shared_by_the_batch() {
     let spec = AdapterSpec { kind: AdapterKind::LoraDropout, lora, ..Default::default() };
     let m = adapted(&spec);
     let a = m.adapter(1, TargetLayer::Qkv).unwrap();
-    let dw = a.merged_delta(); // (96, 32)
-    let ctx = |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 1, sampler: &sampler };
+    let dw = qkv1_delta(&m); // (96, 32)
+    let ctx =
+        |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 1, sampler: &sampler, weights: None };
     // x = the identity, twice: each row reads one column of the (dropped) dW
     let eye = Tensor::eye(32, (Kind::Float, Device::Cpu));
     let x = Tensor::cat(&[&eye, &eye], 0);
     let base = Tensor::zeros([64, 96], (Kind::Float, Device::Cpu));
     tch::manual_seed(5);
-    let got = a.forward(&x, base.shallow_clone(), &ctx(true));
+    let got = a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx(true));
     let (first, second) = (got.narrow(0, 0, 32), got.narrow(0, 32, 32));
     assert!(first.equal(&second), "one mask per forward pass, shared by every row of the batch");
     // every element is 0 or dW / (1 - p), and about half are dropped
@@ -182,7 +195,7 @@ fn the_matrix_reading_drops_elements_of_dw_shared_by_the_batch() {
     let dropped = 1.0 - kept.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
     assert!((0.4..0.6).contains(&dropped), "dropped fraction {dropped}");
     // eval: exactly the LoRA
-    let eval = a.forward(&x, base.shallow_clone(), &ctx(false));
+    let eval = a.forward(qkv1(&m), &x, base.shallow_clone(), &ctx(false));
     assert!(max_abs_diff(&eval.narrow(0, 0, 32), &dw.tr()) < 1e-5);
 }
 

@@ -12,7 +12,7 @@ mod common;
 
 use common::*;
 use mlae_core::{AdapterKind, AdapterSpec, LoraSpec, MaskSampler, TargetLayer};
-use mlae_vit::{AdaptedVit, AdapterCtx, ForwardCtx};
+use mlae_vit::{AdaptedVit, AdapterCtx, ForwardCtx, LayerSite};
 use tch::{Device, Kind, Tensor};
 
 const TOL: f64 = 1e-5;
@@ -276,14 +276,16 @@ fn dora_kind_layer_with_input_dropout_follows_peft() {
     let model = tiny_model(&spec, 3);
     load_fixture_adapter(&model, &f);
     let layer = model.adapter(0, TargetLayer::Qkv).unwrap();
+    let frozen = model.linear(LayerSite { block: 0, target: TargetLayer::Qkv }).unwrap().base();
     let (w, bias) =
         (model.tensor("blocks.0.attn.qkv.weight").unwrap(), model.tensor("blocks.0.attn.qkv.bias").unwrap());
     let x2 = f["layer.x"].flatten(0, 1);
     let base = x2.linear(&w, Some(&bias));
     let sampler = MaskSampler::new(0);
-    let ctx = |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 0, sampler: &sampler };
+    let ctx =
+        |train| AdapterCtx { train, step: 0, total_steps: 1, layer: 0, sampler: &sampler, weights: None };
     tch::manual_seed(11);
-    let y = layer.forward(&x2, base.shallow_clone(), &ctx(true));
+    let y = layer.forward(frozen, &x2, base.shallow_clone(), &ctx(true));
     tch::manual_seed(11);
     let dropped = x2.dropout(0.25, true);
     let (a, b, m) = (
@@ -293,7 +295,7 @@ fn dora_kind_layer_with_input_dropout_follows_peft() {
     );
     let want = dora_forward(&x2, &base, &w, Some(&bias), a, b, m, SCALE, Some(&dropped));
     assert_close("dora kind, training with input dropout", &y, &want, TOL);
-    let eval = layer.forward(&x2, base.shallow_clone(), &ctx(false));
+    let eval = layer.forward(frozen, &x2, base.shallow_clone(), &ctx(false));
     assert_close("dora kind, eval", &eval.view_as(&f["layer.g"]), &f["layer.eval.y"], TOL);
     assert!(max_abs_diff(&y, &eval) > 1e-2, "dropout must change the training output");
 }

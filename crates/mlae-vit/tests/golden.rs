@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use mlae_core::{AdapterKind, AdapterSpec, LayerSite, LoraSpec, MaskSampler, MlaeLayerPlan, TargetLayer};
-use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx, HeadLoad, MlaeLayer, PosResize};
+use mlae_vit::{AdaptedVit, AdapterCtx, AdapterLayer, ForwardCtx, HeadLoad, Linear, MlaeLayer, PosResize};
 use tch::{Device, Kind};
 
 const TOL: f64 = 1e-5;
@@ -201,18 +201,21 @@ fn the_model_uses_the_mask_samplers_scales_in_training_and_none_at_eval() {
     let layer = MlaeLayer::from_tensors(&plan, &f["a"], &f["bb"], &f["lambda"]).unwrap();
     let x2 = f["x"].flatten(0, 1);
     let base = x2.linear(&f["w"], Some(&f["b"]));
+    let frozen = Linear::new(f["w"].shallow_clone(), Some(f["b"].shallow_clone()));
     let sampler = MaskSampler::new(42);
     let mut differs = false;
     for step in 0..8 {
-        let ctx = AdapterCtx { train: true, step, total_steps: 8, layer: 3, sampler: &sampler };
-        let got = layer.forward(&x2, base.shallow_clone(), &ctx);
+        let ctx =
+            AdapterCtx { train: true, step, total_steps: 8, layer: 3, sampler: &sampler, weights: None };
+        let got = layer.forward(&frozen, &x2, base.shallow_clone(), &ctx);
         let scales = sampler.layer_scales(step, 3, 3, 0.5);
         let want = layer.forward_with_scales(&x2, base.shallow_clone(), Some(&scales));
         assert!(got.equal(&want), "step {step}");
         differs |= scales != [2.0, 2.0, 2.0];
     }
     assert!(differs, "p = 0.5 must drop some expert in 8 steps");
-    let ctx = AdapterCtx { train: false, step: 3, total_steps: 8, layer: 3, sampler: &sampler };
-    let eval = layer.forward(&x2, base.shallow_clone(), &ctx);
+    let ctx =
+        AdapterCtx { train: false, step: 3, total_steps: 8, layer: 3, sampler: &sampler, weights: None };
+    let eval = layer.forward(&frozen, &x2, base.shallow_clone(), &ctx);
     assert!(eval.equal(&layer.forward_with_scales(&x2, base, None)));
 }

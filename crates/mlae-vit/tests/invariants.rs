@@ -283,7 +283,7 @@ fn merged_equals_unmerged_and_unmerge_restores_the_weights() {
                 assert_close(&format!("DoRA unmerged {name}"), &now, w, 1e-5);
             } else {
                 // one rounding of W + dW: |error| <= ulp(|W| + |dW|) <= 2^-23 (|W| + |dW|)
-                let bound = (w.abs() + a.merged_delta().abs()) * f64::from(f32::EPSILON);
+                let bound = (w.abs() + a.merged_delta(w).abs()) * f64::from(f32::EPSILON);
                 assert_eq!(err.le_tensor(&bound).all().int64_value(&[]), 1, "{}: {name}", spec.kind);
             }
             worst = worst.max(err.max().double_value(&[]));

@@ -4,7 +4,8 @@
 use super::plots::draw_expert_grid;
 use crate::config::Precision;
 use crate::error::{Result, TrainError};
-use crate::evaluator::{Preprocess, WhichCheckpoint, load_run_model, transforms};
+use crate::evaluator::{Preprocess, WhichCheckpoint, load_run_model};
+use crate::setup::transforms;
 use mlae_core::TargetLayer;
 use mlae_vit::AdaptedVit;
 use serde::{Deserialize, Serialize};

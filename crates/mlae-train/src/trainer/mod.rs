@@ -5,15 +5,18 @@
 //! every step), the data order and augmentation. A run resumed from a checkpoint therefore
 //! replays exactly what the uninterrupted run would have done.
 //!
-//! The loop is split by job: `session` builds everything a run needs, `train_loop` runs
-//! the epochs, `checkpointing` saves and restores (resume), `stage` applies the method's
+//! The loop is split by job: `session` builds everything a run needs and saves and restores
+//! it (with `checkpointing`'s functions and the `state` they save), `train_loop` runs the
+//! epochs, each batch through the one [`crate::step::TrainStep`], `stage` applies the method's
 //! training schedule (its stages and per-role learning rates, from mlae-core), and `summary`
-//! finishes the run. Evaluation is
-//! [`crate::evaluator`]'s, shared with `eval`, `export` and `analyze`.
+//! finishes the run. Imports run one way: `session` uses the leaf modules, and the loop and
+//! the summary use `session`. Evaluation is [`crate::evaluator`]'s, shared with `eval`,
+//! `export` and `analyze`.
 
 mod checkpointing;
 mod session;
 mod stage;
+mod state;
 mod summary;
 mod tensorboard;
 mod train_loop;

@@ -2,19 +2,21 @@
 //! optimizer, schedule), built from a config and checked to fit before the run directory is
 //! touched.
 
-use super::checkpointing::LoopState;
+use super::checkpointing;
+use super::state::LoopState;
 use crate::config::{ExperimentConfig, Protocol};
 use crate::error::{Result, TrainError};
-use crate::evaluator::{
-    Evaluator, build_model, load_eval_split, open_task, setup_device, transforms, warn_if_random_backbone,
-};
+use crate::evaluator::Evaluator;
 use crate::metrics::GpuMemProbe;
-use crate::optim::{AdamW, AdamWConfig};
 use crate::rundir::RunDir;
 use crate::schedule::LrSchedule;
+use crate::setup::{
+    build_model, load_eval_split, open_task, setup_device, transforms, warn_if_random_backbone,
+};
+use crate::step::{Optimizer, TrainStep, param_groups};
 use mlae_data::{ImageSet, Transform};
-use mlae_vit::{AdaptedVit, ParamRole};
-use std::collections::HashMap;
+use mlae_vit::AdaptedVit;
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// Training images, resident on the device (deterministic transforms) or produced per batch
@@ -40,12 +42,10 @@ pub(super) struct Session {
     pub(super) run: RunDir,
     pub(super) device: Device,
     pub(super) model: AdaptedVit,
-    pub(super) opt: AdamW,
-    /// Role of each optimizer parameter, by name (the method's stages freeze by role).
-    pub(super) roles: HashMap<String, ParamRole>,
-    /// The role of each optimizer group (one group per role, so that the method's schedule
-    /// can give each role its learning rate).
-    pub(super) group_roles: Vec<ParamRole>,
+    /// AdamW with one group per parameter role (the method's schedule gives each its rate).
+    pub(super) optim: Optimizer,
+    /// The one training step ([`crate::step`]), shared with the benchmark and the check.
+    pub(super) step: TrainStep,
     pub(super) schedule: LrSchedule,
     pub(super) train: TrainData,
     pub(super) evals: Vec<(String, ImageSet)>,
@@ -137,8 +137,12 @@ impl Session {
             total_steps,
         };
 
-        let (groups, params, roles, group_roles) = super::stage::param_groups(&model, cfg.train.weight_decay);
-        let opt = AdamW::new(AdamWConfig::default(), groups, params);
+        let optim = param_groups(&model, cfg.train.weight_decay);
+        let step = TrainStep {
+            seed: cfg.train.seed,
+            label_smoothing: cfg.train.label_smoothing,
+            grad_clip: cfg.train.grad_clip,
+        };
 
         let info = mlae_vit::runtime::runtime_info();
         let device_label = info.device_label(device);
@@ -160,9 +164,8 @@ impl Session {
             run,
             device,
             model,
-            opt,
-            roles,
-            group_roles,
+            optim,
+            step,
             schedule,
             train,
             evals,
@@ -175,5 +178,43 @@ impl Session {
             check_training: false,
             tb: None,
         })
+    }
+
+    /// Loads parameters, optimizer state and loop state from a checkpoint of this run.
+    pub(super) fn restore(&mut self, path: &Path) -> Result<()> {
+        let state =
+            checkpointing::restore(path, &self.model, &mut self.optim, self.device, &self.state.config_hash)?;
+        let epoch = state.epoch;
+        if path == self.run.last_checkpoint() {
+            self.last_saved_step.set(Some(state.step));
+        }
+        self.state = state;
+        self.run.retain_metrics(|v| v["epoch"].as_u64().is_some_and(|e| e <= epoch))?;
+        Ok(())
+    }
+
+    /// Writes the trainable parameters, the optimizer state and the loop state to `path`.
+    pub(super) fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        checkpointing::save(path, &self.model, &self.optim, &self.state, &self.cfg.adapter)?;
+        if path == self.run.last_checkpoint() {
+            self.last_saved_step.set(Some(self.state.step));
+        }
+        Ok(())
+    }
+
+    /// Which checkpoint on disk is the last finite one, for the error of a run that stops on
+    /// a NaN or infinity (training checks every step, so `last` never holds one).
+    pub(super) fn last_good_note(&self) -> String {
+        let last = self.run.last_checkpoint();
+        match self.last_saved_step.get() {
+            Some(step) if last.is_file() => format!(
+                "the last finite checkpoint is {} (step {step}); nothing was written after it",
+                last.display()
+            ),
+            _ if last.is_file() => format!("the last finite checkpoint is {}", last.display()),
+            _ => "no checkpoint had been written yet, so there is nothing to resume: fix the config and \
+                  start again with --force"
+                .into(),
+        }
     }
 }

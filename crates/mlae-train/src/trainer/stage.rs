@@ -1,66 +1,43 @@
-//! The method's training schedule in the loop: the optimizer's parameter groups (one per
-//! parameter role), the stage switch and the per-group learning rates. The loop calls
-//! [`Session::log_stage_plan`], [`Session::sync_stage`] and [`Session::group_lrs`]; what they
-//! do comes from the plan's [`TrainSchedule`] (mlae-core's method modules), so the loop knows
-//! no method (DMLoRA's two stages are its schedule's; other methods have one stage and the
-//! main learning rate).
+//! The method's training schedule in the loop: the stage switch and the per-group learning
+//! rates. What they do comes from the plan's [`TrainSchedule`] (mlae-core's method modules),
+//! so the loop knows no method (DMLoRA's two stages are its schedule's; other methods have one
+//! stage and the main learning rate). The optimizer's groups (one per parameter role) are
+//! [`crate::step::param_groups`]'.
 
-use super::session::Session;
-use crate::optim::ParamGroup;
 use crate::schedule::LrSchedule;
+use crate::step::Optimizer;
 use mlae_core::TrainSchedule;
 use mlae_vit::{AdaptedVit, ParamRole};
-use std::collections::HashMap;
-use tch::Tensor;
 
-/// The optimizer's parameter groups, one per parameter role present (so the schedule can give
-/// each role its rate), each parameter with its group index, the role of each parameter by name
-/// (stages freeze by role) and the role of each group.
-#[allow(clippy::type_complexity)]
-pub(super) fn param_groups(
-    model: &AdaptedVit,
-    weight_decay: f64,
-) -> (Vec<ParamGroup>, Vec<(String, Tensor, usize)>, HashMap<String, ParamRole>, Vec<ParamRole>) {
-    let trainable = model.trainable();
-    let group_roles: Vec<ParamRole> =
-        ParamRole::ALL.iter().copied().filter(|r| trainable.iter().any(|(_, _, x)| x == r)).collect();
-    let groups = group_roles.iter().map(|r| ParamGroup { name: r.to_string(), weight_decay }).collect();
-    let mut roles = HashMap::new();
-    let params: Vec<(String, Tensor, usize)> = trainable
-        .into_iter()
-        .map(|(name, t, role)| {
-            let group = group_roles.iter().position(|&r| r == role).expect("a group per role");
-            roles.insert(name.clone(), role);
-            (name, t, group)
-        })
-        .collect();
-    (groups, params, roles, group_roles)
+/// Which stage of the method is in force in this process, and its switch.
+#[derive(Debug, Default)]
+pub(super) struct Stages {
+    /// `None` before the first step of this process, so a resumed run applies its stage at once.
+    current: Option<usize>,
 }
 
-impl Session {
-    /// The method's training schedule (which roles train, each role's rate, the stages).
-    fn method_schedule(&self) -> &dyn TrainSchedule {
-        self.model.plan().schedule()
-    }
-
-    /// Puts the model and optimizer in the method's stage at `step`. Both derive from the
-    /// step alone, so a resumed run re-applies them here (the loop calls this at its first
-    /// step) and crosses a switch at the same step as an uninterrupted one.
+impl Stages {
+    /// Puts the model and optimizer in the method's stage at `step` when it differs from the
+    /// one in force. Both derive from the step alone, so a resumed run re-applies them at its
+    /// first step and crosses a switch at the same step as an uninterrupted one.
     ///
     /// A role that does not train in the stage is frozen twice over: `requires_grad` off, so
     /// autograd computes no gradient for it (other tensors' gradients still flow through), and
     /// the optimizer's frozen flag, so AdamW neither decays it nor moves its moments (tch
     /// cannot unset a gradient left over from an earlier stage; see
     /// [`crate::optim::AdamW::set_frozen`]).
-    fn apply_stage(&mut self, step: u64) {
-        let total = self.total_steps;
-        let schedule = self.model.plan().schedule();
+    pub(super) fn sync(&mut self, model: &AdaptedVit, optim: &mut Optimizer, step: u64, total: u64) {
+        let schedule = model.plan().schedule();
         let stage = schedule.stage(step, total);
-        let roles = &self.roles;
+        if self.current == Some(stage) {
+            return;
+        }
+        self.current = Some(stage);
+        let roles = &optim.roles;
         let trains = |name: &str| roles.get(name).is_none_or(|&r| schedule.trains(r, stage));
-        let frozen = self.opt.set_frozen(true, |name| !trains(name));
-        self.opt.set_frozen(false, trains);
-        for (_, t, role) in self.model.trainable() {
+        let frozen = optim.opt.set_frozen(true, |name| !trains(name));
+        optim.opt.set_frozen(false, trains);
+        for (_, t, role) in model.trainable() {
             let _ = t.set_requires_grad(schedule.trains(role, stage));
         }
         if stage > 0 {
@@ -71,41 +48,30 @@ impl Session {
             );
         }
     }
+}
 
-    /// Puts the model and optimizer in the stage of `step` when it differs from `current`
-    /// (the stage in force in this process; `None` before its first step, so a resumed run
-    /// applies its stage at once).
-    pub(super) fn sync_stage(&mut self, step: u64, current: &mut Option<usize>) {
-        let stage = self.method_schedule().stage(step, self.total_steps);
-        if *current != Some(stage) {
-            self.apply_stage(step);
-            *current = Some(stage);
-        }
-    }
+/// The first step of the method's second stage when a run at `step` has passed it (for the
+/// summary; DMLoRA's stage 2).
+pub(super) fn stage2_step_reached(method: &dyn TrainSchedule, total: u64, step: u64) -> Option<u64> {
+    method.stage_start(1, total).filter(|&s| s < step)
+}
 
-    /// Learning rates of the optimizer's groups at `step` (see [`group_lrs`]).
-    pub(super) fn group_lrs(&self, step: u64) -> Vec<f64> {
-        group_lrs(self.method_schedule(), &self.group_roles, &self.schedule, step)
-    }
-
-    /// The first step of the method's second stage when this run has passed it (for the
-    /// summary; DMLoRA's stage 2).
-    pub(super) fn stage2_step_reached(&self) -> Option<u64> {
-        self.method_schedule().stage_start(1, self.total_steps).filter(|&s| s < self.state.step)
-    }
-
-    /// Logs the method's plan over the run (DMLoRA: drop probabilities, the stage switch).
-    pub(super) fn log_stage_plan(&self) {
-        if let Some(line) = self.method_schedule().describe(self.total_steps) {
-            tracing::info!("{line}");
-        }
+/// Logs the method's plan over the run (DMLoRA: drop probabilities, the stage switch).
+pub(super) fn log_stage_plan(method: &dyn TrainSchedule, total: u64) {
+    if let Some(line) = method.describe(total) {
+        tracing::info!("{line}");
     }
 }
 
 /// Learning rates of the optimizer's groups at `step`, one group per role in `roles`: what
 /// the method's schedule gives each role, given the run's main schedule (DMLoRA's scales get
 /// their own rate in stage 2; every other role of every method follows `lr`).
-fn group_lrs(method: &dyn TrainSchedule, roles: &[ParamRole], lr: &LrSchedule, step: u64) -> Vec<f64> {
+pub(super) fn group_lrs(
+    method: &dyn TrainSchedule,
+    roles: &[ParamRole],
+    lr: &LrSchedule,
+    step: u64,
+) -> Vec<f64> {
     let main = |s: u64| lr.lr_at(s);
     roles.iter().map(|&r| method.lr(r, step, lr.total_steps, &main)).collect()
 }

@@ -1,7 +1,9 @@
 //! The end of a run: `summary.json` (what the run produced, selected by its protocol), the
 //! learning-curve plot and the final status.
 
+use super::checkpointing::{load_params, restore_params, snapshot};
 use super::session::Session;
+use super::stage::stage2_step_reached;
 use crate::config::Protocol;
 use crate::error::Result;
 use crate::metrics::EpochMetrics;
@@ -51,10 +53,10 @@ impl Session {
             Protocol::Val => {
                 let best = self.run.best_checkpoint();
                 let selected_acc = if best.is_file() {
-                    let current = self.model_snapshot();
-                    self.load_params(&best)?;
+                    let current = snapshot(&self.model);
+                    load_params(&self.model, &best)?;
                     let acc = self.evaluator.evaluate(&self.model, test_set, None).acc;
-                    self.restore_params(current);
+                    restore_params(&self.model, current);
                     acc
                 } else {
                     final_test
@@ -101,7 +103,11 @@ impl Session {
             config_hash: self.state.config_hash.clone(),
             versions,
             notes,
-            dmlora_stage2_step: self.stage2_step_reached(),
+            dmlora_stage2_step: stage2_step_reached(
+                self.model.plan().schedule(),
+                self.total_steps,
+                self.state.step,
+            ),
         };
         self.run.write_json(&self.run.summary_path(), &summary)?;
         self.write_plot();

@@ -2,12 +2,14 @@
 //! checkpoints at the end of every epoch, and a clean stop on an interrupt.
 
 use super::session::{Session, TrainData};
+use super::stage::{Stages, group_lrs, log_stage_plan};
 use super::{RunOptions, Summary};
 use crate::config::Protocol;
 use crate::error::{Result, TrainError};
 use crate::metrics::{EpochMetrics, peak_rss_mb};
 use crate::progress::Progress;
 use crate::rundir::{RunState, Status};
+use crate::step::mix;
 use mlae_vit::{ForwardCtx, ParamRole};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -58,11 +60,11 @@ impl Session {
             message: None,
         })?;
         let n = self.train.len();
-        self.log_stage_plan();
+        log_stage_plan(self.model.plan().schedule(), self.total_steps);
         self.tb = Some(super::tensorboard::TbLog::open(&self.run.tensorboard_dir()));
         self.check_training = self.state.step == 0;
-        // The stage in force; `None` makes the first step of this process apply its stage.
-        let mut stage = None;
+        // The method's stage in force; the first step of this process applies its stage.
+        let mut stages = Stages::default();
         if self.pause_due(opts) {
             // resumed at (or past) the requested pause: score and stop without training
             return self.pause(&progress, wall_before);
@@ -78,41 +80,17 @@ impl Session {
                     break;
                 }
                 let step = self.state.step;
-                self.sync_stage(step, &mut stage);
+                stages.sync(&self.model, &mut self.optim, step, self.total_steps);
                 let step_start = Instant::now();
-                tch::manual_seed(mix(t.seed, step) as i64 & i64::MAX);
                 let (x, y) = self.train_batch(idx, epoch);
-                let ctx = ForwardCtx { train: true, step, total_steps: self.total_steps };
-                let logits = self.model.forward_t(&x, &ctx).to_kind(Kind::Float);
-                let loss = logits.cross_entropy_loss::<Tensor>(
-                    &y,
-                    None,
-                    tch::Reduction::Mean,
-                    -100,
-                    t.label_smoothing,
-                );
-                let loss_value = loss.double_value(&[]);
-                if !loss_value.is_finite() {
-                    return self.fail_non_finite(
-                        &progress,
-                        step,
-                        epoch,
-                        format!("the loss became non-finite ({loss_value})"),
-                    );
-                }
-                self.opt.zero_grad();
-                loss.backward();
-                if let Some(c) = t.grad_clip {
-                    self.opt.clip_grad_norm(c);
-                }
-                self.opt.step(&self.group_lrs(step));
-                // Every step: a NaN or infinity in a gradient, a parameter or a moment stops
-                // the run before anything non-finite can be checkpointed.
-                if let Some(what) = self.opt.first_non_finite() {
-                    return self.fail_non_finite(&progress, step, epoch, format!("{what} became non-finite"));
-                }
-                let correct =
-                    tch::no_grad(|| logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]));
+                let lrs =
+                    group_lrs(self.model.plan().schedule(), &self.optim.group_roles, &self.schedule, step);
+                let ctx = ForwardCtx::train(step, self.total_steps);
+                let outcome = self.step.run(&self.model, &mut self.optim.opt, (&x, &y), ctx, &lrs);
+                let (loss_value, correct) = match outcome {
+                    Ok(o) => (o.loss, o.correct),
+                    Err(e) => return self.fail_non_finite(&progress, step, epoch, e.what),
+                };
                 let secs = step_start.elapsed().as_secs_f64();
                 let lr = self.schedule.lr_at(step);
                 if let Some(tb) = &mut self.tb {
@@ -122,7 +100,7 @@ impl Session {
                 st.step += 1;
                 st.batch_in_epoch = b + 1;
                 st.epoch_loss_sum += loss_value * idx.len() as f64;
-                st.epoch_correct += correct as u64;
+                st.epoch_correct += correct;
                 st.epoch_seen += idx.len() as u64;
                 st.epoch_train_seconds += secs;
                 st.train_seconds += secs;
@@ -245,13 +223,14 @@ impl Session {
             return Ok(());
         }
         let mut adapter: Vec<&String> = self
+            .optim
             .roles
             .iter()
             .filter(|(_, role)| !matches!(role, ParamRole::Head | ParamRole::Backbone))
             .map(|(name, _)| name)
             .collect();
         adapter.sort();
-        if adapter.is_empty() || adapter.iter().any(|n| self.opt.gradient_seen(n) != Some(false)) {
+        if adapter.is_empty() || adapter.iter().any(|n| self.optim.opt.gradient_seen(n) != Some(false)) {
             return Ok(());
         }
         let step = self.state.step;
@@ -365,11 +344,6 @@ impl Session {
     }
 }
 
-/// SplitMix64 of (seed, x) (mlae-core's finaliser): decorrelated seeds for epochs and steps.
-fn mix(seed: u64, x: u64) -> u64 {
-    mlae_core::rng::mix64(seed ^ x.wrapping_mul(mlae_core::rng::GOLDEN))
-}
-
 /// A seeded Fisher-Yates permutation of 0..n.
 fn permutation(n: usize, seed: u64) -> Vec<i64> {
     let mut v: Vec<i64> = (0..n as i64).collect();
@@ -385,19 +359,6 @@ fn permutation(n: usize, seed: u64) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mix_is_the_splitmix64_the_data_order_always_used() {
-        let former = |seed: u64, x: u64| {
-            let mut z = seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        for (seed, x) in [(0, 0), (0, 0x5eed_0000), (3, 17), (u64::MAX, 12_345)] {
-            assert_eq!(mix(seed, x), former(seed, x));
-        }
-    }
 
     #[test]
     fn permutations_are_seeded_and_complete() {

@@ -5,6 +5,7 @@ use super::stacked_delta;
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, cast, kaiming_a, param, repeat_rows};
 use crate::error::Result;
 use crate::init;
+use crate::linear::Linear;
 use crate::tensor_io::to_array2;
 use mlae_core::{AdapterKind, DmloraPlan, DmloraSpec, LayerSite, PeftLora};
 use tch::{Kind, Tensor};
@@ -44,8 +45,17 @@ impl DmloraLayer {
     }
 
     fn branch_coefficients(&self, weights: &[f32]) -> Tensor {
-        let w = Tensor::from_slice(weights).to_device(self.scale.device());
+        let w = crate::transfer::upload_f32(weights, self.scale.device());
         repeat_rows(&self.scale * w, self.spec.branch_rank)
+    }
+
+    /// The branch weights of this forward: training's schedule, or 1/K at inference.
+    fn weights(&self, ctx: &AdapterCtx<'_>) -> Vec<f32> {
+        if ctx.train {
+            mlae_core::dmlora::branch_weights(ctx.sampler, &self.spec, ctx.step, ctx.total_steps, ctx.layer)
+        } else {
+            mlae_core::dmlora::branch_weights_inference(self.spec.branches)
+        }
     }
 }
 
@@ -58,18 +68,21 @@ impl AdapterLayer for DmloraLayer {
         self.site
     }
 
-    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+    fn forward(&self, _frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
         let kind = x.kind();
-        let w = if ctx.train {
-            mlae_core::dmlora::branch_weights(ctx.sampler, &self.spec, ctx.step, ctx.total_steps, ctx.layer)
-        } else {
-            mlae_core::dmlora::branch_weights_inference(self.spec.branches)
+        let coeff = match ctx.weights {
+            Some(w) => repeat_rows(&self.scale * w, self.spec.branch_rank),
+            None => self.branch_coefficients(&self.weights(ctx)),
         };
-        let h = x.mm(&cast(&self.a, kind).tr()) * cast(&self.branch_coefficients(&w), kind);
+        let h = x.mm(&cast(&self.a, kind).tr()) * cast(&coeff, kind);
         base.addmm(&h, &cast(&self.b, kind))
     }
 
-    fn merged_delta(&self) -> Tensor {
+    fn step_weights(&self, ctx: &AdapterCtx<'_>) -> Option<Vec<f32>> {
+        Some(self.weights(ctx))
+    }
+
+    fn merged_delta(&self, _w: &Tensor) -> Tensor {
         let w = mlae_core::dmlora::branch_weights_inference(self.spec.branches);
         let c = tch::no_grad(|| self.branch_coefficients(&w).to_kind(Kind::Float));
         stacked_delta(&self.a, &self.b, &c)

@@ -7,8 +7,9 @@
 //! - merge: `W' = (m/n) (W + s B A)`, the bias untouched; unmerge divides by the `m/n` of the
 //!   merge, since `n` cannot be recomputed from `W'`.
 //!
-//! `m` starts at the row norms of the frozen weight (B is zero then), so the layer needs that
-//! weight: it is set on attach and again after a backbone load ([`AdapterLayer::rebase`]).
+//! `m` starts at the row norms of the frozen weight (B is zero then): it is set on attach and
+//! again after a backbone load ([`AdapterLayer::attach`]). The layer keeps no copy of the
+//! frozen layer; every call that needs it is handed it.
 
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, PeftLayer, cast, kaiming_a, param};
 use crate::error::{Result, VitError};
@@ -26,9 +27,6 @@ pub struct DoraLayer {
     magnitude: Tensor,
     scale: f64,
     dropout: f64,
-    /// The frozen layer (shares storage with the model's), for [`AdapterLayer::forward`] and
-    /// [`AdapterLayer::merged_delta`], which are not handed it.
-    frozen: Option<Linear>,
     /// `m / n` of the last merge, for the exact unmerge.
     merged_factor: Option<Tensor>,
 }
@@ -46,7 +44,6 @@ impl DoraLayer {
             magnitude: param(Tensor::ones([init.out_dim], (Kind::Float, init.device))),
             scale: plan.scale,
             dropout: plan.input_dropout,
-            frozen: None,
             merged_factor: None,
         }
     }
@@ -59,10 +56,6 @@ impl DoraLayer {
     /// `n = ||W + s B A||` per output row, f32, without gradient.
     fn weight_norm(&self, w: &Tensor) -> Tensor {
         tch::no_grad(|| (w.to_kind(Kind::Float) + self.low_rank()).norm_scalaropt_dim(2.0, [1], false))
-    }
-
-    fn frozen(&self) -> &Linear {
-        self.frozen.as_ref().expect("a DoRA layer is attached to its frozen layer before use")
     }
 
     /// The output given the frozen output `base` and the frozen weight and bias.
@@ -106,29 +99,19 @@ impl AdapterLayer for DoraLayer {
         self.site
     }
 
-    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
-        let f = self.frozen();
-        self.apply(x, base, &f.weight, f.bias.as_ref(), ctx)
-    }
-
-    fn forward_frozen(&self, x: &Tensor, frozen: &Linear, kind: Kind, ctx: &AdapterCtx<'_>) -> Tensor {
-        self.apply(x, frozen.forward(x, kind), &frozen.weight, frozen.bias.as_ref(), ctx)
+    fn forward(&self, frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+        self.apply(x, base, &frozen.weight, frozen.bias.as_ref(), ctx)
     }
 
     /// PEFT's magnitude init: `m = ||W + s B A||` per output row.
-    fn rebase(&mut self, base: &Linear) {
-        let n = self.weight_norm(&base.weight);
+    fn attach(&mut self, frozen: &Linear) {
+        let n = self.weight_norm(&frozen.weight);
         tch::no_grad(|| self.magnitude.copy_(&n));
-        self.frozen = Some(Linear {
-            weight: base.weight.shallow_clone(),
-            bias: base.bias.as_ref().map(Tensor::shallow_clone),
-        });
     }
 
     /// `W' - W` for the frozen weight: `(m/n - 1) W + (m/n) s B A`.
-    fn merged_delta(&self) -> Tensor {
-        let w = self.frozen().weight.to_kind(Kind::Float);
-        self.merged_weight(&w) - w
+    fn merged_delta(&self, w: &Tensor) -> Tensor {
+        tch::no_grad(|| self.merged_weight(w) - w)
     }
 
     fn merged_weight(&self, w: &Tensor) -> Tensor {

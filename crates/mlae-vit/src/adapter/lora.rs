@@ -2,6 +2,7 @@
 
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, PeftLayer, cast, kaiming_a, param};
 use crate::error::Result;
+use crate::linear::Linear;
 use crate::tensor_io::to_array2;
 use mlae_core::{AdapterKind, LayerSite, LoraPlan, PeftLora};
 use tch::{Kind, Tensor};
@@ -52,14 +53,14 @@ impl AdapterLayer for LoraLayer {
         self.site
     }
 
-    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+    fn forward(&self, _frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
         let kind = x.kind();
         let x =
             if ctx.train && self.dropout > 0.0 { x.dropout(self.dropout, true) } else { x.shallow_clone() };
         base.addmm(&self.hidden(&x, kind), &cast(&self.b, kind).tr())
     }
 
-    fn merged_delta(&self) -> Tensor {
+    fn merged_delta(&self, _w: &Tensor) -> Tensor {
         tch::no_grad(|| self.b.to_kind(Kind::Float).mm(&self.a.to_kind(Kind::Float)) * self.scale)
     }
 

@@ -4,6 +4,7 @@
 
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, LoraLayer, ParamRole, cast};
 use crate::error::Result;
+use crate::linear::Linear;
 use mlae_core::{AdapterKind, LayerSite, LoraPlan, PeftLora, UpdateDropoutOn};
 use tch::Tensor;
 
@@ -43,9 +44,9 @@ impl AdapterLayer for LoraDropoutLayer {
         self.inner.site
     }
 
-    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+    fn forward(&self, frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
         if !(ctx.train && self.dropout > 0.0) {
-            return self.inner.forward(x, base, ctx);
+            return self.inner.forward(frozen, x, base, ctx);
         }
         let kind = x.kind();
         let l = &self.inner;
@@ -61,8 +62,8 @@ impl AdapterLayer for LoraDropoutLayer {
         }
     }
 
-    fn merged_delta(&self) -> Tensor {
-        self.inner.merged_delta()
+    fn merged_delta(&self, w: &Tensor) -> Tensor {
+        self.inner.merged_delta(w)
     }
 
     fn params(&self) -> Vec<(&'static str, &Tensor, ParamRole)> {

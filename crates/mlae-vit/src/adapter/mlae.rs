@@ -4,6 +4,7 @@ use super::stacked_delta;
 use super::{AdapterCtx, AdapterLayer, ExpertFactors, Init, ParamRole, cast, kaiming_a, param, repeat_rows};
 use crate::error::{Result, VitError};
 use crate::init;
+use crate::linear::Linear;
 use crate::tensor_io::{to_array1, to_array2};
 use mlae_core::{AdapterKind, LayerSite, MlaeLayerPlan, MlaePlan, PeftLora};
 use tch::{Kind, Tensor};
@@ -59,12 +60,18 @@ impl MlaeLayer {
     /// The forward with explicit per-expert mask scales (`None`: all on, unscaled). The model
     /// passes [`mlae_core::MaskSampler::layer_scales`]; tests pass their own.
     pub fn forward_with_scales(&self, x: &Tensor, base: Tensor, scales: Option<&[f32]>) -> Tensor {
+        let scales = scales.map(|s| {
+            assert_eq!(s.len(), self.plan.experts, "one mask scale per expert");
+            crate::transfer::upload_f32(s, self.lambda.device())
+        });
+        self.forward_with(x, base, scales)
+    }
+
+    /// The forward with the mask scales already on the device (`None`: all on, unscaled).
+    fn forward_with(&self, x: &Tensor, base: Tensor, scales: Option<Tensor>) -> Tensor {
         let kind = x.kind();
         let coeff = match scales {
-            Some(s) => {
-                assert_eq!(s.len(), self.plan.experts, "one mask scale per expert");
-                &self.lambda * Tensor::from_slice(s).to_device(self.lambda.device())
-            }
+            Some(s) => &self.lambda * s,
             None => self.lambda.shallow_clone(),
         };
         let coeff = repeat_rows(coeff, self.plan.expert_rank);
@@ -82,17 +89,22 @@ impl AdapterLayer for MlaeLayer {
         self.plan.site
     }
 
-    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
-        if ctx.train && self.plan.expert_dropout > 0.0 {
-            let s =
-                ctx.sampler.layer_scales(ctx.step, ctx.layer, self.plan.experts, self.plan.expert_dropout);
-            self.forward_with_scales(x, base, Some(&s))
-        } else {
-            self.forward_with_scales(x, base, None)
+    fn forward(&self, _frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
+        match (self.step_weights(ctx), ctx.weights) {
+            (Some(_), Some(scales)) => self.forward_with(x, base, Some(scales.shallow_clone())),
+            (Some(s), None) => self.forward_with_scales(x, base, Some(&s)),
+            (None, _) => self.forward_with(x, base, None),
         }
     }
 
-    fn merged_delta(&self) -> Tensor {
+    /// Training with expert dropout: the step's mask scales of this layer.
+    fn step_weights(&self, ctx: &AdapterCtx<'_>) -> Option<Vec<f32>> {
+        (ctx.train && self.plan.expert_dropout > 0.0).then(|| {
+            ctx.sampler.layer_scales(ctx.step, ctx.layer, self.plan.experts, self.plan.expert_dropout)
+        })
+    }
+
+    fn merged_delta(&self, _w: &Tensor) -> Tensor {
         let c = tch::no_grad(|| repeat_rows(self.lambda.to_kind(Kind::Float), self.plan.expert_rank));
         stacked_delta(&self.a, &self.b, &c)
     }

@@ -1,12 +1,13 @@
 //! Adapter layers: the trainable update that sits beside a frozen linear layer.
 //!
-//! One module per adapter kind ([`lora`], [`lora_dropout`], [`mlae`], [`dmlora`]), all behind
-//! [`AdapterLayer`], and one registry, [`build`], that maps a kind to its constructor: a new
-//! kind is its module plus one line there. The frozen layer and its merge state live in
-//! [`crate::linear::AdaptedLinear`], which owns the adapter.
+//! One module per adapter kind ([`lora`], [`lora_dropout`], [`mlae`], [`dmlora`], [`dora`]),
+//! all behind [`AdapterLayer`], and one registry, [`build`], that maps a kind to its
+//! constructor: a new kind is its module plus one line there. The frozen layer and its merge
+//! state live in [`crate::adapted::AdaptedLinear`], which owns the adapter.
 //!
-//! The model computes the frozen layer's output `base = x W^T + b` and hands it to the adapter,
-//! which returns `base + update(x)`. Each update is ONE rank-r product (`x A^T`, a per-row
+//! The adapted layer computes the frozen layer's output `base = x W^T + b` and hands the
+//! adapter its frozen layer, the input and `base` ([`AdapterLayer::forward`]); the adapter
+//! returns `base + update(x)`. Each update is ONE rank-r product (`x A^T`, a per-row
 //! scale, then `@ B` fused into the base output with `addmm`), never r separate products.
 //!
 //! Layouts: LoRA keeps PEFT's (`A: (r, in)`, `B: (out, r)`) so its export is a copy; MLAE and
@@ -25,31 +26,16 @@ pub use lora::LoraLayer;
 pub use lora_dropout::LoraDropoutLayer;
 pub use mlae::MlaeLayer;
 
+pub use crate::ctx::AdapterCtx;
 use crate::error::{Result, VitError};
 use crate::init;
-use crate::linear::Linear;
+use crate::linear::{Linear, cast};
 use crate::tensor_io::from_array2;
-use mlae_core::{AdapterKind, AdapterPlan, LayerSite, MaskSampler, PeftLora};
+use mlae_core::{AdapterKind, AdapterPlan, LayerSite, PeftLora};
 use tch::{Device, Kind, Tensor};
 
 /// What a trainable tensor is (mlae-core's, so that a method's schedule can name roles).
 pub use mlae_core::ParamRole;
-
-/// What an adapter needs to know about the current forward pass.
-#[derive(Debug, Clone, Copy)]
-pub struct AdapterCtx<'a> {
-    /// Training (masks, dropout on) or inference (all experts on, unscaled).
-    pub train: bool,
-    /// The training step, the clock of masks and schedules.
-    pub step: u64,
-    /// Total training steps, for DMLoRA's schedule.
-    pub total_steps: u64,
-    /// This layer's index in the plan's sites ([`mlae_core::AdapterPlan::sites`], the `layer`
-    /// of the mask draws).
-    pub layer: usize,
-    /// The run's mask sampler.
-    pub sampler: &'a MaskSampler,
-}
 
 /// An adapter as experts in MLAE's layout, whatever its kind: the update at inference is
 /// `dW = b^T diag(coefficients, each repeated expert_rank times) a`. For LoRA the experts are
@@ -104,28 +90,36 @@ pub trait AdapterLayer: Send {
     fn kind(&self) -> AdapterKind;
     /// Where the layer is (block, target).
     fn site(&self) -> LayerSite;
-    /// `base + update(x)` for `x: (m, in)` and the frozen layer's output `base: (m, out)`,
-    /// computed in the kind of `x` (trainable f32 tensors are cast, so gradients reach them).
-    fn forward(&self, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor;
-    /// The adapted layer's output for `x: (m, in)` given the frozen layer itself, computing in
-    /// `kind`. The default is [`AdapterLayer::forward`] on the frozen output; a kind whose
-    /// update reads the frozen weight (DoRA's weight norm) overrides it.
-    fn forward_frozen(&self, x: &Tensor, frozen: &Linear, kind: Kind, ctx: &AdapterCtx<'_>) -> Tensor {
-        self.forward(x, frozen.forward(x, kind), ctx)
+    /// The adapted layer's output: the one call through which every kind gets what it needs,
+    /// as PEFT hands its layer variants the host layer, the input and the base result.
+    /// `frozen` is the frozen layer under the adapter (its rows, for a q/k/v slice), `x:
+    /// (m, in)` the input and `base: (m, out)` the frozen layer's output `x W^T + b`, both in
+    /// the compute kind; the result is `base + update(x)` in that kind (trainable f32 tensors
+    /// are cast, so gradients reach them). Most kinds read `x` and `base` only; one whose
+    /// update reads the frozen weight (DoRA's weight norm) reads `frozen`.
+    fn forward(&self, frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor;
+    /// The weights this layer draws on the host for the forward `ctx` describes (MLAE's
+    /// expert mask scales, DMLoRA's branch weights), or `None`. The model gathers every
+    /// layer's into one upload per forward ([`crate::ctx::StepWeights`]) and hands each its
+    /// row as [`AdapterCtx::weights`].
+    fn step_weights(&self, ctx: &AdapterCtx<'_>) -> Option<Vec<f32>> {
+        let _ = ctx;
+        None
     }
     /// Called when the frozen layer under this adapter is set or its weights replaced (on
     /// attach, and after a backbone checkpoint is loaded; before any saved adapter tensors are
     /// restored). A kind whose parameters start from the frozen weight (DoRA's magnitude)
-    /// initialises them here; the default does nothing.
-    fn rebase(&mut self, base: &Linear) {
-        let _ = base;
+    /// initialises them here; the default does nothing. Nothing of `frozen` is kept.
+    fn attach(&mut self, frozen: &Linear) {
+        let _ = frozen;
     }
-    /// The update at inference as a weight, `dW: (out, in)`, f32, without gradient.
-    fn merged_delta(&self) -> Tensor;
+    /// The update at inference as a weight, `dW: (out, in)`, f32, without gradient, for the
+    /// frozen weight `w: (out, in)` (f32) it would be added to.
+    fn merged_delta(&self, w: &Tensor) -> Tensor;
     /// The merged weight `W'` for the frozen weight `w: (out, in)` (f32), without gradient:
     /// `W + dW` unless the kind says otherwise. Merged exports compute it on the fly.
     fn merged_weight(&self, w: &Tensor) -> Tensor {
-        w + self.merged_delta()
+        w + self.merged_delta(w)
     }
     /// Merges into `w` (f32), returning `W'`: [`AdapterLayer::merged_weight`], unless the kind
     /// must remember what it merged (for its unmerge).
@@ -133,9 +127,10 @@ pub trait AdapterLayer: Send {
         self.merged_weight(w)
     }
     /// Undoes [`AdapterLayer::merge`]: `W` from `W'` (f32), `W' - dW` with dW recomputed
-    /// bit-identically from the same factors unless the kind says otherwise.
+    /// bit-identically from the same factors unless the kind says otherwise (the update of
+    /// the kinds that use this default does not read `w`).
     fn unmerge(&mut self, merged: &Tensor) -> Tensor {
-        merged - self.merged_delta()
+        merged - self.merged_delta(merged)
     }
     /// The trainable tensors: name suffix (e.g. `mlae_A`), tensor, role.
     fn params(&self) -> Vec<(&'static str, &Tensor, ParamRole)>;
@@ -177,11 +172,6 @@ pub(crate) fn build(plan: &AdapterPlan, init: &Init<'_>) -> Result<Box<dyn Adapt
             return Err(VitError::Config(format!("adapter kind {} has no adapter layers", plan.kind())));
         }
     })
-}
-
-/// Casts a tensor to `kind` only when needed (a bf16 forward uses the f32 master weights).
-pub(crate) fn cast(t: &Tensor, kind: Kind) -> Tensor {
-    if t.kind() == kind { t.shallow_clone() } else { t.to_kind(kind) }
 }
 
 /// A trainable leaf tensor.

@@ -1,9 +1,10 @@
 //! The frozen part of the ViT, everything but the head, with timm's names and initialisation.
 
 use super::block::{Block, Norm, block_tensors};
+use crate::adapted::AdaptedLinear;
 use crate::config::VitConfig;
 use crate::init;
-use crate::linear::{AdaptedLinear, Linear};
+use crate::linear::Linear;
 use tch::{Device, Kind, Tensor};
 
 /// The frozen part: everything but the head.

@@ -1,37 +1,17 @@
 //! One pre-norm transformer block (timm's `Block`), with its own forward, and the hook through
 //! which analysis tools observe the input of every linear layer.
 
-use crate::adapter::cast;
+use crate::adapted::AdaptedLinear;
 use crate::config::VitConfig;
-use crate::linear::AdaptedLinear;
-use crate::model::ForwardCtx;
-use mlae_core::{MaskSampler, TargetLayer};
+use crate::ctx::{ForwardCtx, StepWeights};
+use crate::linear::cast;
+use mlae_core::{LayerSite, MaskSampler, TargetLayer};
 use std::ops::ControlFlow;
 use tch::{Kind, Tensor};
 
-/// A linear layer of the model: block and target, e.g. block 3's `qkv`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LayerId {
-    pub block: usize,
-    pub target: TargetLayer,
-}
-
-impl LayerId {
-    /// Its timm module name, `blocks.<block>.<module path>` (as in checkpoint and PEFT keys).
-    pub fn name(&self) -> String {
-        format!("blocks.{}.{}", self.block, self.target.module_path())
-    }
-}
-
-impl std::fmt::Display for LayerId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.name())
-    }
-}
-
 /// Called with the input `(batch, tokens, in)` of every linear layer, in forward order;
 /// `ControlFlow::Break(())` stops the forward there (see [`crate::AdaptedVit::forward_with`]).
-pub type LayerHook<'a> = dyn FnMut(LayerId, &Tensor) -> ControlFlow<()> + 'a;
+pub type LayerHook<'a> = dyn FnMut(LayerSite, &Tensor) -> ControlFlow<()> + 'a;
 
 /// Which tokens a block computes its output for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +29,8 @@ pub(crate) struct Pass<'a> {
     /// The kind the pass computes in.
     pub kind: Kind,
     pub sampler: &'a MaskSampler,
+    /// The forward's host-drawn adapter weights, uploaded once.
+    pub weights: Option<&'a StepWeights>,
 }
 
 pub(crate) struct Norm {
@@ -130,8 +112,8 @@ impl Block {
         pass: &Pass<'_>,
         hook: &mut LayerHook<'_>,
     ) -> ControlFlow<(), Tensor> {
-        hook(LayerId { block: self.index, target }, x)?;
-        ControlFlow::Continue(self.linear(target).forward(x, pass.kind, pass.ctx, pass.sampler))
+        hook(LayerSite { block: self.index, target }, x)?;
+        ControlFlow::Continue(self.linear(target).forward(x, pass.kind, pass.ctx, pass.sampler, pass.weights))
     }
 
     /// The block on tokens `x: (batch, tokens, dim)`. With [`Rows::ClassToken`] it returns

@@ -12,39 +12,19 @@ mod backbone;
 pub mod block;
 
 pub(crate) use backbone::{Backbone, fresh_head};
-pub use block::{LayerHook, LayerId};
+pub use block::LayerHook;
 
-use crate::adapter::{self, AdapterLayer, ParamRole, cast};
+use crate::adapted::AdaptedLinear;
+use crate::adapter::{self, AdapterLayer, ParamRole};
 use crate::config::VitConfig;
+use crate::ctx::{ForwardCtx, StepWeights};
 use crate::error::{Result, VitError};
-use crate::linear::{AdaptedLinear, Linear};
+use crate::linear::{Linear, cast};
 use crate::pos_embed::{PosResize, resample_pos_embed};
 use block::{Pass, Rows};
-use mlae_core::{AdapterPlan, AdapterSpec, MaskSampler, ParamCount, TargetLayer};
+use mlae_core::{AdapterPlan, AdapterSpec, LayerSite, MaskSampler, ParamCount, TargetLayer};
 use std::ops::ControlFlow;
 use tch::{Device, Kind, Tensor};
-
-/// What a forward pass needs to know: training or inference, and the step clock that masks,
-/// DMLoRA's schedule and nothing else read. Dropout and drop-path draw from libtorch's RNG,
-/// which the training loop seeds per step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ForwardCtx {
-    pub train: bool,
-    pub step: u64,
-    pub total_steps: u64,
-}
-
-impl ForwardCtx {
-    /// Inference: every expert on and unscaled, no dropout, no drop-path.
-    pub fn eval() -> Self {
-        ForwardCtx { train: false, step: 0, total_steps: 0 }
-    }
-
-    /// Training step `step` of `total_steps`.
-    pub fn train(step: u64, total_steps: u64) -> Self {
-        ForwardCtx { train: true, step, total_steps }
-    }
-}
 
 /// A ViT with a fine-tuning method attached: adapters on the planned linear layers (or none,
 /// for `linear-probe` and `full`) and a classification head.
@@ -60,7 +40,7 @@ pub struct AdaptedVit {
     pub(crate) head: Linear,
     /// The adapted layers in plan order (the order of [`AdaptedVit::trainable`]; the index is
     /// the `layer` of the mask draws).
-    adapted: Vec<LayerId>,
+    adapted: Vec<LayerSite>,
     /// The user's choice of position-table resize ([`AdaptedVit::set_pos_resize`]); `None`
     /// follows the checkpoint's convention.
     pub(crate) pos_resize: Option<PosResize>,
@@ -137,7 +117,7 @@ impl AdaptedVit {
                 name: &name,
                 device: self.device,
             };
-            built.push((LayerId { block: site.block, target: site.target }, adapter::build(plan, &init)?));
+            built.push((site, adapter::build(plan, &init)?));
         }
         for id in std::mem::take(&mut self.adapted) {
             self.layer_mut(id).detach();
@@ -185,22 +165,22 @@ impl AdaptedVit {
     }
 
     /// A linear layer of a block (frozen base, adapter, merge state), if the block exists.
-    pub fn linear(&self, id: LayerId) -> Option<&AdaptedLinear> {
+    pub fn linear(&self, id: LayerSite) -> Option<&AdaptedLinear> {
         Some(self.backbone.blocks.get(id.block)?.linear(id.target))
     }
 
-    fn layer(&self, id: LayerId) -> &AdaptedLinear {
+    fn layer(&self, id: LayerSite) -> &AdaptedLinear {
         self.backbone.blocks[id.block].linear(id.target)
     }
 
-    fn layer_mut(&mut self, id: LayerId) -> &mut AdaptedLinear {
+    fn layer_mut(&mut self, id: LayerSite) -> &mut AdaptedLinear {
         self.backbone.blocks[id.block].linear_mut(id.target)
     }
 
     /// The adapter on a linear layer, if any (A, B, coefficients through
     /// [`AdapterLayer::factors`]).
     pub fn adapter(&self, block: usize, target: TargetLayer) -> Option<&dyn AdapterLayer> {
-        self.linear(LayerId { block, target })?.adapter_for(target)
+        self.linear(LayerSite { block, target })?.adapter_for(target)
     }
 
     /// Every adapter, in plan order.
@@ -219,10 +199,10 @@ impl AdaptedVit {
 
     /// The linear layers that hold adapters, each once (q and v slices share the fused qkv),
     /// in plan order.
-    fn adapted_linears(&self) -> Vec<LayerId> {
-        let mut out: Vec<LayerId> = Vec::new();
+    fn adapted_linears(&self) -> Vec<LayerSite> {
+        let mut out: Vec<LayerSite> = Vec::new();
         for id in &self.adapted {
-            let fused = LayerId { block: id.block, target: id.target.fused() };
+            let fused = LayerSite { block: id.block, target: id.target.fused() };
             if !out.contains(&fused) {
                 out.push(fused);
             }
@@ -231,7 +211,7 @@ impl AdaptedVit {
     }
 
     /// Every linear layer holding adapters, once each, with its id, in plan order.
-    pub(crate) fn adapted_layers(&self) -> impl Iterator<Item = (LayerId, &AdaptedLinear)> {
+    pub(crate) fn adapted_layers(&self) -> impl Iterator<Item = (LayerSite, &AdaptedLinear)> {
         self.adapted_linears().into_iter().map(|id| (id, self.layer(id)))
     }
 
@@ -345,7 +325,8 @@ impl AdaptedVit {
     ) -> Result<ControlFlow<(), Tensor>> {
         let mut h = self.embed(x)?;
         let kind = self.compute_kind;
-        let pass = Pass { cfg: &self.cfg, ctx, kind, sampler: &self.sampler };
+        let weights = self.step_weights(ctx);
+        let pass = Pass { cfg: &self.cfg, ctx, kind, sampler: &self.sampler, weights: weights.as_ref() };
         let depth = self.backbone.blocks.len();
         for blk in &self.backbone.blocks {
             // Only the class token leaves the last block: there, the other tokens serve as
@@ -361,6 +342,17 @@ impl AdaptedVit {
         Ok(ControlFlow::Continue(self.head.forward(&cls, kind).to_kind(Kind::Float)))
     }
 
+    /// Every adapter's host-drawn weights for the forward `ctx`, in one upload.
+    fn step_weights(&self, ctx: &ForwardCtx) -> Option<StepWeights> {
+        let mut per_layer: Vec<Option<Vec<f32>>> = vec![None; self.adapted.len()];
+        for (_, layer) in self.adapted_layers() {
+            for (index, w) in layer.step_weights(ctx, &self.sampler) {
+                per_layer[index] = w;
+            }
+        }
+        StepWeights::upload(per_layer, self.device)
+    }
+
     /// The input of one linear layer (`(batch, tokens, in)`, f32, no grad) at inference, for
     /// analysis tools: [`AdaptedVit::forward_with`], stopped at that layer.
     pub fn layer_input(&self, x: &Tensor, block: usize, target: TargetLayer) -> Result<Tensor> {
@@ -371,7 +363,7 @@ impl AdaptedVit {
             )));
         }
         // a q/k/v slice reads the fused qkv's input
-        let want = LayerId { block, target: target.fused() };
+        let want = LayerSite { block, target: target.fused() };
         let mut input = None;
         tch::no_grad(|| {
             self.forward_with(x, &ForwardCtx::eval(), &mut |id, t| {
@@ -495,7 +487,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut full = |ctx: &ForwardCtx| {
             seen.clear();
-            let mut hook = |id: LayerId, _: &Tensor| {
+            let mut hook = |id: LayerSite, _: &Tensor| {
                 seen.push(id);
                 ControlFlow::Continue(())
             };
@@ -512,7 +504,7 @@ mod tests {
             }
         }
         // the hook saw every linear layer once, in forward order
-        let order: Vec<String> = seen.iter().map(LayerId::name).collect();
+        let order: Vec<String> = seen.iter().map(LayerSite::name).collect();
         assert_eq!(order.len(), 3 * 4);
         assert_eq!(
             order[..4],
@@ -525,21 +517,21 @@ mod tests {
     fn merge_state_is_per_layer() {
         let spec = AdapterSpec { targets: vec![TargetLayer::Fc1], ..Default::default() };
         let mut model = AdaptedVit::new(&tiny_cfg(), &spec, 3, Device::Cpu).unwrap();
-        let fc1 = LayerId { block: 1, target: TargetLayer::Fc1 };
-        let qkv = LayerId { block: 1, target: TargetLayer::Qkv };
+        let fc1 = LayerSite { block: 1, target: TargetLayer::Fc1 };
+        let qkv = LayerSite { block: 1, target: TargetLayer::Qkv };
         tch::no_grad(|| {
             for (_, mut t, _) in model.trainable() {
                 t.copy_(&(Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.2));
             }
         });
         let before = model.linear(fc1).unwrap().base().weight().copy();
-        let delta = model.adapter(1, TargetLayer::Fc1).unwrap().merged_delta();
+        let delta = model.linear(fc1).unwrap().delta(TargetLayer::Fc1).unwrap();
         assert!(!model.is_merged());
         model.merge().unwrap();
         assert!(model.linear(fc1).unwrap().is_merged());
         assert!(!model.linear(qkv).unwrap().is_merged(), "a layer without adapter has nothing to merge");
         assert!(model.linear(fc1).unwrap().base().weight().equal(&(&before + &delta)));
-        assert!(model.linear(LayerId { block: 3, target: TargetLayer::Fc1 }).is_none());
+        assert!(model.linear(LayerSite { block: 3, target: TargetLayer::Fc1 }).is_none());
         model.unmerge().unwrap();
         assert!(!model.is_merged() && !model.linear(fc1).unwrap().is_merged());
         assert!(max_diff(model.linear(fc1).unwrap().base().weight(), &before) < 1e-6);
