@@ -128,6 +128,27 @@ fn dry_runs_of_the_other_grids_plan_valid_configs() {
     let dora = *plan_lines(&out).iter().find(|l| l.contains("dtd.dora.s0")).expect("a dora run");
     assert_eq!(field(dora, "adapter.kind").as_deref(), Some("dora"), "{dora}");
     assert_eq!(field(dora, "adapter.lora.rank").as_deref(), Some("8"), "{dora}");
+    // each method fragment replaces the task's [adapter]; LoRA+Dropout keeps the task's p
+    let baseline = |variant: &str| {
+        *plan_lines(&out).iter().find(|l| l.contains(&format!("dtd.{variant}.s0 "))).expect("a run")
+    };
+    for (variant, kind) in [
+        ("linear", "linear-probe"),
+        ("full", "full"),
+        ("lora", "lora"),
+        ("lora-dropout", "lora-dropout"),
+        ("dmlora", "dmlora"),
+        ("mlae", "mlae"),
+    ] {
+        assert_eq!(field(baseline(variant), "adapter.kind").as_deref(), Some(kind), "{variant}");
+    }
+    let ld = baseline("lora-dropout");
+    assert_eq!(
+        field(ld, "adapter.lora.update_dropout").as_deref(),
+        Some("0.7"),
+        "Table 10's p for dtd: {ld}"
+    );
+    assert_eq!(field(baseline("lora"), "adapter.lora.input_dropout").as_deref(), Some("0.0"));
     let ours = line("stochastic-uniform");
     assert_eq!(field(ours, "adapter.mlae.expert_dropout").as_deref(), Some("0.7"), "Table 10's p for dtd");
     assert_eq!(field(ours, "adapter.mlae.coeff_init").as_deref(), Some("0.25"), "Table 10's init for dtd");

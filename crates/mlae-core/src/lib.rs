@@ -57,7 +57,7 @@ pub use merge::{
     PeftLora, add_delta_into, check_expert_shapes, fold_lambda_into_b, merge_delta, to_peft_lora,
     try_merge_delta,
 };
-pub use method::{Method, MethodPlan};
+pub use method::{Method, MethodPlan, Section};
 pub use methods::dmlora::{self, DmloraPlan, DmloraSpec, RampShape, branch_drop_prob, in_stage2};
 pub use methods::full::FullPlan;
 pub use methods::linear_probe::LinearProbePlan;

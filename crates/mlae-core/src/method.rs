@@ -1,6 +1,8 @@
 //! What a fine-tuning method is to mlae-core: the [`Method`] trait (its config section and
-//! how that resolves into the method's own plan) and the [`MethodPlan`] trait (what every
-//! plan answers: where its layers go, how many parameters they hold, its training schedule).
+//! how that resolves into the method's own plan), the [`Section`] trait (what the registry
+//! needs of a section beyond serde) and the [`MethodPlan`] trait (what every plan answers:
+//! where its layers go, how large their updates are, how many parameters they hold, its
+//! training schedule).
 //!
 //! The methods themselves are in [`crate::methods`], one module each, tied together by the
 //! registry there.
@@ -9,12 +11,13 @@ use crate::error::SpecError;
 use crate::params::ModelDims;
 use crate::schedule::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
+use serde::{Serialize, Serializer};
 
 /// A fine-tuning method: its `[adapter.<section>]` table and its resolution into a plan.
 pub trait Method {
     /// The config section the method reads (`()` for a method without one). Two methods may
     /// read the same section (lora and lora-dropout read `[adapter.lora]`).
-    type Section;
+    type Section: Section;
     /// The resolved method for one model.
     type Plan: MethodPlan;
     /// Whether the method puts adapter layers beside the backbone's linear layers (and so
@@ -22,10 +25,14 @@ pub trait Method {
     const ADAPTS_LAYERS: bool;
     /// The keys a reader checks first in a run's config (dotted paths), e.g. in a sweep plan.
     const KEY_SETTINGS: &'static [&'static str] = &[];
+    /// Keys of a shared section that this method does not read (another method that reads the
+    /// section does), e.g. `update_dropout` for lora. A config of this kind that writes one
+    /// is refused, naming the key, and a stored spec leaves them out.
+    const UNREAD_KEYS: &'static [&'static str] = &[];
 
     /// Checks every field the method reads; the error names the field. Fields the method
-    /// does not read are not checked, so one config can switch `adapter.kind` without
-    /// editing the rest.
+    /// does not read are not checked: a config cannot set them (it is refused when read),
+    /// and a spec built in code may leave anything there.
     fn validate(section: &Self::Section, targets: &[TargetLayer]) -> Result<(), SpecError>;
 
     /// A short label of the method and its main settings for run names, e.g.
@@ -39,7 +46,31 @@ pub trait Method {
         targets: &[TargetLayer],
         depth: usize,
     ) -> Result<Self::Plan, SpecError>;
+
+    /// Valid sections for a model of `depth` blocks that between them switch on every feature
+    /// of the method (dropout, per-block settings, scales other than 1), setting only keys the
+    /// method reads. Conformance tests (mlae-vit's) build the method's layers from these, so a
+    /// new method is tested from its registry line alone.
+    fn examples(depth: usize) -> Vec<Self::Section>;
 }
+
+/// A method's config section, as the registry reads and writes it.
+pub trait Section: Clone + Default + PartialEq + std::fmt::Debug + Serialize {
+    /// Writes the section without the keys in `unread` (the keys of a shared section that a
+    /// method does not read). The default writes every key: a section read whole.
+    fn serialize_read<S: Serializer>(&self, unread: &[&str], serializer: S) -> Result<S::Ok, S::Error> {
+        let _ = unread;
+        self.serialize(serializer)
+    }
+
+    /// Sets the keys in `unread` back to their defaults: the section as
+    /// [`Section::serialize_read`] writes it and a reader gets it back.
+    fn reset(&mut self, unread: &[&str]) {
+        let _ = unread;
+    }
+}
+
+impl Section for () {}
 
 /// What every resolved method answers, whatever it is.
 pub trait MethodPlan: TrainSchedule {
@@ -47,6 +78,11 @@ pub trait MethodPlan: TrainSchedule {
     /// index of a layer here is the `layer` of its mask draws. Empty for methods without
     /// adapter layers.
     fn sites(&self) -> Vec<LayerSite>;
+
+    /// The rank of the update on `site`: the rows of the low-rank pair an adapted layer adds
+    /// to every product (MLAE's experts x expert rank, DMLoRA's branches x branch rank,
+    /// LoRA's r); 0 for a layer without adapter. What the FLOP count reads.
+    fn update_rank(&self, site: LayerSite) -> usize;
 
     /// Parameters of the adapter layers on a model of size `dims`.
     fn adapter_params(&self, dims: &ModelDims) -> usize;

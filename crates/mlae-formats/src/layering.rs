@@ -1,5 +1,5 @@
-//! Config layering: a file may `extends` others, tables deep-merge, and `key.path=value`
-//! overrides come last.
+//! Config layering: a file may `extends` others, tables deep-merge, a file may remove or copy
+//! what the files below it set, and `key.path=value` overrides come last.
 //!
 //! `mlae-cli finetune` resolves a config with these rules, and `cargo xtask sweep` must resolve
 //! it identically to fingerprint a run (a changed value anywhere in the chain must start the run
@@ -10,6 +10,14 @@
 //!   file; later bases win over earlier ones, the extending file wins over all of them;
 //! - tables merge key by key, any other value replaces the one below it (arrays too);
 //! - a cycle of `extends` is an error naming the file;
+//! - `unset = ["adapter", "train.min_lr"]` removes those key paths (tables with everything in
+//!   them) from what was layered below the file: its bases, and the files before it in a list
+//!   of bases or of `--config` files. A path that is not set is left alone. This is how a
+//!   fragment switches the method of a task config: a kind's config may not hold the tables
+//!   of other kinds (mlae-core's `AdapterSpec`), so the fragment replaces `[adapter]`;
+//! - `copy = { "adapter.lora.update_dropout" = "adapter.mlae.expert_dropout" }` sets each key
+//!   to the value its source has below the file (read before `unset` applies), an error when
+//!   nothing below sets the source. The file's own keys win over both;
 //! - an override's value is read as TOML (number, bool, array, quoted string) or else taken as a
 //!   bare string, so `--set data.task=dtd` and `--set train.lr=1e-3` both do what they say;
 //!   an unquoted text that TOML reads as a number, bool or date (`nan`, `inf`, `true`, `123`)
@@ -21,17 +29,27 @@ use toml::{Table, Value};
 
 /// Reads a config file and everything it `extends`, merged.
 pub fn load(path: &Path) -> Result<Table> {
-    load_file(path, &mut Vec::new())
+    let mut merged = Table::new();
+    layer(&mut merged, path)?;
+    Ok(merged)
+}
+
+/// Layers a config file and everything it `extends` on `below` (the files given before it):
+/// its `unset` and `copy` act on `below` too.
+pub fn layer(below: &mut Table, path: &Path) -> Result<()> {
+    layer_file(below, path, &mut Vec::new())
 }
 
 /// Resolves the `extends` of a table that came from (or will be written to) `origin`, which
 /// need not exist yet: relative bases are taken from its directory.
 pub fn resolve(table: Table, origin: &Path) -> Result<Table> {
     let mut stack = vec![origin.canonicalize().unwrap_or_else(|_| origin.to_path_buf())];
-    resolve_in(table, origin, &mut stack)
+    let mut merged = Table::new();
+    layer_table(&mut merged, table, origin, &mut stack)?;
+    Ok(merged)
 }
 
-fn load_file(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Table> {
+fn layer_file(below: &mut Table, path: &Path, stack: &mut Vec<PathBuf>) -> Result<()> {
     let io = |source| FormatError::Io { path: path.to_path_buf(), source };
     let canon = path.canonicalize().map_err(io)?;
     if stack.contains(&canon) {
@@ -40,20 +58,37 @@ fn load_file(path: &Path, stack: &mut Vec<PathBuf>) -> Result<Table> {
     let text = std::fs::read_to_string(path).map_err(io)?;
     let table: Table = text.parse().map_err(|e: toml::de::Error| invalid(path, e.to_string()))?;
     stack.push(canon);
-    let merged = resolve_in(table, path, stack);
+    let layered = layer_table(below, table, path, stack);
     stack.pop();
-    merged
+    layered
 }
 
-fn resolve_in(mut table: Table, origin: &Path, stack: &mut Vec<PathBuf>) -> Result<Table> {
+/// Layers `table` (from `origin`) on `below`: its bases first, then its `copy` and `unset`,
+/// then its own keys. Tables merge key by key whichever way the files are grouped, so layering
+/// every file on one table in order gives what merging each file's own merge would.
+fn layer_table(below: &mut Table, mut table: Table, origin: &Path, stack: &mut Vec<PathBuf>) -> Result<()> {
     let bases = take_extends(&mut table, origin)?;
+    let unset = take_unset(&mut table, origin)?;
+    let copy = take_copy(&mut table, origin)?;
     let dir = origin.parent().unwrap_or(Path::new("."));
-    let mut merged = Table::new();
     for base in bases {
-        merge(&mut merged, load_file(&dir.join(base), stack)?);
+        layer_file(below, &dir.join(base), stack)?;
     }
-    merge(&mut merged, table);
-    Ok(merged)
+    let copied = copy
+        .into_iter()
+        .map(|(to, from)| match get_path(below, &from) {
+            Some(v) => Ok((to, v.clone())),
+            None => Err(invalid(origin, format!("copy: `{from}` (for `{to}`) is not set below this file"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for key in &unset {
+        remove_path(below, key);
+    }
+    for (to, value) in copied {
+        set_path(below, &to, value).map_err(|m| invalid(origin, format!("copy: {m}")))?;
+    }
+    merge(below, table);
+    Ok(())
 }
 
 fn take_extends(table: &mut Table, origin: &Path) -> Result<Vec<String>> {
@@ -71,6 +106,62 @@ fn take_extends(table: &mut Table, origin: &Path) -> Result<Vec<String>> {
             })
             .collect(),
         Some(other) => Err(expected(&other)),
+    }
+}
+
+/// `unset = ["a.b", ...]`: key paths.
+fn take_unset(table: &mut Table, origin: &Path) -> Result<Vec<String>> {
+    let expected =
+        |found: &Value| invalid(origin, format!("unset: expected a list of key paths, found {found}"));
+    match table.remove("unset") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) if is_key_path(&s) => Ok(s),
+                other => Err(expected(&other)),
+            })
+            .collect(),
+        Some(other) => Err(expected(&other)),
+    }
+}
+
+/// `copy = { "to.key" = "from.key", ... }`.
+fn take_copy(table: &mut Table, origin: &Path) -> Result<Vec<(String, String)>> {
+    let expected = |found: &Value| {
+        invalid(
+            origin,
+            format!("copy: expected a table of key paths (\"to.key\" = \"from.key\"), found {found}"),
+        )
+    };
+    match table.remove("copy") {
+        None => Ok(Vec::new()),
+        Some(Value::Table(items)) => items
+            .into_iter()
+            .map(|(to, from)| match from {
+                Value::String(from) if is_key_path(&to) && is_key_path(&from) => Ok((to, from)),
+                other => Err(expected(&other)),
+            })
+            .collect(),
+        Some(other) => Err(expected(&other)),
+    }
+}
+
+fn is_key_path(s: &str) -> bool {
+    !s.is_empty() && !s.split('.').any(str::is_empty)
+}
+
+/// Removes `a.b.c` (with everything below it) if it is set.
+fn remove_path(table: &mut Table, key: &str) {
+    match key.split_once('.') {
+        None => {
+            table.remove(key);
+        }
+        Some((first, rest)) => {
+            if let Some(Value::Table(t)) = table.get_mut(first) {
+                remove_path(t, rest);
+            }
+        }
     }
 }
 
@@ -234,6 +325,76 @@ mod tests {
         // the same from an in-memory table at a path that does not exist yet
         let mem: Table = "extends = [\"mid.toml\", \"frag.toml\"]\n[b]\nz = true\n".parse().unwrap();
         assert_eq!(resolve(mem, &tmp.path().join("not-yet.toml")).unwrap(), t);
+    }
+
+    #[test]
+    fn unset_and_copy_act_on_everything_below_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        write(
+            tmp.path(),
+            "task.toml",
+            "[adapter]\nkind = \"mlae\"\ntargets = [\"qkv\"]\n[adapter.mlae]\nexpert_dropout = 0.7\n\
+             [adapter.mlae.mask]\nstrategy = \"mixed\"\n[train]\nepochs = 5\nmin_lr = 0.1\n",
+        );
+        let frag = write(
+            tmp.path(),
+            "frag.toml",
+            "unset = [\"adapter\", \"train.min_lr\", \"not.there\"]\n\
+             copy = { \"adapter.lora.update_dropout\" = \"adapter.mlae.expert_dropout\" }\n\
+             [adapter]\nkind = \"lora-dropout\"\n[adapter.lora]\nrank = 4\n",
+        );
+        let want: Table =
+            "[adapter]\nkind = \"lora-dropout\"\n[adapter.lora]\nrank = 4\nupdate_dropout = 0.7\n\
+                           [train]\nepochs = 5\n"
+                .parse()
+                .unwrap();
+        // a file after the task config in a list of files, as `--config a --config b` layers them
+        let mut t = load(&tmp.path().join("task.toml")).unwrap();
+        layer(&mut t, &frag).unwrap();
+        assert_eq!(t, want);
+        // a fragment after the task config in one `extends` list, as a sweep's run config has it
+        let run: Table = "extends = [\"task.toml\", \"frag.toml\"]\n[train]\nepochs = 2\n".parse().unwrap();
+        let t = resolve(run, &tmp.path().join("run.toml")).unwrap();
+        assert_eq!(get_path(&t, "adapter.lora.update_dropout"), Some(&Value::Float(0.7)));
+        assert_eq!(get_path(&t, "train.epochs"), Some(&Value::Integer(2)), "the file's own keys win");
+        assert!(get_path(&t, "adapter.mlae").is_none() && get_path(&t, "train.min_lr").is_none());
+        // a file that extends the fragment: the fragment still acts on what is below it
+        write(tmp.path(), "both.toml", "extends = [\"task.toml\", \"frag.toml\"]\n");
+        let mut t = Table::new();
+        layer(&mut t, &tmp.path().join("both.toml")).unwrap();
+        assert_eq!(t, want);
+        // its own keys are not unset: a file may unset a table and write it anew
+        let own = write(tmp.path(), "own.toml", "unset = [\"train\"]\n[train]\nlr = 1.0\n");
+        let mut t = load(&tmp.path().join("task.toml")).unwrap();
+        layer(&mut t, &own).unwrap();
+        assert_eq!(t.get("train"), Some(&Value::Table("lr = 1.0".parse().unwrap())));
+        // without the directives a file layers as before
+        let plain = write(tmp.path(), "plain.toml", "[train]\nepochs = 9\n");
+        let mut t = load(&tmp.path().join("task.toml")).unwrap();
+        let mut merged = t.clone();
+        merge(&mut merged, load(&plain).unwrap());
+        layer(&mut t, &plain).unwrap();
+        assert_eq!(t, merged);
+    }
+
+    #[test]
+    fn bad_unset_and_copy_name_the_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bad = |name: &str, text: &str| {
+            let p = write(tmp.path(), name, text);
+            load(&p).unwrap_err().to_string()
+        };
+        let e = bad("a.toml", "unset = \"adapter\"\n");
+        assert!(e.contains("a.toml") && e.contains("unset: expected a list of key paths"), "{e}");
+        let e = bad("b.toml", "unset = [\"a..b\"]\n");
+        assert!(e.contains("b.toml") && e.contains("unset"), "{e}");
+        let e = bad("c.toml", "copy = { \"a.b\" = 1 }\n");
+        assert!(e.contains("c.toml") && e.contains("copy: expected a table of key paths"), "{e}");
+        let e = bad("d.toml", "copy = { \"a.b\" = \"x.y\" }\n");
+        assert!(
+            e.contains("d.toml") && e.contains("copy: `x.y` (for `a.b`) is not set below this file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -95,3 +95,75 @@ fn the_same_file_as_a_users_config_names_the_new_keys() {
         assert!(err.contains(want), "{want}\n{err}");
     }
 }
+
+/// What versions before the refusal of unread keys wrote: every method's table, whatever the
+/// kind read (here kind lora with MLAE's and DMLoRA's tables and lora-dropout's keys).
+const EVERY_TABLE_RUN: &str = r#"
+[model]
+preset = "vit-ti16"
+image_size = 32
+
+[adapter]
+kind = "lora"
+targets = ["qkv"]
+
+[adapter.mlae]
+experts = 8
+expert_rank = 1
+coeff_init = 1.0
+adaptive_coeffs = true
+expert_dropout = 0.5
+
+[adapter.mlae.mask]
+strategy = "stochastic"
+pattern = "uniform"
+seed = 0
+
+[adapter.lora]
+rank = 4
+input_dropout = 0.1
+update_dropout = 0.5
+update_dropout_on = "output"
+
+[adapter.dmlora]
+branches = 4
+branch_rank = 8
+p_start = 0.0
+p_end = 0.5
+schedule = "linear"
+ramp_start = 0.0
+ramp_end = 0.7
+stage2_start = 0.8
+scale_init = 1.0
+
+[data]
+benchmark = "vtab"
+task = "cifar"
+root = "/data/vtab"
+normalization = "inception"
+
+[train]
+epochs = 3
+"#;
+
+#[test]
+fn a_run_directory_with_every_table_still_loads_and_a_config_may_not_hold_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("config.toml");
+    std::fs::write(&path, EVERY_TABLE_RUN).unwrap();
+    let cfg = load_run_config(tmp.path()).unwrap();
+    assert_eq!(cfg.adapter.kind, AdapterKind::Lora);
+    assert_eq!(cfg.adapter.lora, LoraSpec { rank: 4, input_dropout: 0.1, ..Default::default() });
+    assert_eq!(cfg.adapter, cfg.adapter.reduced(), "what the kind does not read is dropped");
+    assert_eq!(cfg.default_run_name(), "cifar-lora-r4-paper-s0");
+    // the same file as a person's config names a key its kind does not read
+    let err = ExperimentConfig::load(&[&path], &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("adapter.lora.update_dropout: kind lora does not read it (only lora-dropout does)"),
+        "{err}"
+    );
+    let without = EVERY_TABLE_RUN.replace("update_dropout = 0.5\nupdate_dropout_on = \"output\"\n", "");
+    std::fs::write(&path, without).unwrap();
+    let err = ExperimentConfig::load(&[&path], &[]).unwrap_err().to_string();
+    assert!(err.contains("adapter.mlae: kind lora does not read it (only mlae does)"), "{err}");
+}

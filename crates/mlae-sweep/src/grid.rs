@@ -12,9 +12,10 @@
 //! [axes]                                       # cartesian product of overrides
 //! "adapter.mlae.expert_dropout" = [0.0, 0.5]
 //! [[variants]]                                 # named variants (methods, ablations)
-//! name = "lora"
-//! set = { "adapter.kind" = "lora" }
-//! extends = ["configs/ablations/masking-fixed-incremental.toml"]  # fragments, later wins
+//! name = "lora-qv"
+//! extends = ["configs/lora/base.toml"]         # fragments, later wins (a method's fragment
+//!                                              # replaces the task config's [adapter])
+//! set = { "adapter.targets" = ["q", "v"] }
 //! [select]                                     # search, then one final run per task
 //! metric = "best_val_acc"                      # from each search run's summary.json
 //! final_protocol = "paper"

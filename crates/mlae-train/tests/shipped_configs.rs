@@ -36,10 +36,18 @@ fn tasks_of(dir: &str, benchmark: Benchmark) -> BTreeSet<String> {
             let cfg = load(std::slice::from_ref(&f));
             assert_eq!(cfg.data.benchmark, benchmark, "{}", f.display());
             assert_eq!(cfg.adapter.kind, AdapterKind::Mlae, "{}", f.display());
-            // the baselines grid's LoRA+Dropout runs with the task's p, on dW x
-            let (mlae, lora) = (&cfg.adapter.mlae, &cfg.adapter.lora);
-            assert_eq!(lora.update_dropout, mlae.expert_dropout, "{}", f.display());
-            assert_eq!((lora.rank, lora.input_dropout), (8, 0.0), "{}", f.display());
+            // the baselines grid's LoRA+Dropout runs with the task's p, on dW x (its fragment
+            // replaces the task's [adapter] and copies the p)
+            let ld = load(&[f.clone(), root().join("configs/lora-dropout/base.toml")]);
+            let lora = &ld.adapter.lora;
+            assert_eq!(ld.adapter.kind, AdapterKind::LoraDropout, "{}", f.display());
+            assert_eq!(lora.update_dropout, cfg.adapter.mlae.expert_dropout, "{}", f.display());
+            assert_eq!(
+                (lora.rank, lora.input_dropout, lora.update_dropout_on),
+                (8, 0.0, mlae_core::UpdateDropoutOn::Output),
+                "{}",
+                f.display()
+            );
             cfg.adapter.resolve(12).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
             assert_eq!(cfg.data.task, stem, "{}: the file name is the task", f.display());

@@ -45,11 +45,6 @@ fn arr2(t: &Tensor) -> ndarray::Array2<f32> {
     .unwrap()
 }
 
-fn tensor2(a: &ndarray::Array2<f32>) -> Tensor {
-    let (r, c) = a.dim();
-    Tensor::from_slice(a.as_standard_layout().as_slice().unwrap()).view([r as i64, c as i64])
-}
-
 #[test]
 fn dmlora_is_the_scaled_weighted_sum_of_its_branches() {
     let dm = DmloraSpec {

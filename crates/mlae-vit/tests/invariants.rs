@@ -1,86 +1,139 @@
 //! PEFT's invariants and this crate's own guarantees, on the tiny timm ViT of the fixtures.
+//!
+//! The conformance tests (`conformance_*`) run over every kind of mlae-core's registry
+//! (`AdapterKind::ALL`), each with the examples the registry gives for it, on whole layers and on
+//! q/k/v slices of the fused qkv: a new kind gets all of them from its registry line, and no kind
+//! is named there (but the plain backbone they compare with). What a check needs to know of a
+//! kind it asks the kind (whether it has adapter layers, whether its plan trains the backbone,
+//! which roles its schedule trains, whether its layer merges as W + dW).
 
 mod common;
 
 use common::*;
-use mlae_core::{
-    AdapterKind, AdapterSpec, DmloraSpec, LoraSpec, MaskSpec, MaskStrategy, MlaeSpec, TargetLayer,
-    count_params,
-};
-use mlae_vit::{AdaptedVit, ForwardCtx, HeadLoad, ParamRole, Preset, StateDict, VitConfig, VitError};
+use mlae_core::{AdapterKind, AdapterSpec, LoraSpec, MlaeSpec, TargetLayer, count_params};
+use mlae_vit::{AdaptedVit, CheckpointFormat, ForwardCtx, HeadLoad, ParamRole, Preset, StateDict, VitConfig};
+use std::collections::{BTreeSet, HashMap};
 use tch::{Device, Kind, Tensor};
 
-/// Every adapter kind on every target layer, with the kind's dropout on (so training-mode
-/// paths are exercised) and per-layer expert counts for MLAE.
-fn adapter_specs() -> Vec<AdapterSpec> {
-    let all = TargetLayer::WHOLE.to_vec();
-    vec![
-        AdapterSpec {
-            kind: AdapterKind::Lora,
-            targets: all.clone(),
-            lora: LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.2, ..Default::default() },
-            ..Default::default()
-        },
-        AdapterSpec {
-            kind: AdapterKind::LoraDropout,
-            targets: all.clone(),
-            lora: LoraSpec { rank: 4, update_dropout: 0.3, ..Default::default() },
-            ..Default::default()
-        },
-        AdapterSpec {
-            kind: AdapterKind::Mlae,
-            targets: all.clone(),
-            mlae: MlaeSpec { experts: 4, expert_dropout: 0.5, coeff_init: 0.5, ..Default::default() },
-            ..Default::default()
-        },
-        AdapterSpec {
-            kind: AdapterKind::Mlae,
-            targets: vec![TargetLayer::Qkv, TargetLayer::Fc2],
-            mlae: MlaeSpec {
-                experts: 4,
-                expert_rank: 2,
-                expert_dropout: 0.5,
-                mask: MaskSpec {
-                    strategy: MaskStrategy::Mixed,
-                    experts_per_layer: Some(vec![1, 3]),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        AdapterSpec {
-            kind: AdapterKind::Dmlora,
-            targets: all.clone(),
-            dmlora: DmloraSpec { branch_rank: 2, ..Default::default() },
-            ..Default::default()
-        },
-        AdapterSpec {
-            kind: AdapterKind::Dora,
-            targets: all,
-            lora: LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.2, ..Default::default() },
-            ..Default::default()
-        },
-        // q and v as slices of the fused qkv (the lineage's LoRA placement), beside a whole layer
-        AdapterSpec {
-            kind: AdapterKind::Lora,
-            targets: vec![TargetLayer::Q, TargetLayer::V, TargetLayer::Fc1],
-            lora: LoraSpec { rank: 4, alpha: Some(8.0), input_dropout: 0.2, ..Default::default() },
-            ..Default::default()
-        },
-        AdapterSpec {
-            kind: AdapterKind::Mlae,
-            targets: vec![TargetLayer::V, TargetLayer::K, TargetLayer::Q],
-            mlae: MlaeSpec { experts: 4, expert_dropout: 0.5, coeff_init: 0.5, ..Default::default() },
-            ..Default::default()
-        },
-        AdapterSpec {
-            kind: AdapterKind::Dora,
-            targets: vec![TargetLayer::V],
-            lora: LoraSpec { rank: 4, alpha: Some(8.0), ..Default::default() },
-            ..Default::default()
-        },
-    ]
+/// The conformance specs: every registered kind with each of its examples (mlae-core's
+/// `AdapterKind::examples`, which switch on the kind's dropout, per-block settings and
+/// scales), a kind with adapter layers on all four whole layers, on q and v slices beside a
+/// whole layer, and on all three slices.
+fn conformance_specs() -> Vec<AdapterSpec> {
+    let depth = tiny_vit(32).depth as usize;
+    let placements: [&[TargetLayer]; 3] = [
+        TargetLayer::WHOLE,
+        &[TargetLayer::Q, TargetLayer::V, TargetLayer::Fc1],
+        &[TargetLayer::V, TargetLayer::K, TargetLayer::Q],
+    ];
+    let mut specs = Vec::new();
+    for kind in AdapterKind::ALL {
+        for example in kind.examples(depth) {
+            if kind.has_adapter() {
+                specs.extend(
+                    placements.iter().map(|t| AdapterSpec { targets: t.to_vec(), ..example.clone() }),
+                );
+            } else {
+                specs.push(example);
+            }
+        }
+    }
+    specs
+}
+
+/// A spec as a message names it: kind, label, targets.
+fn what(spec: &AdapterSpec) -> String {
+    let targets: Vec<&str> = spec.targets.iter().map(|t| t.as_str()).collect();
+    format!("{} ({}, targets {})", spec.kind, spec.label(), targets.join(","))
+}
+
+/// The plain backbone and head (the model every fresh adapter must reproduce).
+fn linear_probe() -> AdapterSpec {
+    AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() }
+}
+
+#[test]
+fn conformance_covers_every_registered_kind() {
+    let specs = conformance_specs();
+    let kinds: BTreeSet<&str> = specs.iter().map(|s| s.kind.as_str()).collect();
+    let all: BTreeSet<&str> = AdapterKind::ALL.iter().map(|k| k.as_str()).collect();
+    assert_eq!(kinds, all);
+    for s in &specs {
+        eprintln!("conformance spec: {}", what(s));
+    }
+    eprintln!(
+        "conformance kinds: {}",
+        AdapterKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+    );
+}
+
+#[test]
+fn conformance_fresh_adapters_leave_the_outputs_unchanged() {
+    let _rng = rng_lock();
+    let x = input(3, 0);
+    let want = tiny_model(&linear_probe(), 7).forward_t(&x, &ForwardCtx::eval());
+    for spec in conformance_specs() {
+        let m = tiny_model(&spec, 7);
+        assert!(m.forward_t(&x, &ForwardCtx::eval()).equal(&want), "{} at eval", what(&spec));
+        // training mode too: masks and dropout act on a zero update
+        tch::manual_seed(1);
+        let train = m.forward_t(&x, &ForwardCtx::train(3, 10));
+        assert!(train.equal(&want), "{} in training", what(&spec));
+    }
+}
+
+/// Training moves exactly the trainable tensors: each of them, and no frozen one (the
+/// backbone's weights are trainable only when the kind's plan trains the backbone, and then
+/// every one of them moves).
+#[test]
+fn conformance_training_changes_only_the_trainable_tensors() {
+    let _rng = rng_lock();
+    for spec in conformance_specs() {
+        let w = what(&spec);
+        let m = tiny_model(&spec, 3);
+        let full = m.plan().trains_backbone();
+        let before_backbone = backbone_snapshot(&m);
+        let before: Vec<(String, Tensor, ParamRole)> =
+            m.trainable().into_iter().map(|(n, t, r)| (n, t.copy(), r)).collect();
+        let names: BTreeSet<&str> = before.iter().map(|(n, _, _)| n.as_str()).collect();
+        if full {
+            // every backbone tensor, then the head
+            assert_eq!(before.len(), before_backbone.len() + 2, "{w}");
+            assert!(
+                before.iter().take(before_backbone.len()).all(|(_, _, r)| *r == ParamRole::Backbone),
+                "{w}"
+            );
+        }
+        sgd_steps(&m, 6);
+        for (name, t) in &before_backbone {
+            let now = m.tensor(name).unwrap();
+            if full {
+                assert!(names.contains(name.as_str()), "{w}: {name} is not trainable");
+                assert!(!now.equal(t), "{w}: every backbone tensor gets a gradient; {name} did not move");
+            } else {
+                assert!(!names.contains(name.as_str()), "{w}: {name} is trainable");
+                assert!(now.equal(t), "{w}: frozen {name} changed");
+                assert!(!now.requires_grad() && !now.grad().defined(), "{w}: frozen {name} has a gradient");
+            }
+        }
+        let roles: &[ParamRole] = if full {
+            &[ParamRole::Backbone, ParamRole::Head]
+        } else {
+            &[ParamRole::Adapter, ParamRole::Coefficient, ParamRole::BranchScale, ParamRole::Head]
+        };
+        let after = m.trainable();
+        assert_eq!(after.len(), before.len(), "{w}");
+        let schedule = m.plan().schedule();
+        for ((name, now, role), (_, was, _)) in after.into_iter().zip(&before) {
+            assert!(roles.contains(&role), "{w}: {name} has role {role:?}");
+            assert!(now.requires_grad(), "{w}: {name}");
+            if schedule.ever_trains(role) {
+                assert!(!now.equal(was), "{w}: trainable {name} did not change");
+            } else {
+                assert!(now.equal(was), "{w}: {name} ({role:?}) never trains but changed");
+            }
+        }
+    }
 }
 
 /// A q/v slice adapter is an adapter on a separate q or v layer: its update lands in its rows
@@ -124,30 +177,12 @@ fn input(batch: i64, seed: u64) -> Tensor {
     det_randn(&[batch, 3, 32, 32], seed)
 }
 
-fn linear_probe() -> AdapterSpec {
-    AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() }
-}
-
-#[test]
-fn fresh_adapters_leave_the_outputs_unchanged() {
-    let _rng = rng_lock();
-    let x = input(3, 0);
-    let base = tiny_model(&linear_probe(), 7);
-    let want = base.forward_t(&x, &ForwardCtx::eval());
-    for spec in adapter_specs() {
-        let m = tiny_model(&spec, 7);
-        assert!(m.forward_t(&x, &ForwardCtx::eval()).equal(&want), "{} at eval", spec.kind);
-        // training mode too: masks and dropout act on a zero update
-        tch::manual_seed(1);
-        let train = m.forward_t(&x, &ForwardCtx::train(3, 10));
-        assert!(train.equal(&want), "{} in training", spec.kind);
-    }
-}
-
-/// A few steps of plain SGD on the trainable tensors, as a training loop would do.
+/// A few steps of plain SGD on the trainable tensors that the method's schedule ever trains
+/// (frozen MLAE coefficients are trainable tensors it never trains), as a training loop would do.
 fn sgd_steps(m: &AdaptedVit, steps: u64) {
     let y = Tensor::from_slice(&[0i64, 1, 2, 3]);
-    let params = m.trainable();
+    let schedule = m.plan().schedule();
+    let params: Vec<_> = m.trainable().into_iter().filter(|(_, _, r)| schedule.ever_trains(*r)).collect();
     for step in 0..steps {
         tch::manual_seed(step as i64);
         let logits = m.forward_t(&input(4, 100 + step), &ForwardCtx::train(step, steps));
@@ -181,92 +216,82 @@ fn backbone_snapshot(m: &AdaptedVit) -> Vec<(String, Tensor)> {
     names.into_iter().map(|n| (n.clone(), m.tensor(&n).unwrap().copy())).collect()
 }
 
-#[test]
-fn training_changes_only_adapter_and_head_parameters() {
-    let _rng = rng_lock();
-    let mut specs = adapter_specs();
-    specs.push(linear_probe());
-    for spec in specs {
-        let m = tiny_model(&spec, 3);
-        let before_backbone = backbone_snapshot(&m);
-        let before: Vec<(String, Tensor)> =
-            m.trainable().into_iter().map(|(n, t, _)| (n, t.copy())).collect();
-        sgd_steps(&m, 6);
-        for (name, t) in &before_backbone {
-            let now = m.tensor(name).unwrap();
-            assert!(now.equal(t), "{}: frozen {name} changed", spec.kind);
-            assert!(
-                !now.requires_grad() && !now.grad().defined(),
-                "{}: frozen {name} has a gradient",
-                spec.kind
-            );
+/// An adapted layer's weight rows: a q/k/v slice's rows of the fused qkv, else the whole weight.
+fn rows(t: Tensor, target: TargetLayer) -> Tensor {
+    match target.qkv_slice() {
+        Some(i) => {
+            let n = t.size()[0] / 3;
+            t.narrow(0, i as i64 * n, n)
         }
-        for ((name, now, role), (_, was)) in m.trainable().into_iter().zip(&before) {
-            assert!(matches!(
-                role,
-                ParamRole::Adapter | ParamRole::Coefficient | ParamRole::BranchScale | ParamRole::Head
-            ));
-            assert!(now.requires_grad());
-            assert!(!now.equal(was), "{}: trainable {name} did not change", spec.kind);
-        }
+        None => t,
     }
 }
 
-#[test]
-fn full_fine_tuning_trains_the_backbone() {
-    let _rng = rng_lock();
-    let m = tiny_model(&AdapterSpec { kind: AdapterKind::Full, ..Default::default() }, 3);
-    let before = backbone_snapshot(&m);
-    assert_eq!(m.trainable().len(), before.len() + 2);
-    assert!(m.trainable().iter().take(before.len()).all(|(_, _, r)| *r == ParamRole::Backbone));
-    sgd_steps(&m, 2);
-    let changed = before.iter().filter(|(n, t)| !m.tensor(n).unwrap().equal(t)).count();
-    assert_eq!(changed, before.len(), "every backbone tensor gets a gradient in full fine-tuning");
+fn fused_name(site: &mlae_core::LayerSite) -> String {
+    format!("blocks.{}.{}.weight", site.block, site.target.fused().module_path())
+}
+
+/// Whether the layer's merged weight is `W + dW` (the layer's own `merged_delta`): then merge
+/// and unmerge are one rounding each. A kind with its own merge (DoRA rescales the rows)
+/// answers no.
+fn merges_additively(a: &dyn mlae_vit::AdapterLayer, w: &Tensor) -> bool {
+    a.merged_weight(w).equal(&(w + a.merged_delta(w)))
 }
 
 #[test]
-fn merged_equals_unmerged_and_unmerge_restores_the_weights() {
+fn conformance_merged_equals_unmerged_and_unmerge_restores_the_weights() {
     let x = input(3, 5);
-    for spec in adapter_specs() {
+    let plain = tiny_model(&linear_probe(), 11).forward_t(&x, &ForwardCtx::eval());
+    for spec in conformance_specs().into_iter().filter(|s| s.kind.has_adapter()) {
+        let w_ = what(&spec);
         let mut m = tiny_model(&spec, 11);
         randomize_trainable(&m, 11);
         let unmerged = m.forward_t(&x, &ForwardCtx::eval());
-        // each adapted layer's weight (a q/k/v slice: its rows of the fused qkv's)
-        let rows = |t: Tensor, target: TargetLayer| match target.qkv_slice() {
-            Some(i) => {
-                let n = t.size()[0] / 3;
-                t.narrow(0, i as i64 * n, n)
+        let sites = m.plan().sites();
+        let weights: Vec<(mlae_core::LayerSite, Tensor)> =
+            sites.iter().map(|l| (*l, rows(m.tensor(&fused_name(l)).unwrap(), l.target).copy())).collect();
+        let fused_before: HashMap<String, Tensor> =
+            sites.iter().map(|l| (fused_name(l), m.tensor(&fused_name(l)).unwrap().copy())).collect();
+        // each layer's exact LoRA export is its update, for a kind that merges W + dW
+        for (site, w) in &weights {
+            let a = m.adapter(site.block, site.target).unwrap();
+            if merges_additively(a, w) {
+                let lora = a.to_peft().unwrap();
+                assert!(
+                    max_abs_diff(&tensor2(&lora.delta()), &a.merged_delta(w)) < 1e-6,
+                    "{w_}: {}",
+                    site.name()
+                );
             }
-            None => t,
-        };
-        let fused_name = |l: &mlae_core::LayerSite| {
-            format!("blocks.{}.{}.weight", l.block, l.target.fused().module_path())
-        };
-        let weights: Vec<(mlae_core::LayerSite, Tensor)> = m
-            .plan()
-            .sites()
-            .into_iter()
-            .map(|l| (l, rows(m.tensor(&fused_name(&l)).unwrap(), l.target).copy()))
-            .collect();
+        }
         m.merge().unwrap();
         assert!(m.is_merged());
-        assert!(matches!(m.merge(), Err(VitError::Config(_))));
+        assert!(matches!(m.merge(), Err(mlae_vit::VitError::Config(_))));
         let merged = m.forward_t(&x, &ForwardCtx::eval());
-        assert_close(&format!("merged vs unmerged logits ({})", spec.kind), &merged, &unmerged, 1e-5);
-        assert!(
-            max_abs_diff(&unmerged, &tiny_model(&linear_probe(), 11).forward_t(&x, &ForwardCtx::eval()))
-                > 1e-3
-        );
+        assert_close(&format!("merged vs unmerged logits ({w_})"), &merged, &unmerged, 1e-5);
+        assert!(max_abs_diff(&unmerged, &plain) > 1e-3, "{w_}: the randomised adapters change the logits");
+        // a slice merges into its rows only: the rows of a fused qkv that nothing adapts keep W
+        for (name, before) in fused_before.iter().filter(|(n, _)| n.ends_with("attn.qkv.weight")) {
+            for slice in [TargetLayer::Q, TargetLayer::K, TargetLayer::V] {
+                let adapted = sites
+                    .iter()
+                    .any(|l| fused_name(l) == *name && (l.target == slice || l.target == TargetLayer::Qkv));
+                if !adapted {
+                    let (now, was) =
+                        (rows(m.tensor(name).unwrap(), slice), rows(before.shallow_clone(), slice));
+                    assert!(now.equal(&was), "{w_}: the {slice} rows of {name} are not adapted but changed");
+                }
+            }
+        }
         // a merged model skips the adapter path: changing the adapters changes nothing
         tch::no_grad(|| {
-            for (name, mut t, role) in m.trainable() {
+            for (_, mut t, role) in m.trainable() {
                 if role != ParamRole::Head {
                     let _ = t.fill_(3.0);
-                    let _ = name;
                 }
             }
         });
-        assert!(m.forward_t(&x, &ForwardCtx::eval()).equal(&merged), "{}", spec.kind);
+        assert!(m.forward_t(&x, &ForwardCtx::eval()).equal(&merged), "{w_}");
         // unmerge with the factors the merge used
         let mut m = tiny_model(&spec, 11);
         randomize_trainable(&m, 11);
@@ -278,19 +303,20 @@ fn merged_equals_unmerged_and_unmerge_restores_the_weights() {
             let now = rows(m.tensor(&fused_name(site)).unwrap(), site.target);
             let a = m.adapter(site.block, site.target).unwrap();
             let err = (&now - w).abs();
-            if spec.kind == AdapterKind::Dora {
-                // DoRA's unmerge divides by the merge's m/n, then subtracts: a few roundings
-                assert_close(&format!("DoRA unmerged {name}"), &now, w, 1e-5);
-            } else {
+            if merges_additively(a, w) {
                 // one rounding of W + dW: |error| <= ulp(|W| + |dW|) <= 2^-23 (|W| + |dW|)
                 let bound = (w.abs() + a.merged_delta(w).abs()) * f64::from(f32::EPSILON);
-                assert_eq!(err.le_tensor(&bound).all().int64_value(&[]), 1, "{}: {name}", spec.kind);
+                assert_eq!(err.le_tensor(&bound).all().int64_value(&[]), 1, "{w_}: {name}");
+            } else {
+                // a kind with its own merge (DoRA's unmerge divides by the merge's m/n, then
+                // subtracts): a few roundings
+                assert_close(&format!("unmerged {name} ({w_})"), &now, w, 1e-5);
             }
             worst = worst.max(err.max().double_value(&[]));
         }
-        eprintln!("merge/unmerge round trip ({}): max abs weight error {worst:.3e}", spec.kind);
+        eprintln!("merge/unmerge round trip ({w_}): max abs weight error {worst:.3e}");
         assert_close(
-            &format!("after unmerge ({})", spec.kind),
+            &format!("after unmerge ({w_})"),
             &m.forward_t(&x, &ForwardCtx::eval()),
             &unmerged,
             1e-5,
@@ -299,10 +325,10 @@ fn merged_equals_unmerged_and_unmerge_restores_the_weights() {
 }
 
 #[test]
-fn merged_timm_export_is_the_merged_model() {
+fn conformance_merged_timm_export_is_the_merged_model() {
     let x = input(2, 9);
     let tmp = tempfile::tempdir().unwrap();
-    for spec in adapter_specs() {
+    for spec in conformance_specs() {
         let m = tiny_model(&spec, 2);
         randomize_trainable(&m, 2);
         let want = m.forward_t(&x, &ForwardCtx::eval());
@@ -314,7 +340,7 @@ fn merged_timm_export_is_the_merged_model() {
         assert_eq!(report.head, HeadLoad::Loaded);
         assert!(report.unused.is_empty(), "{:?}", report.unused);
         assert_close(
-            &format!("merged timm export ({})", spec.kind),
+            &format!("merged timm export ({})", what(&spec)),
             &plain.forward_t(&x, &ForwardCtx::eval()),
             &want,
             1e-5,
@@ -322,14 +348,90 @@ fn merged_timm_export_is_the_merged_model() {
     }
 }
 
+/// The backbone a PEFT adapter directory describes, applied as PEFT applies it at inference:
+/// each target module's weight becomes `W + (alpha/r) B A`, or with a magnitude vector (DoRA)
+/// `m (W + (alpha/r) B A) / ||W + (alpha/r) B A||` per output row; the head comes from
+/// `modules_to_save`.
+fn apply_peft(dir: &std::path::Path, base: &StateDict) -> StateDict {
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+    let t: HashMap<String, Tensor> =
+        Tensor::read_safetensors(dir.join("adapter_model.safetensors")).unwrap().into_iter().collect();
+    assert_eq!(cfg["use_rslora"], false);
+    let layer = |name: &str, key: &str, default: &serde_json::Value| {
+        cfg[key].get(name).unwrap_or(default).as_f64().unwrap()
+    };
+    let mut tensors: Vec<(String, Tensor)> =
+        base.tensors.iter().map(|(k, v)| (k.clone(), v.copy())).collect();
+    for name in cfg["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()) {
+        let scale = layer(name, "alpha_pattern", &cfg["lora_alpha"]) / layer(name, "rank_pattern", &cfg["r"]);
+        let key = |suffix: &str| format!("base_model.model.{name}.{suffix}");
+        let (a, b) = (&t[&key("lora_A.weight")], &t[&key("lora_B.weight")]);
+        let weight = format!("{name}.weight");
+        let (_, w) = tensors.iter_mut().find(|(k, _)| *k == weight).unwrap();
+        let adapted = &*w + b.mm(a) * scale;
+        *w = match t.get(&key("lora_magnitude_vector")) {
+            Some(m) => {
+                assert_eq!(cfg["use_dora"], true);
+                let norm = adapted.norm_scalaropt_dim(2.0, [1], true);
+                &adapted * (m.unsqueeze(1) / norm)
+            }
+            None => adapted,
+        };
+    }
+    for (k, v) in tensors.iter_mut() {
+        if k.starts_with("head.") {
+            *v = t[&format!("base_model.model.{k}")].copy();
+        }
+    }
+    StateDict { tensors, format: CheckpointFormat::Timm }
+}
+
 #[test]
-fn adapter_checkpoints_round_trip_bit_exactly() {
+fn conformance_peft_export_is_the_adapted_model() {
+    let x = input(2, 6);
+    let tmp = tempfile::tempdir().unwrap();
+    let base = checkpoint("tiny_vit.safetensors");
+    for spec in conformance_specs() {
+        let w_ = what(&spec);
+        let m = tiny_model(&spec, 4);
+        randomize_trainable(&m, 4);
+        let dir = tmp.path().join(format!("peft-{}", spec.label()));
+        let exported = m.export_peft(&dir);
+        if !spec.kind.has_adapter() {
+            let e = exported.unwrap_err().to_string();
+            assert!(e.contains("merged timm model"), "{w_}: {e}");
+            continue;
+        }
+        match exported {
+            Ok(()) => {}
+            // a slice a kind cannot stack into one PEFT LoRA on qkv: the error says what to
+            // export instead; whole layers always go to PEFT
+            Err(e) if spec.targets.iter().any(|t| t.qkv_slice().is_some()) => {
+                let e = e.to_string();
+                assert!(e.contains("slice") && e.contains("merged"), "{w_}: {e}");
+                eprintln!("PEFT export ({w_}): refused, {e}");
+                continue;
+            }
+            Err(e) => panic!("{w_}: {e}"),
+        }
+        let mut plain = AdaptedVit::new(&tiny_vit(32), &linear_probe(), 0, Device::Cpu).unwrap();
+        assert_eq!(plain.load_state_dict(&apply_peft(&dir, &base)).unwrap().head, HeadLoad::Loaded);
+        assert_close(
+            &format!("PEFT export applied ({w_})"),
+            &plain.forward_t(&x, &ForwardCtx::eval()),
+            &m.forward_t(&x, &ForwardCtx::eval()),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn conformance_adapter_checkpoints_round_trip_bit_exactly() {
     let x = input(2, 4);
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("adapter.safetensors");
-    let mut specs = adapter_specs();
-    specs.push(AdapterSpec { kind: AdapterKind::Full, ..Default::default() });
-    for spec in specs {
+    for spec in conformance_specs() {
         let m = tiny_model(&spec, 5);
         randomize_trainable(&m, 5);
         m.save_adapter(&path).unwrap();
@@ -342,11 +444,28 @@ fn adapter_checkpoints_round_trip_bit_exactly() {
         assert_eq!(a.len(), b.len());
         for ((na, ta, ra), (nb, tb, rb)) in a.iter().zip(&b) {
             assert_eq!((na, ra), (nb, rb));
-            assert!(ta.equal(tb), "{}: {na} differs after the round trip", spec.kind);
+            assert!(ta.equal(tb), "{}: {na} differs after the round trip", what(&spec));
             assert!(tb.requires_grad());
         }
         assert!(m.forward_t(&x, &ForwardCtx::eval()).equal(&other.forward_t(&x, &ForwardCtx::eval())));
     }
+}
+
+#[test]
+fn conformance_parameter_counts_agree_with_mlae_core() {
+    let cfg = tiny_vit(32);
+    for spec in conformance_specs() {
+        let m = AdaptedVit::new(&cfg, &spec, 0, Device::Cpu).unwrap();
+        let want = count_params(&spec.resolve(cfg.depth as usize).unwrap(), &cfg.dims());
+        assert_eq!(m.param_count(), want, "{}", what(&spec));
+    }
+    // the paper's budget: 8 experts on qkv of the 12 blocks of ViT-B/16
+    let cfg = VitConfig::from_preset(Preset::VitB16, 224, 100);
+    let m = AdaptedVit::new(&cfg, &AdapterSpec::default(), 0, Device::Cpu).unwrap();
+    let c = m.param_count();
+    assert_eq!(c.adapter, 295_008);
+    assert_eq!(c, count_params(m.plan(), &cfg.dims()));
+    assert_eq!(c.trainable, 295_008 + 76_900);
 }
 
 #[test]
@@ -365,26 +484,6 @@ fn adapter_files_for_another_backbone_are_rejected_clearly() {
     // not an adapter file at all
     let e = m.load_adapter(&fixture("tiny_vit.safetensors")).unwrap_err().to_string();
     assert!(e.contains("not an MLAE adapter checkpoint"), "{e}");
-}
-
-#[test]
-fn parameter_counts_agree_with_mlae_core() {
-    let mut specs = adapter_specs();
-    specs.push(linear_probe());
-    specs.push(AdapterSpec { kind: AdapterKind::Full, ..Default::default() });
-    let cfg = tiny_vit(32);
-    for spec in specs {
-        let m = AdaptedVit::new(&cfg, &spec, 0, Device::Cpu).unwrap();
-        let want = count_params(m.plan(), &cfg.dims());
-        assert_eq!(m.param_count(), want, "{}", spec.kind);
-    }
-    // the paper's budget: 8 experts on qkv of the 12 blocks of ViT-B/16
-    let cfg = VitConfig::from_preset(Preset::VitB16, 224, 100);
-    let m = AdaptedVit::new(&cfg, &AdapterSpec::default(), 0, Device::Cpu).unwrap();
-    let c = m.param_count();
-    assert_eq!(c.adapter, 295_008);
-    assert_eq!(c, count_params(m.plan(), &cfg.dims()));
-    assert_eq!(c.trainable, 295_008 + 76_900);
 }
 
 #[test]

@@ -142,18 +142,11 @@ fn vit_config(a: &BenchArgs) -> VitConfig {
 }
 
 /// The training step's matrix-product FLOPs per image (`mlae_core::flops`), for this bench's
-/// model and method.
-fn train_flops(args: &BenchArgs, cfg: &BenchConfig) -> StepFlops {
-    let a = &cfg.adapter;
-    let rank = match a.kind {
-        AdapterKind::Mlae => a.mlae.experts * a.mlae.expert_rank,
-        AdapterKind::Dmlora => a.dmlora.branches * a.dmlora.branch_rank,
-        AdapterKind::LinearProbe | AdapterKind::Full => 0,
-        _ => a.lora.rank,
-    };
-    let targets: &[TargetLayer] = if a.kind.has_adapter() { &args.targets } else { &[] };
-    let trained = Trained { targets, rank, backbone: a.kind == AdapterKind::Full };
-    train_step_flops(&cfg.vit.dims(), &trained)
+/// model and method: what trains is what the method's plan says (its sites and their update
+/// ranks, whether the backbone trains).
+fn train_flops(cfg: &BenchConfig) -> Result<StepFlops> {
+    let plan = cfg.adapter.resolve(cfg.vit.depth as usize).context("adapter options")?;
+    Ok(train_step_flops(&cfg.vit.dims(), &Trained::of(&plan)))
 }
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
@@ -246,7 +239,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode> {
             "peak memory: {:.0} MiB ({:.0} MiB after set-up); {}",
             t.peak_mem_mb, t.setup_mem_mb, t.mem_measure
         );
-        let flops = train_flops(args, &cfg);
+        let flops = train_flops(&cfg)?;
         println!(
             "training step: {:.3} GFLOP per image in matrix products ({:.1} GFLOP/s achieved)",
             flops.step() / 1e9,

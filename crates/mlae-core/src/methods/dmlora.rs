@@ -39,7 +39,7 @@
 
 use crate::error::SpecError;
 use crate::mask::{MaskSampler, fill_scales};
-use crate::method::{Method, MethodPlan};
+use crate::method::{Method, MethodPlan, Section};
 use crate::names::named_enum;
 use crate::params::{ModelDims, layer_in_out};
 use crate::rng::DOMAIN_DMLORA_MASK;
@@ -139,6 +139,9 @@ impl Default for DmloraSpec {
     }
 }
 
+/// Read whole by kind dmlora.
+impl Section for DmloraSpec {}
+
 /// Kind `dmlora`.
 #[derive(Debug)]
 pub struct Dmlora;
@@ -183,6 +186,24 @@ impl Method for Dmlora {
     fn resolve(d: &DmloraSpec, targets: &[TargetLayer], depth: usize) -> Result<DmloraPlan, SpecError> {
         Ok(DmloraPlan { spec: d.clone(), layers: sites(targets, depth) })
     }
+
+    /// The documented defaults with rank-2 branches; and branches dropped from the first step
+    /// on a cosine ramp, a scale other than 1 and a stage-2 rate.
+    fn examples(_depth: usize) -> Vec<DmloraSpec> {
+        let plain = DmloraSpec { branch_rank: 2, ..Default::default() };
+        let busy = DmloraSpec {
+            branches: 3,
+            branch_rank: 2,
+            p_start: 0.5,
+            p_end: 0.5,
+            schedule: RampShape::Cosine,
+            stage2_start: 0.9,
+            stage2_lr: Some(0.01),
+            scale_init: 0.5,
+            ..Default::default()
+        };
+        vec![plain, busy]
+    }
 }
 
 /// A resolved DMLoRA adapter: the same K branches of rank r on every adapted layer, stacked
@@ -216,6 +237,10 @@ impl DmloraPlan {
 impl MethodPlan for DmloraPlan {
     fn sites(&self) -> Vec<LayerSite> {
         self.layers.clone()
+    }
+
+    fn update_rank(&self, site: LayerSite) -> usize {
+        if self.layers.contains(&site) { self.rank() } else { 0 }
     }
 
     /// `K r (in + out) + 1` per layer: the branches and the layer's scale.

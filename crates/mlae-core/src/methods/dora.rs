@@ -1,13 +1,14 @@
 //! DoRA, weight-decomposed low-rank adaptation (Liu et al., 2024), as PEFT implements it with
 //! `use_dora=True`: a LoRA update `s B A` plus a trainable magnitude `m`, one value per output
 //! row, so the adapted weight is `W' = m * (W + s B A) / ||W + s B A||` (row norms, detached
-//! in the forward as in the DoRA paper's section 4.3). It reads `[adapter.lora]` (rank, alpha,
-//! and PEFT's `input_dropout`), so a LoRA config switches to DoRA by `adapter.kind` alone.
+//! in the forward as in the DoRA paper's section 4.3). It reads `[adapter.lora]` as kind lora
+//! does (rank, alpha, and PEFT's `input_dropout`), so a LoRA config switches to DoRA by
+//! `adapter.kind` alone.
 
-use super::lora::{Lora, LoraSpec};
+use super::lora::{Lora, LoraSpec, low_rank_params};
 use crate::error::SpecError;
 use crate::method::{Method, MethodPlan};
-use crate::params::{ModelDims, layer_in_out};
+use crate::params::ModelDims;
 use crate::schedule::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,8 @@ impl Method for Dora {
     type Section = LoraSpec;
     type Plan = DoraPlan;
     const ADAPTS_LAYERS: bool = true;
-    const KEY_SETTINGS: &'static [&'static str] = &["adapter.lora.rank", "adapter.lora.input_dropout"];
+    const KEY_SETTINGS: &'static [&'static str] = Lora::KEY_SETTINGS;
+    const UNREAD_KEYS: &'static [&'static str] = Lora::UNREAD_KEYS;
 
     /// LoRA's own checks: rank, alpha and `input_dropout` (PEFT's `lora_dropout`).
     fn validate(s: &LoraSpec, targets: &[TargetLayer]) -> Result<(), SpecError> {
@@ -39,6 +41,10 @@ impl Method for Dora {
             input_dropout: lora.input_dropout,
             layers: lora.layers,
         })
+    }
+
+    fn examples(depth: usize) -> Vec<LoraSpec> {
+        Lora::examples(depth)
     }
 }
 
@@ -73,15 +79,13 @@ impl MethodPlan for DoraPlan {
         self.layers.clone()
     }
 
-    /// `r (in + out)` (A and B) plus `out` (the magnitude) per layer.
+    fn update_rank(&self, site: LayerSite) -> usize {
+        if self.layers.contains(&site) { self.rank } else { 0 }
+    }
+
+    /// LoRA's `r (in + out)` (A and B) plus `out` (the magnitude) per layer.
     fn adapter_params(&self, dims: &ModelDims) -> usize {
-        self.layers
-            .iter()
-            .map(|l| {
-                let (i, o) = layer_in_out(l.target, dims);
-                self.rank * (i + o) + o
-            })
-            .sum()
+        low_rank_params(&self.layers, self.rank, true, dims)
     }
 }
 

@@ -32,6 +32,10 @@ impl Method for Full {
     fn resolve(_: &(), _: &[TargetLayer], _: usize) -> Result<FullPlan, SpecError> {
         Ok(FullPlan)
     }
+
+    fn examples(_: usize) -> Vec<()> {
+        vec![()]
+    }
 }
 
 impl TrainSchedule for FullPlan {}
@@ -39,6 +43,10 @@ impl TrainSchedule for FullPlan {}
 impl MethodPlan for FullPlan {
     fn sites(&self) -> Vec<LayerSite> {
         Vec::new()
+    }
+
+    fn update_rank(&self, _: LayerSite) -> usize {
+        0
     }
 
     fn adapter_params(&self, _: &ModelDims) -> usize {

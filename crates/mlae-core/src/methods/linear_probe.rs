@@ -32,6 +32,10 @@ impl Method for LinearProbe {
     fn resolve(_: &(), _: &[TargetLayer], _: usize) -> Result<LinearProbePlan, SpecError> {
         Ok(LinearProbePlan)
     }
+
+    fn examples(_: usize) -> Vec<()> {
+        vec![()]
+    }
 }
 
 impl TrainSchedule for LinearProbePlan {}
@@ -39,6 +43,10 @@ impl TrainSchedule for LinearProbePlan {}
 impl MethodPlan for LinearProbePlan {
     fn sites(&self) -> Vec<LayerSite> {
         Vec::new()
+    }
+
+    fn update_rank(&self, _: LayerSite) -> usize {
+        0
     }
 
     fn adapter_params(&self, _: &ModelDims) -> usize {

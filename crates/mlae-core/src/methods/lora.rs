@@ -5,15 +5,15 @@
 //! - `lora-dropout`: dropout on the update's output, `base(x) + dropout(scale * B A x)`
 //!   (`update_dropout`), the "LoRA+Dropout" of the MLAE paper's Fig. 4.
 //!
-//! Each kind reads its own dropout and ignores the other's, so one task config can carry
-//! both (the baselines grid runs both kinds on the same task configs).
+//! Each kind reads its own dropout only; a config of one kind that writes the other's is
+//! refused ([`Method::UNREAD_KEYS`]). DoRA reads the section as kind lora does.
 
 use crate::error::SpecError;
-use crate::method::{Method, MethodPlan};
+use crate::method::{Method, MethodPlan, Section};
 use crate::params::{ModelDims, layer_in_out};
 use crate::schedule::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer, check_targets, sites};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// `[adapter.lora]`.
 ///
@@ -66,6 +66,48 @@ impl Default for LoraSpec {
     }
 }
 
+/// `[adapter.lora]` as one kind stores it: the keys it reads (the same names, order and
+/// omissions as `LoraSpec`'s own serialisation).
+#[derive(Serialize)]
+struct ReadLora {
+    rank: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    alpha: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_dropout: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    update_dropout: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    update_dropout_on: Option<UpdateDropoutOn>,
+}
+
+/// The section is shared: each kind writes and keeps the keys it reads.
+impl Section for LoraSpec {
+    fn serialize_read<S: Serializer>(&self, unread: &[&str], serializer: S) -> Result<S::Ok, S::Error> {
+        let read = |key: &str| !unread.contains(&key);
+        ReadLora {
+            rank: self.rank,
+            alpha: self.alpha,
+            input_dropout: read("input_dropout").then_some(self.input_dropout),
+            update_dropout: read("update_dropout").then_some(self.update_dropout),
+            update_dropout_on: read("update_dropout_on").then_some(self.update_dropout_on),
+        }
+        .serialize(serializer)
+    }
+
+    fn reset(&mut self, unread: &[&str]) {
+        let default = LoraSpec::default();
+        for key in unread {
+            match *key {
+                "input_dropout" => self.input_dropout = default.input_dropout,
+                "update_dropout" => self.update_dropout = default.update_dropout,
+                "update_dropout_on" => self.update_dropout_on = default.update_dropout_on,
+                other => unreachable!("adapter.lora has no optional key {other}"),
+            }
+        }
+    }
+}
+
 impl LoraSpec {
     /// The LoRA scale alpha / r (1 when `alpha` is `None`).
     ///
@@ -92,19 +134,29 @@ impl LoraSpec {
         Ok(())
     }
 
-    fn plan(
-        &self,
-        targets: &[TargetLayer],
-        depth: usize,
-        input_dropout: f64,
-        update_dropout: f64,
-    ) -> LoraPlan {
+    /// The examples of [`Method::examples`]: rank 4 at scale 2 (alpha 8), with `dropout` (a
+    /// key of this section) at 0.2.
+    pub(super) fn example(dropout: &str) -> LoraSpec {
+        let mut s = LoraSpec { rank: 4, alpha: Some(8.0), ..Default::default() };
+        match dropout {
+            "input_dropout" => s.input_dropout = 0.2,
+            "update_dropout" => s.update_dropout = 0.2,
+            other => unreachable!("no dropout {other}"),
+        }
+        s
+    }
+
+    /// The plan of a kind that does not read `unread` (those keys at their defaults, so the
+    /// plan holds only what the kind reads).
+    fn plan(&self, targets: &[TargetLayer], depth: usize, unread: &[&str]) -> LoraPlan {
+        let mut s = self.clone();
+        s.reset(unread);
         LoraPlan {
-            rank: self.rank,
-            scale: self.scale(),
-            input_dropout,
-            update_dropout,
-            update_dropout_on: self.update_dropout_on,
+            rank: s.rank,
+            scale: s.scale(),
+            input_dropout: s.input_dropout,
+            update_dropout: s.update_dropout,
+            update_dropout_on: s.update_dropout_on,
             layers: sites(targets, depth),
         }
     }
@@ -123,6 +175,7 @@ impl Method for Lora {
     type Plan = LoraPlan;
     const ADAPTS_LAYERS: bool = true;
     const KEY_SETTINGS: &'static [&'static str] = &["adapter.lora.rank", "adapter.lora.input_dropout"];
+    const UNREAD_KEYS: &'static [&'static str] = &["update_dropout", "update_dropout_on"];
 
     fn validate(s: &LoraSpec, targets: &[TargetLayer]) -> Result<(), SpecError> {
         s.validate_common(targets)?;
@@ -134,7 +187,11 @@ impl Method for Lora {
     }
 
     fn resolve(s: &LoraSpec, targets: &[TargetLayer], depth: usize) -> Result<LoraPlan, SpecError> {
-        Ok(s.plan(targets, depth, s.input_dropout, 0.0))
+        Ok(s.plan(targets, depth, Self::UNREAD_KEYS))
+    }
+
+    fn examples(_depth: usize) -> Vec<LoraSpec> {
+        vec![LoraSpec::example("input_dropout")]
     }
 }
 
@@ -144,6 +201,7 @@ impl Method for LoraDropout {
     const ADAPTS_LAYERS: bool = true;
     const KEY_SETTINGS: &'static [&'static str] =
         &["adapter.lora.rank", "adapter.lora.update_dropout", "adapter.lora.update_dropout_on"];
+    const UNREAD_KEYS: &'static [&'static str] = &["input_dropout"];
 
     fn validate(s: &LoraSpec, targets: &[TargetLayer]) -> Result<(), SpecError> {
         s.validate_common(targets)?;
@@ -156,7 +214,14 @@ impl Method for LoraDropout {
     }
 
     fn resolve(s: &LoraSpec, targets: &[TargetLayer], depth: usize) -> Result<LoraPlan, SpecError> {
-        Ok(s.plan(targets, depth, 0.0, s.update_dropout))
+        Ok(s.plan(targets, depth, Self::UNREAD_KEYS))
+    }
+
+    /// Both readings of the update's dropout.
+    fn examples(_depth: usize) -> Vec<LoraSpec> {
+        let output = LoraSpec::example("update_dropout");
+        let matrix = LoraSpec { update_dropout_on: UpdateDropoutOn::Matrix, ..output.clone() };
+        vec![output, matrix]
     }
 }
 
@@ -197,16 +262,25 @@ impl MethodPlan for LoraPlan {
         self.layers.clone()
     }
 
-    /// `r (in + out)` per layer (A and B).
-    fn adapter_params(&self, dims: &ModelDims) -> usize {
-        self.layers
-            .iter()
-            .map(|l| {
-                let (i, o) = layer_in_out(l.target, dims);
-                self.rank * (i + o)
-            })
-            .sum()
+    fn update_rank(&self, site: LayerSite) -> usize {
+        if self.layers.contains(&site) { self.rank } else { 0 }
     }
+
+    fn adapter_params(&self, dims: &ModelDims) -> usize {
+        low_rank_params(&self.layers, self.rank, false, dims)
+    }
+}
+
+/// The parameters of a rank-`rank` pair A, B on each of `layers`, `r (in + out)` per layer,
+/// plus with `magnitude` one value per output row (DoRA's `m`): LoRA's count and DoRA's.
+pub(super) fn low_rank_params(layers: &[LayerSite], rank: usize, magnitude: bool, dims: &ModelDims) -> usize {
+    layers
+        .iter()
+        .map(|l| {
+            let (i, o) = layer_in_out(l.target, dims);
+            rank * (i + o) + if magnitude { o } else { 0 }
+        })
+        .sum()
 }
 
 #[cfg(test)]
@@ -216,7 +290,8 @@ mod tests {
     #[test]
     fn each_kind_reads_its_own_dropout() {
         let s = LoraSpec { input_dropout: 0.2, update_dropout: 1.5, ..Default::default() };
-        // lora does not read update_dropout, so its value is not checked
+        // lora does not read update_dropout, so its value is not checked (a config cannot set
+        // it: the registry refuses it; a spec built in code may hold anything there)
         assert_eq!(Lora::resolve(&s, &[TargetLayer::Qkv], 2).unwrap().input_dropout, 0.2);
         Lora::validate(&s, &[TargetLayer::Qkv]).unwrap();
         let e = LoraDropout::validate(&s, &[TargetLayer::Qkv]).unwrap_err();
@@ -254,6 +329,39 @@ mod tests {
             "adapter.lora.input_dropout"
         );
         assert_eq!(Lora::validate(&LoraSpec::default(), &[]).unwrap_err().field(), "adapter.targets");
+    }
+
+    #[test]
+    fn each_kind_stores_the_keys_it_reads() {
+        let s = LoraSpec { alpha: Some(2.0), input_dropout: 0.1, update_dropout: 0.3, ..Default::default() };
+        // the keys written (serde_json's maps sort them)
+        let text = |unread: &[&str]| -> Vec<String> {
+            serde_json::to_value(ReadKeysOf(&s, unread))
+                .unwrap()
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect()
+        };
+        // nothing unread: exactly the section's own serialisation, key for key
+        assert_eq!(serde_json::to_value(ReadKeysOf(&s, &[])).unwrap(), serde_json::to_value(&s).unwrap());
+        assert_eq!(text(Lora::UNREAD_KEYS), ["alpha", "input_dropout", "rank"]);
+        assert_eq!(text(LoraDropout::UNREAD_KEYS), ["alpha", "rank", "update_dropout", "update_dropout_on"]);
+        let mut kept = s.clone();
+        kept.reset(LoraDropout::UNREAD_KEYS);
+        assert_eq!(kept, LoraSpec { input_dropout: 0.0, ..s.clone() });
+        kept.reset(Lora::UNREAD_KEYS);
+        assert_eq!(kept, LoraSpec { alpha: Some(2.0), ..Default::default() });
+    }
+
+    /// Serialises a section through `serialize_read`.
+    struct ReadKeysOf<'a>(&'a LoraSpec, &'a [&'a str]);
+
+    impl Serialize for ReadKeysOf<'_> {
+        fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+            self.0.serialize_read(self.1, ser)
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::error::SpecError;
 use crate::mask::MaskSampler;
-use crate::method::{Method, MethodPlan};
+use crate::method::{Method, MethodPlan, Section};
 use crate::names::named_enum;
 use crate::params::{ModelDims, layer_in_out};
 use crate::pattern::{self, LayerPattern};
@@ -111,6 +111,9 @@ impl Default for MlaeSpec {
     }
 }
 
+/// Read whole by kind mlae.
+impl Section for MlaeSpec {}
+
 /// Kind `mlae`.
 #[derive(Debug)]
 pub struct Mlae;
@@ -181,6 +184,31 @@ impl Method for Mlae {
             strategy: s.mask.strategy,
             layers,
         })
+    }
+
+    /// Stochastic expert dropout; a mixed mask with its own experts per block (so layers
+    /// differ in rank) and rank-2 experts; and all experts always on with frozen coefficients.
+    fn examples(depth: usize) -> Vec<MlaeSpec> {
+        let stochastic = MlaeSpec { experts: 4, expert_dropout: 0.5, coeff_init: 0.5, ..Default::default() };
+        let mixed = MlaeSpec {
+            experts: 4,
+            expert_rank: 2,
+            expert_dropout: 0.5,
+            mask: MaskSpec {
+                strategy: MaskStrategy::Mixed,
+                experts_per_layer: Some((0..depth).map(|b| if b % 2 == 0 { 1 } else { 3 }).collect()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let frozen = MlaeSpec {
+            experts: 3,
+            coeff_init: 2.0,
+            adaptive_coeffs: false,
+            mask: MaskSpec { strategy: MaskStrategy::None, ..Default::default() },
+            ..Default::default()
+        };
+        vec![stochastic, mixed, frozen]
     }
 }
 
@@ -434,6 +462,11 @@ impl TrainSchedule for MlaePlan {
 impl MethodPlan for MlaePlan {
     fn sites(&self) -> Vec<LayerSite> {
         self.layers.iter().map(|l| l.site).collect()
+    }
+
+    /// The layer's allocated experts times their rank (fixed masks allocate fewer).
+    fn update_rank(&self, site: LayerSite) -> usize {
+        self.layer(site.block, site.target).map_or(0, MlaeLayerPlan::rank)
     }
 
     /// A, B and lambda of every layer, frozen lambdas included: they are part of the

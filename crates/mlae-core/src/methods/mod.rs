@@ -4,25 +4,30 @@
 //! its own plan type, its parameter count and its training schedule (see [`crate::Method`]
 //! and [`crate::MethodPlan`]). The registry below is the only place that lists the methods:
 //! from one line per method, `registry!` generates the [`AdapterKind`] variant and its config
-//! name, the section field of [`AdapterSpec`], the [`AdapterPlan`] variant, and the dispatch
-//! from spec to plan and from plan to its answers. A new method is its module plus one
-//! registry line (and, for its libtorch layer, one line in mlae-vit's adapter registry).
+//! name, the section field of [`AdapterSpec`], the [`AdapterPlan`] variant, [`AdapterKind::ALL`],
+//! which keys each kind reads (a config writing any other is refused; `keys.rs`), the
+//! examples conformance tests build, and the dispatch from spec to plan and from plan to its
+//! answers. A new method is its module plus one registry line (and, for its libtorch layer,
+//! one line in mlae-vit's adapter registry).
 
 pub mod dmlora;
 pub mod dora;
 pub mod full;
+mod keys;
 mod legacy;
 pub mod linear_probe;
 pub mod lora;
 pub mod mlae;
 
 use crate::error::SpecError;
-use crate::method::{Method, MethodPlan};
+use crate::method::{Method, MethodPlan, Section};
 use crate::names::named_enum;
 use crate::params::{ModelDims, ParamCount};
 use crate::schedule::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
-use serde::{Deserialize, Serialize};
+use keys::{ReadKeys, Written, refuse_unread};
+use serde::{Deserialize, Serialize, Serializer};
+use std::marker::PhantomData;
 
 /// The section a method reads: its own (`section`), another method's (`reads`), or none.
 macro_rules! section_of {
@@ -50,6 +55,20 @@ macro_rules! section_name {
     };
 }
 
+/// A default spec of `kind` holding `section` (a method's section value) in its place.
+macro_rules! spec_with {
+    ($kind:expr; $section:expr; $field:ident; ) => {
+        AdapterSpec { kind: $kind, $field: $section, ..AdapterSpec::default() }
+    };
+    ($kind:expr; $section:expr; ; $shared:ident) => {
+        AdapterSpec { kind: $kind, $shared: $section, ..AdapterSpec::default() }
+    };
+    ($kind:expr; $section:expr; ; ) => {{
+        let () = $section;
+        AdapterSpec { kind: $kind, ..AdapterSpec::default() }
+    }};
+}
+
 /// One line per method:
 /// `Variant = "config-name" => module::MethodType` then optionally
 /// `, section field: SectionType` (a new `[adapter.field]` table) or `, reads field` (another
@@ -70,7 +89,9 @@ macro_rules! registry {
         /// assert_eq!(k, AdapterKind::LoraDropout);
         /// assert!(k.has_adapter());
         /// assert_eq!(k.section(), Some("lora"));
+        /// assert_eq!(k.unread_keys(), ["input_dropout"]);
         /// assert!(!AdapterKind::LinearProbe.has_adapter());
+        /// assert!(AdapterKind::ALL.contains(&AdapterKind::Dora));
         /// assert_eq!("lora_dropout".parse::<AdapterKind>().unwrap_err().field(), "adapter.kind");
         /// ```
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -102,6 +123,36 @@ macro_rules! registry {
                     $(AdapterKind::$var => section_name!($($field)?; $($shared)?),)+
                 }
             }
+
+            /// The keys of its section this kind does not read (a shared section's keys that
+            /// another kind reads); a config of this kind must not write them.
+            pub fn unread_keys(self) -> &'static [&'static str] {
+                match self { $(AdapterKind::$var => <$method as Method>::UNREAD_KEYS,)+ }
+            }
+
+            /// Valid specs of this kind for a model of `depth` blocks (targets `[qkv]`) that
+            /// between them switch on every feature of the method ([`Method::examples`]):
+            /// what conformance tests build, so that a new kind is tested from its registry
+            /// line alone.
+            ///
+            /// ```
+            /// use mlae_core::AdapterKind;
+            /// for kind in AdapterKind::ALL {
+            ///     for spec in kind.examples(2) {
+            ///         assert_eq!(spec.kind, *kind);
+            ///         assert_eq!(spec.reduced(), spec, "only keys the kind reads");
+            ///         spec.resolve(2).unwrap();
+            ///     }
+            /// }
+            /// ```
+            pub fn examples(self, depth: usize) -> Vec<AdapterSpec> {
+                match self {
+                    $(AdapterKind::$var => <$method as Method>::examples(depth)
+                        .into_iter()
+                        .map(|section| spec_with!(self; section; $($field)?; $($shared)?))
+                        .collect(),)+
+                }
+            }
         }
 
         /// What to fine-tune and how: the `[adapter]` table of an experiment config.
@@ -109,9 +160,15 @@ macro_rules! registry {
         /// `kind` picks the method; `targets` lists the linear layers that get an adapter;
         /// each method's settings are in its own table (`[adapter.mlae]`, `[adapter.lora]`,
         /// `[adapter.dmlora]`). Every field has a default, so `kind = "lora"` alone is a
-        /// complete spec. Tables a kind does not read are not validated, so one config can
-        /// switch `kind` without editing the rest. Keys of the older flat layout
+        /// complete spec. A config may write only what its kind reads: a table of another
+        /// method, or a key of a shared table that the kind ignores (`update_dropout` for
+        /// kind lora), is an error naming it, since it would have no effect. To switch the
+        /// kind of a config, layer a method fragment on it that replaces its `[adapter]`
+        /// (mlae-formats' layering: `unset`). Keys of the older flat layout
         /// (`adapter.experts`, `adapter.dropout`, ...) are errors naming their new place.
+        ///
+        /// A spec serialises (a run's `config.toml`, an adapter file's metadata) with the
+        /// tables and keys its kind reads only, so what it writes always reads back.
         ///
         /// ```
         /// use mlae_core::{AdapterKind, AdapterSpec, TargetLayer};
@@ -124,8 +181,12 @@ macro_rules! registry {
         /// c.adapter.validate().unwrap();
         /// let old = toml::from_str::<Config>("[adapter]\nkind = 'lora'\nexperts = 4").err().unwrap();
         /// assert!(old.to_string().contains("adapter.experts was renamed: use adapter.mlae.experts (mlae), adapter.lora.rank"));
+        /// let other = toml::from_str::<Config>("[adapter]\nkind = 'dora'\n[adapter.lora]\nupdate_dropout = 0.1").err().unwrap();
+        /// assert!(other.to_string().contains("adapter.lora.update_dropout: kind dora does not read it (only lora-dropout does)"));
+        /// let other = toml::from_str::<Config>("[adapter]\nkind = 'lora'\n[adapter.mlae]\nexperts = 4").err().unwrap();
+        /// assert!(other.to_string().contains("adapter.mlae: kind lora does not read it (only mlae does)"));
         /// ```
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Deserialize)]
         #[serde(try_from = "AdapterTable")]
         pub struct AdapterSpec {
             /// The method. Default mlae.
@@ -148,16 +209,37 @@ macro_rules! registry {
             }
         }
 
-        /// The `[adapter]` table as written. The keys of the older flat layout are kept
-        /// apart: a config fails with their new names ([`AdapterSpec`]'s `Deserialize`), a
-        /// stored spec is upgraded ([`AdapterSpec::from_stored`]).
+        /// `kind`, `targets` and the kind's own section with the keys it reads.
+        impl Serialize for AdapterSpec {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
+                let spec = self;
+                let mut s = serializer.serialize_struct("AdapterSpec", 3)?;
+                s.serialize_field("kind", &self.kind)?;
+                s.serialize_field("targets", &self.targets)?;
+                match self.kind {
+                    $(AdapterKind::$var => {
+                        if let Some(name) = section_name!($($field)?; $($shared)?) {
+                            let section = section_of!(spec; $($field)?; $($shared)?);
+                            s.serialize_field(name, &ReadKeys::<$method>(section, PhantomData))?;
+                        }
+                    })+
+                }
+                s.end()
+            }
+        }
+
+        /// The `[adapter]` table as written: each section with the keys it was written with
+        /// (to refuse what the kind does not read). The keys of the older flat layout are kept apart: a config
+        /// fails with their new names ([`AdapterSpec`]'s `Deserialize`), a stored spec is
+        /// upgraded ([`AdapterSpec::from_stored`]).
         #[derive(Deserialize)]
         #[serde(default, deny_unknown_fields)]
         #[doc(hidden)]
         pub struct AdapterTable {
             kind: AdapterKind,
             targets: Vec<TargetLayer>,
-            $($( $field: $section, )?)+
+            $($( $field: Option<Written<$section>>, )?)+
             // The flat layout's keys (see `legacy`).
             experts: Option<usize>,
             expert_rank: Option<usize>,
@@ -173,7 +255,7 @@ macro_rules! registry {
                 AdapterTable {
                     kind: s.kind,
                     targets: s.targets,
-                    $($( $field: s.$field, )?)+
+                    $($( $field: None, )?)+
                     experts: None,
                     expert_rank: None,
                     coeff_init: None,
@@ -185,6 +267,17 @@ macro_rules! registry {
         }
 
         impl AdapterTable {
+            /// Each section present and the keys written in it.
+            fn written(&self) -> Vec<(&'static str, &[String])> {
+                let mut out = Vec::new();
+                $($(
+                    if let Some(w) = &self.$field {
+                        out.push((stringify!($field), w.keys.as_slice()));
+                    }
+                )?)+
+                out
+            }
+
             fn split(self) -> (AdapterSpec, legacy::FlatKeys) {
                 let flat = legacy::FlatKeys {
                     experts: self.experts,
@@ -194,7 +287,12 @@ macro_rules! registry {
                     dropout: self.dropout,
                     mask: self.mask,
                 };
-                (AdapterSpec { kind: self.kind, targets: self.targets, $($( $field: self.$field, )?)+ }, flat)
+                let spec = AdapterSpec {
+                    kind: self.kind,
+                    targets: self.targets,
+                    $($( $field: self.$field.map(|w| w.value).unwrap_or_default(), )?)+
+                };
+                (spec, flat)
             }
         }
 
@@ -202,8 +300,13 @@ macro_rules! registry {
             type Error = SpecError;
 
             fn try_from(t: AdapterTable) -> Result<Self, SpecError> {
+                let written: Vec<(&'static str, Vec<String>)> =
+                    t.written().into_iter().map(|(s, k)| (s, k.to_vec())).collect();
                 let (spec, flat) = t.split();
                 flat.refuse()?;
+                for (section, keys) in &written {
+                    refuse_unread(spec.kind, section, keys)?;
+                }
                 Ok(spec)
             }
         }
@@ -224,7 +327,7 @@ macro_rules! registry {
                 match self { $(AdapterPlan::$var(_) => AdapterKind::$var,)+ }
             }
 
-            /// The plan as what every method answers (sites, counts, schedule).
+            /// The plan as what every method answers (sites, ranks, counts, schedule).
             pub fn method(&self) -> &dyn MethodPlan {
                 match self { $(AdapterPlan::$var(p) => p,)+ }
             }
@@ -252,6 +355,29 @@ macro_rules! registry {
                 }
             }
 
+            /// The spec as its kind reads it: the tables and keys the kind does not read at
+            /// their defaults. This is what the spec serialises to and reads back as.
+            ///
+            /// ```
+            /// use mlae_core::{AdapterKind, AdapterSpec, LoraSpec, MlaeSpec};
+            /// let lora = LoraSpec { rank: 4, input_dropout: 0.1, update_dropout: 0.3, ..Default::default() };
+            /// let mlae = MlaeSpec { experts: 2, ..Default::default() };
+            /// let spec = AdapterSpec { kind: AdapterKind::Lora, lora, mlae, ..Default::default() };
+            /// let lora = LoraSpec { rank: 4, input_dropout: 0.1, ..Default::default() };
+            /// assert_eq!(spec.reduced(), AdapterSpec { kind: AdapterKind::Lora, lora, ..Default::default() });
+            /// ```
+            pub fn reduced(&self) -> AdapterSpec {
+                let spec = self;
+                let reduced = match self.kind {
+                    $(AdapterKind::$var => {
+                        let mut section = section_of!(spec; $($field)?; $($shared)?).clone();
+                        Section::reset(&mut section, <$method as Method>::UNREAD_KEYS);
+                        spec_with!(self.kind; section; $($field)?; $($shared)?)
+                    })+
+                };
+                AdapterSpec { targets: self.targets.clone(), ..reduced }
+            }
+
             /// A short label of the method and its main settings, for run names (e.g.
             /// `mlae-8x1-p0.5-init1`, `lora-r8`, `dmlora-k4-r2`).
             ///
@@ -267,8 +393,10 @@ macro_rules! registry {
 
             /// Reads a spec the toolkit itself stored (a run directory's `config.toml`, an
             /// adapter file's metadata) in the current layout or in the flat layout of older
-            /// versions, which is upgraded (the kind says what each old key meant). Configs a
-            /// person writes go through `Deserialize`, where old keys are errors.
+            /// versions, which is upgraded (the kind says what each old key meant). Tables
+            /// and keys the kind does not read are ignored, as versions that wrote every
+            /// table stored them. Configs a person writes go through `Deserialize`, where
+            /// old keys and keys the kind does not read are errors.
             ///
             /// ```
             /// use mlae_core::{AdapterKind, AdapterSpec};

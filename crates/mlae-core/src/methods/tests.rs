@@ -40,7 +40,7 @@ fn toml_defaults_and_round_trip() {
     full.dmlora.stage2_lr = Some(0.1);
     for spec in [s.clone(), full] {
         let text = toml::to_string(&spec).unwrap();
-        assert_eq!(toml::from_str::<AdapterSpec>(&text).unwrap(), spec, "{text}");
+        assert_eq!(toml::from_str::<AdapterSpec>(&text).unwrap(), spec.reduced(), "{text}");
     }
     let all = parse(
         "[adapter]\nkind = 'dmlora'\n[adapter.dmlora]\nbranches = 3\nbranch_rank = 2\nstage2_lr = 0.01\n",
@@ -235,6 +235,181 @@ fn stored_specs_of_the_flat_layout_are_upgraded_by_kind() {
     // and what is neither fails, naming the key
     let bad = toml::Value::Table(toml::from_str("kind = 'lora'\nrnak = 4").unwrap());
     assert!(AdapterSpec::from_stored(bad).unwrap_err().to_string().contains("rnak"));
+}
+
+/// A spec of `kind` whose every table and key differs from its default.
+fn busy(kind: AdapterKind) -> AdapterSpec {
+    AdapterSpec {
+        kind,
+        targets: vec![TargetLayer::Qkv, TargetLayer::Fc2],
+        mlae: MlaeSpec {
+            experts: 4,
+            coeff_init: 0.5,
+            expert_dropout: 0.3,
+            mask: MaskSpec { experts_per_layer: None, seed: 3, ..Default::default() },
+            ..Default::default()
+        },
+        lora: LoraSpec {
+            rank: 4,
+            alpha: Some(8.0),
+            input_dropout: 0.1,
+            update_dropout: 0.2,
+            update_dropout_on: crate::UpdateDropoutOn::Matrix,
+        },
+        dmlora: DmloraSpec { branches: 2, stage2_lr: Some(0.01), ..Default::default() },
+    }
+}
+
+#[test]
+fn a_written_spec_holds_what_its_kind_reads_and_reads_back_for_every_kind() {
+    for kind in AdapterKind::ALL {
+        let spec = busy(*kind);
+        let want = spec.reduced();
+        assert_eq!(want.reduced(), want, "{kind}");
+        assert_eq!((want.kind, &want.targets), (*kind, &spec.targets));
+        // a config's TOML (a run directory's config.toml) and an adapter file's JSON, read as a
+        // person's config (every key checked) and as a stored spec
+        let text = toml::to_string(&spec).unwrap();
+        let config = toml::Table::from_iter([("adapter".to_string(), toml::Value::try_from(&spec).unwrap())]);
+        assert_eq!(parse(&toml::to_string(&config).unwrap()).unwrap(), want, "{kind}:\n{text}");
+        assert_eq!(toml::from_str::<AdapterSpec>(&text).unwrap(), want, "{kind}:\n{text}");
+        let json = serde_json::to_string(&spec).unwrap();
+        assert_eq!(serde_json::from_str::<AdapterSpec>(&json).unwrap(), want, "{kind}: {json}");
+        let stored = AdapterSpec::from_stored(&mut serde_json::Deserializer::from_str(&json)).unwrap();
+        assert_eq!(stored, want, "{kind}");
+        // exactly its own table, with the keys it reads
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let tables: Vec<&str> = table.iter().filter(|(_, v)| v.is_table()).map(|(k, _)| k.as_str()).collect();
+        assert_eq!(tables, kind.section().into_iter().collect::<Vec<_>>(), "{kind}");
+        if let Some(section) = kind.section() {
+            for key in kind.unread_keys() {
+                assert!(!table[section].as_table().unwrap().contains_key(*key), "{kind}: {key}\n{text}");
+            }
+        }
+        // the same label and plan as the spec it came from: what the kind reads is unchanged
+        assert_eq!(want.label(), spec.label(), "{kind}");
+        assert_eq!(want.resolve(12), spec.resolve(12), "{kind}");
+    }
+}
+
+#[test]
+fn keys_a_kind_does_not_read_are_refused_naming_them() {
+    let cases = [
+        (
+            "dora",
+            "[adapter.lora]\nrank = 4\nupdate_dropout = 0.1",
+            "adapter.lora.update_dropout: kind dora does not read it (only lora-dropout does)",
+        ),
+        // written as its default: still written, still refused
+        (
+            "dora",
+            "[adapter.lora]\nupdate_dropout = 0.0",
+            "adapter.lora.update_dropout: kind dora does not read it (only lora-dropout does)",
+        ),
+        (
+            "lora",
+            "[adapter.lora]\nupdate_dropout_on = 'matrix'",
+            "adapter.lora.update_dropout_on: kind lora does not read it (only lora-dropout does)",
+        ),
+        (
+            "lora-dropout",
+            "[adapter.lora]\nupdate_dropout = 0.5\ninput_dropout = 0.1",
+            "adapter.lora.input_dropout: kind lora-dropout does not read it (only lora and dora do)",
+        ),
+        ("lora", "[adapter.mlae]\nexperts = 4", "adapter.mlae: kind lora does not read it (only mlae does)"),
+        (
+            "mlae",
+            "[adapter.lora]\nrank = 8",
+            "adapter.lora: kind mlae does not read it (only lora, lora-dropout and dora do)",
+        ),
+        (
+            "linear-probe",
+            "[adapter.dmlora]",
+            "adapter.dmlora: kind linear-probe does not read it (only dmlora does)",
+        ),
+        (
+            "full",
+            "[adapter.mlae.mask]\nstrategy = 'fixed'",
+            "adapter.mlae: kind full does not read it (only mlae does)",
+        ),
+    ];
+    for (kind, tables, want) in cases {
+        let e = parse(&format!("[adapter]\nkind = '{kind}'\n{tables}\n")).unwrap_err();
+        assert!(e.contains(want), "{kind} {tables}: {e}");
+        // the same through JSON, and as the typed error with the key as its field
+        let table: toml::Table =
+            toml::from_str(&format!("kind = '{kind}'\n{}", tables.replace("[adapter.", "["))).unwrap();
+        let json = serde_json::to_string(&table).unwrap();
+        let e = serde_json::from_str::<AdapterSpec>(&json).unwrap_err().to_string();
+        assert!(e.starts_with(want), "{json}: {e}");
+        let e = AdapterSpec::try_from(AdapterTable::deserialize(toml::Value::Table(table.clone())).unwrap())
+            .unwrap_err();
+        assert_eq!(e.field(), want.split(':').next().unwrap());
+        // a spec the toolkit stored (older versions wrote every table) still reads
+        let stored = AdapterSpec::from_stored(toml::Value::Table(table)).unwrap();
+        assert_eq!(stored.kind.as_str(), kind);
+    }
+    // the default kind (mlae) when none is written
+    let e = parse("[adapter.dmlora]\nbranches = 2\n").unwrap_err();
+    assert!(e.contains("adapter.dmlora: kind mlae does not read it (only dmlora does)"), "{e}");
+    // old keys are named first: they say where the key went
+    let e = parse("[adapter]\nkind = 'lora'\ndropout = 0.1\n[adapter.mlae]\nexperts = 4\n").unwrap_err();
+    assert!(e.contains("adapter.dropout was renamed"), "{e}");
+    // what a kind reads is accepted, and what nobody wrote is never refused
+    for (kind, tables) in [
+        ("dora", "[adapter.lora]\nrank = 4\nalpha = 8.0\ninput_dropout = 0.1"),
+        ("lora", "[adapter.lora]\ninput_dropout = 0.1"),
+        ("lora-dropout", "[adapter.lora]\nupdate_dropout = 0.1\nupdate_dropout_on = 'matrix'"),
+        ("mlae", "[adapter.mlae.mask]\nstrategy = 'none'"),
+        ("dmlora", "[adapter.dmlora]\nbranches = 2"),
+        ("linear-probe", ""),
+        ("full", "targets = ['fc1']"),
+    ] {
+        let s = parse(&format!("[adapter]\nkind = '{kind}'\n{tables}\n")).unwrap();
+        assert_eq!(s, s.reduced(), "{kind}");
+    }
+}
+
+#[test]
+fn every_kind_has_valid_examples_that_set_only_what_it_reads() {
+    for kind in AdapterKind::ALL {
+        for depth in [1, 2, 12] {
+            let examples = kind.examples(depth);
+            assert!(!examples.is_empty(), "{kind}");
+            for spec in examples {
+                assert_eq!(spec.kind, *kind);
+                assert_eq!(spec.reduced(), spec, "{kind}");
+                let plan = spec.resolve(depth).unwrap_or_else(|e| panic!("{kind} at depth {depth}: {e}"));
+                let m = plan.method();
+                assert_eq!(m.sites().len(), if kind.has_adapter() { depth } else { 0 }, "{kind}");
+                for site in m.sites() {
+                    assert!(m.update_rank(site) > 0, "{kind}: {}", site.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn update_ranks_per_kind() {
+    let rank = |spec: AdapterSpec, block: usize, target: TargetLayer| {
+        spec.resolve(12).unwrap().method().update_rank(LayerSite { block, target })
+    };
+    let q = TargetLayer::Qkv;
+    assert_eq!(rank(AdapterSpec::default(), 3, q), 8);
+    assert_eq!(rank(AdapterSpec::default(), 3, TargetLayer::Fc1), 0, "not adapted");
+    let mlae = MlaeSpec { experts: 4, expert_rank: 2, ..Default::default() };
+    assert_eq!(rank(AdapterSpec { mlae, ..Default::default() }, 0, q), 8);
+    let kind =
+        |kind| AdapterSpec { kind, lora: LoraSpec { rank: 4, ..Default::default() }, ..Default::default() };
+    for k in [AdapterKind::Lora, AdapterKind::LoraDropout, AdapterKind::Dora] {
+        assert_eq!(rank(kind(k), 11, q), 4, "{k}");
+    }
+    let dmlora = DmloraSpec { branches: 3, branch_rank: 2, ..Default::default() };
+    assert_eq!(rank(AdapterSpec { kind: AdapterKind::Dmlora, dmlora, ..Default::default() }, 5, q), 6);
+    for k in [AdapterKind::LinearProbe, AdapterKind::Full] {
+        assert_eq!(rank(kind(k), 0, q), 0, "{k}");
+    }
 }
 
 #[test]

@@ -50,7 +50,8 @@ impl ExperimentConfig {
     pub const SECTIONS: &'static [&'static str] = &["model", "adapter", "data", "train", "output"];
 
     /// Loads config files (each following its `extends`; later files win, so a fragment such
-    /// as a masking ablation can be layered on a task config), applies `key.path=value`
+    /// as a masking ablation can be layered on a task config, and a later file's `unset` and
+    /// `copy` act on the earlier ones, so a method fragment can replace `[adapter]`), applies `key.path=value`
     /// overrides, checks every key and value, and resolves paths. Errors name the file and key.
     ///
     /// An unquoted override that TOML reads as a number, bool or `nan`/`inf` but whose key
@@ -62,7 +63,7 @@ impl ExperimentConfig {
         let origin = first.as_ref().to_path_buf();
         let mut table = toml::Table::new();
         for path in paths {
-            layering::merge(&mut table, layering::load(path.as_ref())?);
+            layering::layer(&mut table, path.as_ref())?;
         }
         // (key, text) of the bare overrides still in effect (a later override of a key wins)
         let mut bare: Vec<(String, String)> = Vec::new();
@@ -123,6 +124,15 @@ impl ExperimentConfig {
             }
             _ => String::new(),
         };
+        let hint = if message.contains("does not read it") {
+            format!(
+                "{hint}; to switch the kind of a config, layer a file on it that replaces [adapter] \
+                 (`unset = [\"adapter\"]`, then its own [adapter]), such as configs/<kind>/base.toml"
+            )
+        } else {
+            hint
+        };
+        let message = if hint.is_empty() { message } else { message.trim_end() };
         FormatError::Config { path: origin.to_path_buf(), message: format!("{key}: {message}{hint}") }
     }
 

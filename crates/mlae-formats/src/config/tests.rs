@@ -212,3 +212,89 @@ fn a_number_in_a_string_key_of_a_file_says_to_quote_it() {
     let p = write(tmp.path(), "d.toml", &BASE.replace("epochs = 3", "epochs = \"three\""));
     assert!(!ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string().contains("quote"));
 }
+
+/// `spec` with every table and key set away from its default, whatever the kind reads.
+fn busy_adapter(kind: mlae_core::AdapterKind) -> AdapterSpec {
+    use mlae_core::{DmloraSpec, LoraSpec, MlaeSpec, TargetLayer, UpdateDropoutOn};
+    AdapterSpec {
+        kind,
+        targets: vec![TargetLayer::Qkv, TargetLayer::Fc1],
+        mlae: MlaeSpec { experts: 4, expert_dropout: 0.3, coeff_init: 0.5, ..Default::default() },
+        lora: LoraSpec {
+            rank: 4,
+            alpha: Some(8.0),
+            input_dropout: 0.1,
+            update_dropout: 0.2,
+            update_dropout_on: UpdateDropoutOn::Matrix,
+        },
+        dmlora: DmloraSpec { branches: 2, stage2_lr: Some(0.01), ..Default::default() },
+    }
+}
+
+/// What a run writes into its directory (`config.toml`) reads back, for every kind: as the run
+/// directory's config (resume, eval, export), as a table, and as a person's config file (so a
+/// run can be started again from its folder), with the tables and keys its kind reads.
+#[test]
+fn the_written_config_reads_back_for_every_kind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = write(tmp.path(), "base.toml", BASE);
+    let cfg = ExperimentConfig::load(&[&base], &[]).unwrap();
+    for kind in mlae_core::AdapterKind::ALL {
+        let written = ExperimentConfig { adapter: busy_adapter(*kind), ..cfg.clone() };
+        let want = ExperimentConfig { adapter: written.adapter.reduced(), ..written.clone() };
+        let text = written.to_toml();
+        let path = write(tmp.path(), "config.toml", &text);
+        assert_eq!(
+            ExperimentConfig::from_table(text.parse().unwrap(), &path).unwrap(),
+            want,
+            "{kind}:\n{text}"
+        );
+        assert_eq!(crate::RunLayout::new(tmp.path()).read_config().unwrap(), want, "{kind}");
+        assert_eq!(ExperimentConfig::load(&[&path], &[]).unwrap(), want, "{kind}:\n{text}");
+        assert_eq!(want.default_run_name(), written.default_run_name(), "{kind}");
+    }
+}
+
+#[test]
+fn a_key_the_kind_does_not_read_fails_naming_it_and_how_to_switch_kinds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "mlae.toml",
+        &format!("{BASE}\n[adapter]\nkind = \"mlae\"\n[adapter.mlae]\nexpert_dropout = 0.5\n"),
+    );
+    // switching the kind of an MLAE config leaves its [adapter.mlae] behind
+    let err = ExperimentConfig::load(&[&p], &["adapter.kind=lora".into()]).unwrap_err().to_string();
+    assert!(
+        err.contains("mlae.toml")
+            && err.contains("adapter.mlae: kind lora does not read it (only mlae does)"),
+        "{err}"
+    );
+    assert!(err.contains("unset = [\"adapter\"]"), "{err}");
+    let err = ExperimentConfig::load(&[&p], &["adapter.lora.rank=4".into()]).unwrap_err().to_string();
+    assert!(err.contains("adapter.lora: kind mlae does not read it"), "{err}");
+    let p = write(
+        tmp.path(),
+        "dora.toml",
+        &format!("{BASE}\n[adapter]\nkind = \"dora\"\n[adapter.lora]\nupdate_dropout = 0.1\n"),
+    );
+    let err = ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("adapter.lora.update_dropout: kind dora does not read it (only lora-dropout does)"),
+        "{err}"
+    );
+    // a fragment that replaces [adapter] switches the kind
+    let mlae = tmp.path().join("mlae.toml");
+    let frag = write(
+        tmp.path(),
+        "lora-dropout.toml",
+        "unset = [\"adapter\"]\ncopy = { \"adapter.lora.update_dropout\" = \"adapter.mlae.expert_dropout\" }\n\
+         [adapter]\nkind = \"lora-dropout\"\n",
+    );
+    let cfg = ExperimentConfig::load(&[&mlae, &frag], &[]).unwrap();
+    assert_eq!(
+        (cfg.adapter.kind, cfg.adapter.lora.update_dropout),
+        (mlae_core::AdapterKind::LoraDropout, 0.5)
+    );
+    assert_eq!(cfg.adapter, cfg.adapter.reduced());
+}

@@ -103,3 +103,9 @@ pub fn randomize_trainable(m: &AdaptedVit, seed: u64) {
         }
     });
 }
+
+/// An ndarray matrix (mlae-core's merge and export math) as a tensor.
+pub fn tensor2(a: &ndarray::Array2<f32>) -> Tensor {
+    let (r, c) = a.dim();
+    Tensor::from_slice(a.as_standard_layout().as_slice().unwrap()).view([r as i64, c as i64])
+}
