@@ -155,15 +155,7 @@ mod tests {
         use tch::Device;
         let mut vit = VitConfig::from_preset(Preset::VitTi16, 16, 5);
         (vit.patch_size, vit.dim, vit.depth, vit.heads, vit.mlp_dim) = (8, 32, 2, 2, 64);
-        for kind in [
-            AdapterKind::Lora,
-            AdapterKind::LoraDropout,
-            AdapterKind::Mlae,
-            AdapterKind::Dmlora,
-            AdapterKind::Dora,
-            AdapterKind::LinearProbe,
-            AdapterKind::Full,
-        ] {
+        for &kind in AdapterKind::ALL {
             let spec = AdapterSpec {
                 kind,
                 targets: vec![TargetLayer::Qkv, TargetLayer::Fc1],

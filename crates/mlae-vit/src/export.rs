@@ -6,7 +6,7 @@ use crate::config::VitConfig;
 use crate::error::{Result, VitError};
 use crate::model::AdaptedVit;
 use crate::tensor_io::{read_safetensors, write_safetensors};
-use mlae_core::{AdapterKind, AdapterSpec, TargetLayer};
+use mlae_core::{AdapterSpec, TargetLayer};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -49,7 +49,9 @@ impl AdaptedVit {
             .map_err(|e| err(format!("adapter_spec: {e}")))?;
         let cfg: VitConfig =
             serde_json::from_str(field("model_config")?).map_err(|e| err(format!("model_config: {e}")))?;
-        self.check_fits(&cfg, spec.kind).map_err(err)?;
+        let trains_backbone =
+            spec.resolve(cfg.depth as usize).map_err(|e| err(e.to_string()))?.trains_backbone();
+        self.check_fits(&cfg, trains_backbone).map_err(err)?;
         if spec != self.spec {
             tracing::info!("{}: rebuilding the adapters for the file's spec ({})", path.display(), spec.kind);
             self.set_spec(&spec)?;
@@ -85,14 +87,16 @@ impl AdaptedVit {
     }
 
     /// Whether tensors trained on a model of config `other` fit this one.
-    fn check_fits(&self, other: &VitConfig, kind: AdapterKind) -> std::result::Result<(), String> {
+    /// A method that trains the backbone itself (`trains_backbone`) also needs the same
+    /// patch, input and layer layout.
+    fn check_fits(&self, other: &VitConfig, trains_backbone: bool) -> std::result::Result<(), String> {
         let c = &self.cfg;
         let shape = |c: &VitConfig| {
             format!("width {}, {} blocks, MLP {}, {} classes", c.dim, c.depth, c.mlp_dim, c.num_classes)
         };
         let fits = (c.dim, c.depth, c.mlp_dim, c.num_classes)
             == (other.dim, other.depth, other.mlp_dim, other.num_classes)
-            && (kind != AdapterKind::Full
+            && (!trains_backbone
                 || (c.patch_size, c.in_chans, c.image_size, c.layer_scale, c.qkv_bias)
                     == (
                         other.patch_size,
