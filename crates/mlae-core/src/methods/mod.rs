@@ -11,10 +11,10 @@
 pub mod dmlora;
 pub mod dora;
 pub mod full;
-mod legacy;
 pub mod linear_probe;
 pub mod lora;
 pub mod mlae;
+mod renamed_keys;
 
 use crate::error::SpecError;
 use crate::method::{Method, MethodPlan};
@@ -158,13 +158,13 @@ macro_rules! registry {
             kind: AdapterKind,
             targets: Vec<TargetLayer>,
             $($( $field: $section, )?)+
-            // The flat layout's keys (see `legacy`).
+            // The flat layout's keys (see `renamed_keys`).
             experts: Option<usize>,
             expert_rank: Option<usize>,
             coeff_init: Option<f64>,
             lora_alpha: Option<f64>,
             dropout: Option<f64>,
-            mask: Option<legacy::FlatMask>,
+            mask: Option<renamed_keys::FlatMask>,
         }
 
         impl Default for AdapterTable {
@@ -185,8 +185,8 @@ macro_rules! registry {
         }
 
         impl AdapterTable {
-            fn split(self) -> (AdapterSpec, legacy::FlatKeys) {
-                let flat = legacy::FlatKeys {
+            fn split(self) -> (AdapterSpec, renamed_keys::FlatKeys) {
+                let flat = renamed_keys::FlatKeys {
                     experts: self.experts,
                     expert_rank: self.expert_rank,
                     coeff_init: self.coeff_init,
