@@ -8,7 +8,8 @@
 //!   LoRA+Dropout, MLAE, DMLoRA), each with its `[adapter.<method>]` config section, its own
 //!   plan type, its parameter count and its training schedule, tied together by one registry
 //!   ([`AdapterKind`], [`AdapterSpec`], [`AdapterPlan`]); [`method`] says what a method is;
-//! - [`schedule`]: which parameter roles ([`ParamRole`]) train at a step, at which rate;
+//! - [`stages`]: a method's training stages ([`TrainSchedule`]): which parameter roles
+//!   ([`ParamRole`]) train at a step, at which rate;
 //! - [`target`]: the linear layers adapters go on ([`TargetLayer`], [`LayerSite`]);
 //! - [`pattern`]: the paper's per-block mask patterns and the seeded random allocation;
 //! - [`mask`]: expert-dropout masks reproducible from (seed, step) ([`MaskSampler`]);
@@ -47,7 +48,7 @@ mod names;
 pub mod params;
 pub mod pattern;
 pub mod rng;
-pub mod schedule;
+pub mod stages;
 pub mod similarity;
 pub mod target;
 
@@ -66,7 +67,7 @@ pub use methods::mlae::{MaskSpec, MaskStrategy, MlaeLayerPlan, MlaePlan, MlaeSpe
 pub use methods::{AdapterKind, AdapterPlan, AdapterSpec, count_params};
 pub use params::{ModelDims, ParamCount, layer_in_out};
 pub use pattern::LayerPattern;
-pub use schedule::{ParamRole, TrainSchedule};
+pub use stages::{ParamRole, TrainSchedule};
 pub use similarity::{
     LayerSimilarity, SimilarityReport, expert_similarity, expert_similarity_with_coefficients, mean_pairwise,
     try_expert_similarity,

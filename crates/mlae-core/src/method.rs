@@ -7,7 +7,7 @@
 
 use crate::error::SpecError;
 use crate::params::ModelDims;
-use crate::schedule::TrainSchedule;
+use crate::stages::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
 
 /// A fine-tuning method: its `[adapter.<section>]` table and its resolution into a plan.

@@ -13,12 +13,12 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod evaluator;
+pub mod lr_schedule;
 pub mod metrics;
 pub mod optim;
 pub mod plot;
 pub mod progress;
 pub mod rundir;
-pub mod schedule;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

@@ -8,7 +8,7 @@ use super::lora::{Lora, LoraSpec};
 use crate::error::SpecError;
 use crate::method::{Method, MethodPlan};
 use crate::params::{ModelDims, layer_in_out};
-use crate::schedule::TrainSchedule;
+use crate::stages::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
 use serde::{Deserialize, Serialize};
 

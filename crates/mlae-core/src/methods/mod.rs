@@ -20,7 +20,7 @@ use crate::error::SpecError;
 use crate::method::{Method, MethodPlan};
 use crate::names::named_enum;
 use crate::params::{ModelDims, ParamCount};
-use crate::schedule::TrainSchedule;
+use crate::stages::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
 use serde::{Deserialize, Serialize};
 

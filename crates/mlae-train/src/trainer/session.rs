@@ -8,10 +8,10 @@ use crate::error::{Result, TrainError};
 use crate::evaluator::{
     Evaluator, build_model, load_eval_split, open_task, setup_device, transforms, warn_if_random_backbone,
 };
+use crate::lr_schedule::LrSchedule;
 use crate::metrics::GpuMemProbe;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::rundir::RunDir;
-use crate::schedule::LrSchedule;
 use mlae_data::{ImageSet, Transform};
 use mlae_vit::{AdaptedVit, ParamRole};
 use std::collections::HashMap;

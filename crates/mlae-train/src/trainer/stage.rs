@@ -6,8 +6,8 @@
 //! main learning rate).
 
 use super::session::Session;
+use crate::lr_schedule::LrSchedule;
 use crate::optim::ParamGroup;
-use crate::schedule::LrSchedule;
 use mlae_core::TrainSchedule;
 use mlae_vit::{AdaptedVit, ParamRole};
 use std::collections::HashMap;
@@ -117,7 +117,7 @@ mod tests {
     #[test]
     fn group_rates_come_from_the_methods_schedule() {
         let schedule = LrSchedule {
-            kind: crate::schedule::ScheduleKind::Cosine,
+            kind: crate::lr_schedule::ScheduleKind::Cosine,
             peak: 1e-3,
             min_lr: 1e-8,
             warmup_steps: 10,
