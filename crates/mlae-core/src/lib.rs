@@ -17,7 +17,8 @@
 //! - [`params`]: model sizes and parameter counts ([`count_params`]);
 //! - [`flops`]: matrix-product FLOPs of a training step, for the bench's fraction of peak;
 //! - [`similarity`]: the paper's expert cosine similarity, without building expert matrices;
-//! - [`rng`]: the workspace's one SplitMix64 (counter-based, replayable).
+//! - [`rng`]: the workspace's one SplitMix64 (counter-based, replayable);
+//! - [`stats`]: the benchmarks' shared summary statistics ([`stats::median`]).
 //!
 //! A method's libtorch layer (forward, merge, PEFT export) lives in mlae-vit's `adapter`
 //! module, which has its own one-line-per-method registry; a new method is its module here,
@@ -48,8 +49,9 @@ mod names;
 pub mod params;
 pub mod pattern;
 pub mod rng;
-pub mod stages;
 pub mod similarity;
+pub mod stages;
+pub mod stats;
 pub mod target;
 
 pub use error::{CoreError, SpecError};
@@ -67,9 +69,9 @@ pub use methods::mlae::{MaskSpec, MaskStrategy, MlaeLayerPlan, MlaePlan, MlaeSpe
 pub use methods::{AdapterKind, AdapterPlan, AdapterSpec, count_params};
 pub use params::{ModelDims, ParamCount, layer_in_out};
 pub use pattern::LayerPattern;
-pub use stages::{ParamRole, TrainSchedule};
 pub use similarity::{
     LayerSimilarity, SimilarityReport, expert_similarity, expert_similarity_with_coefficients, mean_pairwise,
     try_expert_similarity,
 };
+pub use stages::{ParamRole, TrainSchedule};
 pub use target::{LayerSite, TargetLayer};
