@@ -57,3 +57,30 @@ pub fn absolute(p: &Path) -> PathBuf {
         std::env::current_dir().map(|d| d.join(p)).unwrap_or(p.into())
     }
 }
+
+/// A measured figure for a table cell or a log line: one decimal from 100 up, two below. A
+/// non-finite value (a figure that was not measured, or the NaN median of no values) is `-`,
+/// as an empty cell is, rather than a `NaN` that reads like a measurement.
+pub fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        "-".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_have_two_decimals_below_100_and_a_dash_when_missing() {
+        assert_eq!(fmt(5.5), "5.50");
+        assert_eq!(fmt(-0.125), "-0.12");
+        assert_eq!(fmt(510.0), "510.0");
+        assert_eq!(fmt(f64::NAN), "-");
+        assert_eq!(fmt(f64::INFINITY), "-");
+    }
+}
