@@ -17,6 +17,7 @@
 use crate::setup;
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use mlae_core::stats::median;
 use mlae_data::{Filter, Item, SplitList, Transform, load_images, resize_rgb};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -138,13 +139,6 @@ pub fn run(args: &BenchDataArgs) -> Result<()> {
     println!("decode_resize_img_per_s: rust={rm:.1} pytorch={pm:.1} ratio={:.3}", rm / pm);
 
     compare_pixels(&python, &script, &list, args, tmp.path())
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
 }
 
 /// Differences between two byte buffers: (largest, mean, share of bytes that differ).

@@ -4,12 +4,13 @@
 //! step is from what the hardware can do. Only matrix products count (the patch projection,
 //! qkv, proj, fc1, fc2, attention's two products, the head and the adapters' low-rank pairs),
 //! at 2 FLOPs per multiply-add. Norms, softmax, GELU and the optimizer are left out (a few per
-//! cent of the work at these sizes), so the fraction computed from this count is a slight
-//! underestimate of the machine's real use.
+//! cent of the work at these sizes).
 //!
 //! These are the model's FLOPs, the same for every implementation (a model-FLOP utilisation):
-//! an implementation that skips work (mlae-vit runs the last block's proj and MLP for the
-//! class token only) is credited with the full count.
+//! an implementation that skips work is credited with the full count. mlae-vit's last block
+//! computes its queries, proj and MLP for the class token only, which skips more work than the
+//! left-out elementwise operations add, so the fraction computed from this count is a slight
+//! overestimate of the machine's real use.
 //!
 //! The backward pass computes the gradient of every product's input from the first block up
 //! (the patch projection's input is pixels, which need none) and the gradient of every trained

@@ -8,7 +8,8 @@
 //!   LoRA+Dropout, MLAE, DMLoRA), each with its `[adapter.<method>]` config section, its own
 //!   plan type, its parameter count and its training schedule, tied together by one registry
 //!   ([`AdapterKind`], [`AdapterSpec`], [`AdapterPlan`]); [`method`] says what a method is;
-//! - [`schedule`]: which parameter roles ([`ParamRole`]) train at a step, at which rate;
+//! - [`stages`]: a method's training stages ([`TrainSchedule`]): which parameter roles
+//!   ([`ParamRole`]) train at a step, at which rate;
 //! - [`target`]: the linear layers adapters go on ([`TargetLayer`], [`LayerSite`]);
 //! - [`pattern`]: the paper's per-block mask patterns and the seeded random allocation;
 //! - [`mask`]: expert-dropout masks reproducible from (seed, step) ([`MaskSampler`]);
@@ -16,7 +17,8 @@
 //! - [`params`]: model sizes and parameter counts ([`count_params`]);
 //! - [`flops`]: matrix-product FLOPs of a training step, for the bench's fraction of peak;
 //! - [`similarity`]: the paper's expert cosine similarity, without building expert matrices;
-//! - [`rng`]: the workspace's one SplitMix64 (counter-based, replayable).
+//! - [`rng`]: the workspace's one SplitMix64 (counter-based, replayable);
+//! - [`stats`]: the benchmarks' shared summary statistics ([`stats::median`]).
 //!
 //! A method's libtorch layer (forward, merge, PEFT export) lives in mlae-vit's `adapter`
 //! module, which has its own one-line-per-method registry; a new method is its module here,
@@ -47,8 +49,9 @@ mod names;
 pub mod params;
 pub mod pattern;
 pub mod rng;
-pub mod schedule;
 pub mod similarity;
+pub mod stages;
+pub mod stats;
 pub mod target;
 
 pub use error::{CoreError, SpecError};
@@ -66,9 +69,9 @@ pub use methods::mlae::{MaskSpec, MaskStrategy, MlaeLayerPlan, MlaePlan, MlaeSpe
 pub use methods::{AdapterKind, AdapterPlan, AdapterSpec, count_params};
 pub use params::{ModelDims, ParamCount, layer_in_out};
 pub use pattern::LayerPattern;
-pub use schedule::{ParamRole, TrainSchedule};
 pub use similarity::{
     LayerSimilarity, SimilarityReport, expert_similarity, expert_similarity_with_coefficients, mean_pairwise,
     try_expert_similarity,
 };
+pub use stages::{ParamRole, TrainSchedule};
 pub use target::{LayerSite, TargetLayer};

@@ -9,7 +9,7 @@
 
 use crate::error::SpecError;
 use crate::params::ModelDims;
-use crate::schedule::TrainSchedule;
+use crate::stages::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
 use serde::{Serialize, Serializer};
 

@@ -2,7 +2,8 @@
 //!
 //! Fixed allocations all spend the same budget, 96 experts (8 per block on average). The
 //! printed hourglass/protruding lists in the paper are garbled (13 and 11 entries); the lists
-//! here are the 12-entry, sum-96 readings recorded in the project's REFERENCE.md. Stochastic
+//! here are readings of them with 12 entries summing to 96 ([`FIXED_HOURGLASS`],
+//! [`FIXED_PROTRUDING`], built from the incremental list's 2/6/10/14 steps). Stochastic
 //! patterns keep 8 experts per block and vary the dropout; their names describe the expected
 //! number of surviving experts (incremental = more survivors in later blocks).
 

@@ -2,10 +2,11 @@
 //! problem, per task and split, instead of stopping at the first one as the loaders do.
 //! Training on a half-copied dataset wastes hours; this finds that in seconds to minutes.
 
+use crate::catalogue::{Benchmark, TaskSpec};
 use crate::error::{DataError, Location, Result};
+use crate::split_file::SplitList;
 use crate::task::{
-    Benchmark, DataSource, SplitList, Task, TaskSpec, json_class_ids, list_split_files, open_task,
-    resolve_task_dir, task_from_spec,
+    DataSource, Task, json_class_ids, list_split_files, open_task, resolve_task_dir, task_from_spec,
 };
 use crate::transform::decode_rgb;
 use rayon::prelude::*;

@@ -21,7 +21,7 @@
 //! files, and a file is never modified once renamed (which is what makes the mapping safe).
 
 use crate::error::{DataError, Result};
-use crate::task::SplitList;
+use crate::split_file::SplitList;
 use crate::transform::{DecodeOp, PIXEL_VERSION, decode_rgb};
 use memmap2::Mmap;
 use rayon::prelude::*;

@@ -4,11 +4,11 @@
 //! images. The download lives in `cargo xtask fetch-demo`; the conversion lives here, where it
 //! can be tested without a network.
 
+use crate::catalogue::TaskSpec;
 use crate::check::{CheckOptions, check_spec};
 use crate::error::{DataError, Result, io_err};
 use crate::manifest::{CsvSource, DemoSource, DemoTask, IdxFiles};
 use crate::rng::{DOMAIN_DEMO_SPLIT, Rng};
-use crate::task::TaskSpec;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::io::Read;

@@ -3,9 +3,9 @@
 //! the paper's column order (Table 1 for VTAB-1k, Table 11 for FGVC), which is the order of a
 //! sweep's plan and of its report's columns.
 
+use crate::catalogue::Benchmark;
 use crate::error::{DataError, Result};
 use crate::manifest::Domain;
-use crate::task::Benchmark;
 
 /// Tasks reported together: a VTAB-1k domain, or every task of another benchmark.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use crate::decoded::{CacheStatus, Decoded, decode_split};
 use crate::error::{DataError, Location, Result};
-use crate::task::SplitList;
+use crate::split_file::SplitList;
 use crate::transform::{DecodeOp, Transform, augment_into};
 use rayon::prelude::*;
 use std::path::Path;

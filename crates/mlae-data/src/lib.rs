@@ -1,15 +1,17 @@
 //! Benchmark datasets for MLAE as the papers lay them out, handed out as raw pixels and
 //! labels. No libtorch: the training crate turns pixels into tensors.
 //!
-//! - [`open_task`] resolves a (benchmark, task, root) triple against the manifests in
+//! - [`Benchmark`] and [`TaskSpec`] are the task catalogue of the manifests in
 //!   `data-manifests/` (VTAB-1k in the NOAH/SPT layout, FGVC in the VPT layout, the demo
-//!   tasks, or a user's own list files) and [`Task::split`] reads a split's list.
+//!   tasks); [`open_task`] resolves a (benchmark, task, root) triple against it (or a user's
+//!   own list files) and [`Task::split`] reads a split's list file into a [`SplitList`].
 //! - [`load_images`] decodes a split with a [`Transform`] into one uint8 NHWC block, in
 //!   parallel and deterministically, through an on-disk cache that later runs memory-map;
 //!   [`AugmentedSet`] does the same for per-epoch random crops.
 //! - [`check`] validates a dataset tree and reports every problem; [`demo`] builds the demo
 //!   tasks from the csv.gz files that PyPI packages carry and the IDX files of Debian packages.
 
+mod catalogue;
 pub mod check;
 mod decoded;
 pub mod demo;
@@ -19,9 +21,11 @@ mod imageset;
 pub mod manifest;
 mod resample;
 mod rng;
+mod split_file;
 mod task;
 mod transform;
 
+pub use catalogue::{Benchmark, TaskSpec};
 pub use check::{CheckOptions, CheckReport, Problem, SplitReport, TaskReport, check};
 pub use decoded::CacheStatus;
 pub use error::{DataError, Location, Result};
@@ -29,7 +33,8 @@ pub use groups::TaskGroup;
 pub use imageset::{AugmentedSet, ImageSet, load_images};
 pub use manifest::Domain;
 pub use resample::{Filter, resize_rgb};
-pub use task::{Benchmark, CLASSES_FILE, DataSource, Item, SplitList, Task, TaskSpec, open_task};
+pub use split_file::{Item, SplitList};
+pub use task::{CLASSES_FILE, DataSource, Task, open_task};
 pub use transform::{Normalization, Transform};
 
 use std::path::PathBuf;

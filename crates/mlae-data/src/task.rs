@@ -1,153 +1,13 @@
-//! Benchmarks, tasks and splits: from a (benchmark, task, root) triple to the list of image
-//! files and labels of a split. No pixels are touched here.
+//! Opening a task: from a (benchmark, task, root) triple to the task folder, its split files
+//! and (for FGVC's JSON layout) its class-id mapping, and reading a split's items. No pixels
+//! are touched here.
 
+use crate::catalogue::{Benchmark, TaskSpec};
 use crate::error::{DataError, Location, Result, io_err};
-use crate::manifest::{self, Domain};
-use serde::{Deserialize, Serialize};
+use crate::manifest::Domain;
+use crate::split_file::{Item, SplitList, parse_list, read_json_entries};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
-
-/// Which layout (and manifest) a dataset follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Benchmark {
-    /// VTAB-1k, NOAH/SPT layout (`data-manifests/vtab-1k.toml`).
-    Vtab,
-    /// FGVC, VPT layout (`data-manifests/fgvc.toml`).
-    Fgvc,
-    /// Demo tasks built by `cargo xtask fetch-demo`, VTAB layout (`data-manifests/demo.toml`).
-    Demo,
-    /// A user's own data: `<root>/<task>/<split>.txt` list files, any split names.
-    List,
-}
-
-impl Benchmark {
-    /// Every benchmark, in documentation order.
-    pub const ALL: [Benchmark; 4] = [Benchmark::Vtab, Benchmark::Fgvc, Benchmark::Demo, Benchmark::List];
-
-    /// The lowercase name used in configs and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Benchmark::Vtab => "vtab",
-            Benchmark::Fgvc => "fgvc",
-            Benchmark::Demo => "demo",
-            Benchmark::List => "list",
-        }
-    }
-
-    /// The tasks the manifest lists (empty for `List`, which has no manifest).
-    pub fn tasks(self) -> Result<Vec<TaskSpec>> {
-        Ok(match self {
-            Benchmark::Vtab => {
-                let m = manifest::vtab()?;
-                m.tasks
-                    .iter()
-                    .map(|t| TaskSpec {
-                        benchmark: self,
-                        name: t.name.clone(),
-                        title: t.title.clone(),
-                        folder: t.folder.clone(),
-                        classes: t.classes,
-                        domain: Some(t.domain),
-                        splits: m.splits.iter().map(|s| (s.clone(), format!("{s}.txt"))).collect(),
-                        sizes: t.sizes.clone(),
-                        image_dir: None,
-                    })
-                    .collect()
-            }
-            Benchmark::Demo => {
-                let m = manifest::demo()?;
-                m.tasks.iter().map(|t| TaskSpec::from_demo(t, &m.splits)).collect()
-            }
-            Benchmark::Fgvc => manifest::fgvc()?
-                .datasets
-                .iter()
-                .map(|d| TaskSpec {
-                    benchmark: self,
-                    name: d.name.clone(),
-                    title: d.title.clone(),
-                    folder: d.folder.clone(),
-                    classes: d.classes,
-                    domain: None,
-                    splits: vec![
-                        ("train".into(), d.splits.train.clone()),
-                        ("val".into(), d.splits.val.clone()),
-                        ("test".into(), d.splits.test.clone()),
-                    ],
-                    sizes: BTreeMap::new(),
-                    image_dir: Some(d.image_dir.clone()),
-                })
-                .collect(),
-            Benchmark::List => Vec::new(),
-        })
-    }
-
-    /// The manifest entry of one task, or an error listing the known names.
-    pub fn task(self, name: &str) -> Result<TaskSpec> {
-        let tasks = self.tasks()?;
-        let known = tasks.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ");
-        tasks.iter().find(|t| t.name == name).cloned().ok_or_else(|| DataError::UnknownTask {
-            benchmark: self.name().into(),
-            task: name.into(),
-            known,
-        })
-    }
-}
-
-impl fmt::Display for Benchmark {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Benchmark {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Benchmark::ALL
-            .into_iter()
-            .find(|b| b.name() == s)
-            .ok_or_else(|| format!("unknown benchmark `{s}`; expected one of vtab, fgvc, demo, list"))
-    }
-}
-
-/// What the manifest says about one task, independent of where the data lives.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskSpec {
-    pub benchmark: Benchmark,
-    pub name: String,
-    pub title: String,
-    /// Folder under the benchmark root.
-    pub folder: String,
-    pub classes: usize,
-    /// VTAB-1k group, for VTAB tasks.
-    pub domain: Option<Domain>,
-    /// (split name, file name relative to the task folder), in manifest order.
-    pub splits: Vec<(String, String)>,
-    /// Exact sizes of the splits that have one.
-    pub sizes: BTreeMap<String, usize>,
-    /// For JSON layouts: the folder image paths are relative to ("" = the task folder).
-    pub image_dir: Option<String>,
-}
-
-impl TaskSpec {
-    /// The spec of a demo task (VTAB layout) with the given split names.
-    pub fn from_demo(t: &manifest::DemoTask, splits: &[String]) -> TaskSpec {
-        TaskSpec {
-            benchmark: Benchmark::Demo,
-            name: t.name.clone(),
-            title: t.title.clone(),
-            folder: t.folder.clone(),
-            classes: t.classes,
-            domain: None,
-            splits: splits.iter().map(|s| (s.clone(), format!("{s}.txt"))).collect(),
-            sizes: t.sizes.clone(),
-            image_dir: None,
-        }
-    }
-}
 
 /// Where a task's data is: the trainer's `[data]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,45 +16,6 @@ pub struct DataSource {
     pub task: String,
     /// The benchmark root: the folder that holds the task folders.
     pub root: PathBuf,
-}
-
-/// One image of a split.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
-    /// The image file (the list's relative path joined to the task or image folder).
-    pub path: PathBuf,
-    /// Class index in `0..num_classes` (FGVC ids already remapped).
-    pub label: i64,
-    /// 1-based line of the list file, or entry number of the JSON file.
-    pub line: usize,
-}
-
-/// The items of one split, in file order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SplitList {
-    pub name: String,
-    /// The list or JSON file.
-    pub source: PathBuf,
-    pub items: Vec<Item>,
-    /// Whether `source` is a JSON file (item `line`s are then entry numbers).
-    pub json: bool,
-}
-
-impl SplitList {
-    /// Where item `i` is listed, for error messages.
-    pub fn location(&self, i: usize) -> Location {
-        Location::new(&self.source, self.items[i].line, self.json)
-    }
-
-    /// Number of items.
-    pub fn len(&self) -> usize {
-        self.items.len()
-    }
-
-    /// Whether the split has no items.
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
-    }
 }
 
 /// An opened task: its manifest entry resolved against a root folder.
@@ -489,115 +310,9 @@ impl Task {
     }
 }
 
-/// Parses `path label` lines. Blank lines and lines starting with `#` are skipped; the label
-/// is the last whitespace-separated field, so paths may contain spaces. Returns the items and
-/// the lines that could not be parsed, a line that is not UTF-8 text among them (the other
-/// lines are still read, so `data check` lists every such line).
-pub(crate) fn parse_list(bytes: &[u8], file: &Path, base: &Path) -> (Vec<Item>, Vec<(Location, String)>) {
-    let mut items = Vec::new();
-    let mut bad = Vec::new();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let at = Location::new(file, i + 1, false);
-        let line = match std::str::from_utf8(raw) {
-            Ok(text) => text.trim(),
-            Err(e) => {
-                bad.push((at, not_utf8(raw, e.valid_up_to())));
-                continue;
-            }
-        };
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((path, label)) = line.rsplit_once(char::is_whitespace) else {
-            bad.push((at, format!("`{line}` has no label; expected `<image path> <label>`")));
-            continue;
-        };
-        match label.parse::<i64>() {
-            Ok(label) => items.push(Item { path: base.join(path.trim_end()), label, line: i + 1 }),
-            Err(_) => bad.push((at, format!("label `{label}` is not an integer (line `{line}`)"))),
-        }
-    }
-    (items, bad)
-}
-
-/// What is wrong with a list line that is not UTF-8 text: the line as far as it can be shown,
-/// and the first offending byte with its column.
-fn not_utf8(raw: &[u8], valid_up_to: usize) -> String {
-    let shown = String::from_utf8_lossy(raw.trim_ascii());
-    format!(
-        "the line is not UTF-8 text (byte 0x{:02x} at column {}): `{shown}`; save the file as UTF-8",
-        raw[valid_up_to],
-        valid_up_to + 1
-    )
-}
-
-/// The entries of a JSON object in file order (serde_json's map would sort them).
-pub(crate) fn read_json_entries(path: &Path) -> Result<Vec<(String, serde_json::Value)>> {
-    struct Entries(Vec<(String, serde_json::Value)>);
-    impl<'de> Deserialize<'de> for Entries {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Entries;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a JSON object mapping image paths to class ids")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut map: A,
-                ) -> std::result::Result<Entries, A::Error> {
-                    let mut out = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                    while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
-                        out.push(entry);
-                    }
-                    Ok(Entries(out))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
-    let text = std::fs::read(path).map_err(io_err(path))?;
-    serde_json::from_slice::<Entries>(&text)
-        .map(|e| e.0)
-        .map_err(|e| DataError::Json { path: path.to_path_buf(), message: e.to_string() })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn list_lines_parse_with_spaces_comments_and_crlf() {
-        let text = "images/a.jpg 3\r\n\n# a comment\nimages/my photo.png 0\n";
-        let (items, bad) = parse_list(text.as_bytes(), Path::new("t.txt"), Path::new("/d"));
-        assert!(bad.is_empty(), "{bad:?}");
-        assert_eq!(items.len(), 2);
-        assert_eq!(items[0], Item { path: PathBuf::from("/d/images/a.jpg"), label: 3, line: 1 });
-        assert_eq!(items[1].path, PathBuf::from("/d/images/my photo.png"));
-        assert_eq!(items[1].line, 4);
-    }
-
-    #[test]
-    fn bad_list_lines_name_the_line() {
-        let (items, bad) = parse_list(b"a.jpg 1\nb.jpg\nc.jpg x\n", Path::new("t.txt"), Path::new("/d"));
-        assert_eq!(items.len(), 1);
-        assert_eq!(bad.len(), 2);
-        assert_eq!(bad[0].0.to_string(), "t.txt:2");
-        assert!(bad[0].1.contains("no label"), "{}", bad[0].1);
-        assert!(bad[1].1.contains("`x` is not an integer"), "{}", bad[1].1);
-    }
-
-    #[test]
-    fn a_list_line_that_is_not_utf8_names_the_file_and_line() {
-        // `caf\xe9` is Latin-1; the lines around it still parse.
-        let (items, bad) =
-            parse_list(b"a.jpg 1\r\nimages/caf\xe9.jpg 2\nc.jpg 0\n", Path::new("t.txt"), Path::new("/d"));
-        assert_eq!(items.len(), 2);
-        assert_eq!(items[1].line, 3);
-        assert_eq!(bad.len(), 1);
-        assert_eq!(bad[0].0.to_string(), "t.txt:2");
-        assert!(bad[0].1.contains("not UTF-8") && bad[0].1.contains("0xe9 at column 11"), "{}", bad[0].1);
-    }
 
     #[test]
     fn a_split_that_is_not_utf8_fails_at_the_line() {
@@ -609,21 +324,5 @@ mod tests {
         let err = open_task(&src).and_then(|t| t.split("train")).unwrap_err().to_string();
         let at = format!("{}:3", task.join("train.txt").display());
         assert!(err.starts_with(&at) && err.contains("not UTF-8"), "{err}");
-    }
-
-    #[test]
-    fn benchmarks_parse_from_their_names() {
-        for b in Benchmark::ALL {
-            assert_eq!(b.name().parse::<Benchmark>().unwrap(), b);
-            assert_eq!(serde_json::to_string(&b).unwrap(), format!("\"{b}\""));
-        }
-        assert!("imagenet".parse::<Benchmark>().unwrap_err().contains("vtab, fgvc, demo, list"));
-    }
-
-    #[test]
-    fn unknown_tasks_list_the_known_ones() {
-        let err = Benchmark::Vtab.task("cifar10").unwrap_err().to_string();
-        assert!(err.contains("no task `cifar10`") && err.contains("cifar, caltech101"), "{err}");
-        assert_eq!(Benchmark::Fgvc.task("cub").unwrap().splits[0], ("train".into(), "train.json".into()));
     }
 }

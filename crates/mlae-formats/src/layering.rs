@@ -302,12 +302,7 @@ pub fn get_path<'a>(table: &'a Table, key: &str) -> Option<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
+    use crate::testing::write;
 
     #[test]
     fn extends_chains_merge_and_later_files_win() {

@@ -14,6 +14,8 @@ pub mod error;
 pub mod layering;
 pub mod preset;
 pub mod run;
+#[cfg(test)]
+mod testing;
 
 pub use atomic::{sha256_hex, write_atomic};
 pub use config::{ExperimentConfig, Protocol};

@@ -1,13 +1,19 @@
-//! The charts MLAE draws into PNG files, in one place for the trainer (run curves, expert
-//! similarity) and the report (domain means): line panels, grouped bars, and the system font
-//! their labels use. Without a font the charts are drawn unlabelled rather than not at all.
+//! Every chart MLAE draws into PNG files, in one place for the trainer (run curves), its
+//! analysis (expert similarity heatmaps and bars, expert feature-map grids) and the report
+//! (domain means): line panels, grouped bars, heatmaps, image grids, and the system font their
+//! labels use. Callers hand over plain data; without a font the charts are drawn unlabelled
+//! rather than not at all.
 
 mod bars;
+mod expert_grid;
 mod font;
+mod heatmap;
 mod lines;
 
 pub use bars::{BarChart, grouped_bars};
+pub use expert_grid::{EXPERT_HEADER, ExpertGrid, MapScale, expert_grid, expert_grid_size};
 pub use font::register_plot_font;
+pub use heatmap::{HEATMAP_COLORBAR, HEATMAP_COLUMNS, HEATMAP_PANEL, heatmap_size, similarity_heatmaps};
 pub use lines::{Series, line_panels};
 
 use std::path::PathBuf;

@@ -1,4 +1,5 @@
-//! The loss / accuracy plot written into every run directory (`curves.png`).
+//! The loss / accuracy plot written into every run directory (`curves.png`): which series
+//! it shows; mlae-plot draws them.
 
 use crate::metrics::EpochMetrics;
 use mlae_plot::{Series, line_panels};

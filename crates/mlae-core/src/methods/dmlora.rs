@@ -43,7 +43,7 @@ use crate::method::{Method, MethodPlan, Section};
 use crate::names::named_enum;
 use crate::params::{ModelDims, layer_in_out};
 use crate::rng::DOMAIN_DMLORA_MASK;
-use crate::schedule::{ParamRole, TrainSchedule};
+use crate::stages::{ParamRole, TrainSchedule};
 use crate::target::{LayerSite, TargetLayer, check_targets, sites};
 use ndarray::Array1;
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@ use super::lora::{Lora, LoraSpec, low_rank_params};
 use crate::error::SpecError;
 use crate::method::{Method, MethodPlan};
 use crate::params::ModelDims;
-use crate::schedule::TrainSchedule;
+use crate::stages::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
 use serde::{Deserialize, Serialize};
 

@@ -4,7 +4,7 @@
 use crate::error::SpecError;
 use crate::method::{Method, MethodPlan};
 use crate::params::ModelDims;
-use crate::schedule::TrainSchedule;
+use crate::stages::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
 use serde::{Deserialize, Serialize};
 

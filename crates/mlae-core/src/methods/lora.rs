@@ -11,7 +11,7 @@
 use crate::error::SpecError;
 use crate::method::{Method, MethodPlan, Section};
 use crate::params::{ModelDims, layer_in_out};
-use crate::schedule::TrainSchedule;
+use crate::stages::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer, check_targets, sites};
 use serde::{Deserialize, Serialize, Serializer};
 

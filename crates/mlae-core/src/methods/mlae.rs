@@ -10,7 +10,7 @@ use crate::method::{Method, MethodPlan, Section};
 use crate::names::named_enum;
 use crate::params::{ModelDims, layer_in_out};
 use crate::pattern::{self, LayerPattern};
-use crate::schedule::{ParamRole, TrainSchedule};
+use crate::stages::{ParamRole, TrainSchedule};
 use crate::target::{LayerSite, TargetLayer, check_targets, sites};
 use serde::{Deserialize, Serialize};
 

@@ -14,16 +14,17 @@ pub mod dmlora;
 pub mod dora;
 pub mod full;
 mod keys;
-mod legacy;
 pub mod linear_probe;
 pub mod lora;
 pub mod mlae;
+mod renamed_keys;
+mod renamed_keys;
 
 use crate::error::SpecError;
 use crate::method::{Method, MethodPlan, Section};
 use crate::names::named_enum;
 use crate::params::{ModelDims, ParamCount};
-use crate::schedule::TrainSchedule;
+use crate::stages::TrainSchedule;
 use crate::target::{LayerSite, TargetLayer};
 use keys::{ReadKeys, Written, refuse_unread};
 use serde::{Deserialize, Serialize, Serializer};
@@ -240,13 +241,13 @@ macro_rules! registry {
             kind: AdapterKind,
             targets: Vec<TargetLayer>,
             $($( $field: Option<Written<$section>>, )?)+
-            // The flat layout's keys (see `legacy`).
+            // The flat layout's keys (see `renamed_keys`).
             experts: Option<usize>,
             expert_rank: Option<usize>,
             coeff_init: Option<f64>,
             lora_alpha: Option<f64>,
             dropout: Option<f64>,
-            mask: Option<legacy::FlatMask>,
+            mask: Option<renamed_keys::FlatMask>,
         }
 
         impl Default for AdapterTable {
@@ -278,8 +279,8 @@ macro_rules! registry {
                 out
             }
 
-            fn split(self) -> (AdapterSpec, legacy::FlatKeys) {
-                let flat = legacy::FlatKeys {
+            fn split(self) -> (AdapterSpec, renamed_keys::FlatKeys) {
+                let flat = renamed_keys::FlatKeys {
                     experts: self.experts,
                     expert_rank: self.expert_rank,
                     coeff_init: self.coeff_init,

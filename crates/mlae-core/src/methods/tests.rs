@@ -5,7 +5,7 @@ use crate::methods::dmlora::DmloraSpec;
 use crate::methods::lora::LoraSpec;
 use crate::methods::mlae::{MaskSpec, MaskStrategy, MlaeSpec};
 use crate::pattern::LayerPattern;
-use crate::schedule::ParamRole;
+use crate::stages::ParamRole;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

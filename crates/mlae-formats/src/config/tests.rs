@@ -1,4 +1,5 @@
 use super::*;
+use crate::testing::write;
 
 const BASE: &str = r#"
 [model]
@@ -15,12 +16,6 @@ normalization = "inception"
 epochs = 3
 lr = 1e-3
 "#;
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
 
 #[test]
 fn extends_merges_and_overrides_win() {

@@ -1,28 +1,17 @@
 //! Expert contribution maps (paper Figures 6 and 7): where on an image each expert of one
-//! block acts, and the `experts_block<N>_<target>.json` report.
+//! block acts, and what the `experts_block<N>_<target>.json` report holds.
 
-use super::plots::draw_expert_grid;
 use crate::config::Precision;
 use crate::error::{Result, TrainError};
-use crate::evaluator::{Preprocess, WhichCheckpoint, load_run_model};
+use crate::evaluator::{Preprocess, WhichCheckpoint};
 use crate::setup::transforms;
 use mlae_core::TargetLayer;
 use mlae_vit::AdaptedVit;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
-/// How the feature maps' colours are scaled (min to max of the chosen group).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MapScale {
-    /// Each map on its own scale: where each expert acts, whatever its overall size.
-    Map,
-    /// One scale per image (row): experts of one image compared with each other.
-    Image,
-    /// One scale per expert (column): one expert compared across images.
-    Expert,
-}
+pub use mlae_plot::MapScale;
 
 /// Per-expert contribution sizes of one block for a batch of images.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,7 +74,8 @@ pub fn expert_contributions(
     }))
 }
 
-fn adapted_list(model: &AdaptedVit) -> String {
+/// The adapted layers of a model, for error messages.
+pub(super) fn adapted_list(model: &AdaptedVit) -> String {
     let names: Vec<String> = model.adapters().map(|a| a.site().name()).collect();
     if names.is_empty() { "none".into() } else { names.join(", ") }
 }
@@ -143,83 +133,4 @@ pub struct ExpertMapsOutput {
     pub png: String,
     /// Its size in pixels.
     pub png_size: (u32, u32),
-}
-
-/// `mlae-cli analyze experts`: the contribution maps of one block's experts for some images
-/// (JSON) and a PNG grid, rows images, first column the image, then one column per expert.
-pub fn expert_maps(
-    run: &Path,
-    images: &[PathBuf],
-    opts: &ExpertMapOptions,
-    out: &Path,
-) -> Result<ExpertMapsOutput> {
-    if images.is_empty() {
-        return Err(TrainError::Analysis("no image given".into()));
-    }
-    if opts.cell < 8 {
-        return Err(TrainError::Analysis(format!("cell size {} is below 8 pixels", opts.cell)));
-    }
-    let (cfg, model) = load_run_model(run, opts.checkpoint)?;
-    let depth = model.config().depth as usize;
-    if opts.block >= depth {
-        return Err(TrainError::Analysis(format!(
-            "block {} does not exist: the model has blocks 0..{}",
-            opts.block,
-            depth - 1
-        )));
-    }
-    let target = match opts.target {
-        Some(t) => t,
-        None => default_target(&model, opts.block).ok_or_else(|| {
-            TrainError::Analysis(format!(
-                "block {} has no adapter (adapted: {})",
-                opts.block,
-                adapted_list(&model)
-            ))
-        })?,
-    };
-    let (set, x) = load_run_images(&cfg, images)?;
-    let patch = model.config().patch_size as usize;
-    let grid = (set.height / patch, set.width / patch);
-    let sizes = expert_contributions(&model, &x, opts.block, target)?;
-    let (n_img, n_exp, p) = sizes.size3()?;
-    if p as usize != grid.0 * grid.1 {
-        return Err(TrainError::Analysis(format!(
-            "{p} patch tokens do not form the {}x{} grid of {}x{} images",
-            grid.0, grid.1, set.height, set.width
-        )));
-    }
-    let flat = Vec::<f32>::try_from(sizes.contiguous().view(-1))?;
-    let p = p as usize;
-    let maps: Vec<Vec<Vec<f32>>> = (0..n_img as usize)
-        .map(|i| (0..n_exp as usize).map(|e| flat[(i * n_exp as usize + e) * p..][..p].to_vec()).collect())
-        .collect();
-    let adapter = model.adapter(opts.block, target).expect("checked by expert_contributions");
-    let maps = ExpertMaps {
-        block: opts.block,
-        target,
-        experts: n_exp as usize,
-        expert_rank: adapter.factors().expert_rank,
-        grid,
-        sizes: maps,
-    };
-    std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
-    let png = format!("experts_block{}_{}.png", opts.block, target);
-    let png_size = draw_expert_grid(&maps, &set, opts.scale, opts.cell, &out.join(&png))?;
-    let output = ExpertMapsOutput {
-        run: run.to_path_buf(),
-        checkpoint: opts.checkpoint.name().into(),
-        definition: EXPERT_MAP_DEFINITION.into(),
-        scale: opts.scale,
-        images: images.to_vec(),
-        maps,
-        png,
-        png_size,
-    };
-    let text = serde_json::to_string_pretty(&output).expect("plain data serialises");
-    crate::rundir::write_atomic(
-        &out.join(format!("experts_block{}_{}.json", opts.block, target)),
-        text.as_bytes(),
-    )?;
-    Ok(output)
 }

@@ -4,25 +4,30 @@
 //! Both read adapters through [`mlae_vit::AdapterLayer::factors`], so every adapter kind is
 //! analysed the same way: MLAE's experts, LoRA's r rank-1 components (coefficient alpha / r),
 //! DMLoRA's branches (coefficient s / K). The numbers come from mlae-core; this module only
-//! gathers them per run and draws them; runs are loaded through [`crate::evaluator`].
+//! gathers them per run and hands them to mlae-plot to draw; runs are loaded through
+//! [`crate::evaluator`].
 //!
-//! One module per job: `similarity` computes the expert similarity, `experts` the
-//! contribution maps, `plots` draws both.
+//! One module per job, imports running one way: `similarity` computes the expert similarity,
+//! `experts` the contribution maps, and `commands` (the `analyze` commands) calls both and then
+//! mlae-plot; the compute modules never draw.
 
+mod commands;
 mod experts;
-mod plots;
 mod similarity;
 
+pub use commands::{
+    draw_expert_grid, draw_similarity_bars, draw_similarity_heatmaps, expert_maps, similarity,
+};
 pub use experts::{
     EXPERT_MAP_DEFINITION, ExpertMapOptions, ExpertMaps, ExpertMapsOutput, MapScale, default_target,
-    expert_contributions, expert_maps, load_run_images,
+    expert_contributions, load_run_images,
 };
-pub use plots::{
-    EXPERT_HEADER, HEATMAP_COLORBAR, HEATMAP_COLUMNS, HEATMAP_PANEL, bar_groups, draw_expert_grid,
-    draw_similarity_bars, draw_similarity_heatmaps, expert_grid_size, heatmap_panels, heatmap_size,
+pub use mlae_plot::{
+    EXPERT_HEADER, HEATMAP_COLORBAR, HEATMAP_COLUMNS, HEATMAP_PANEL, expert_grid_size, heatmap_size,
 };
 pub use similarity::{
-    LayerSimilarity, RunSimilarity, SIMILARITY_DEFINITION, SimilarityOutput, model_similarity, similarity,
+    LayerSimilarity, RunSimilarity, SIMILARITY_DEFINITION, SimilarityOutput, bar_groups, heatmap_panels,
+    model_similarity,
 };
 
 #[cfg(test)]

@@ -1,14 +1,13 @@
 //! Expert parameter similarity (paper appendix A.4, Figures 4 and 5): per adapted layer, the
-//! cosine between every pair of experts, per run the mean, and the `similarity.json` report.
+//! cosine between every pair of experts, per run the mean, what the `similarity.json` report
+//! holds, and the runs' numbers arranged as the heatmaps and bars show them.
 
-use super::plots::{draw_similarity_bars, draw_similarity_heatmaps};
 use crate::error::{Result, TrainError};
-use crate::evaluator::{WhichCheckpoint, load_run_model};
 use mlae_core::{AdapterKind, SimilarityReport, TargetLayer};
 use mlae_vit::{AdaptedVit, ExpertFactors};
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 
 /// What the similarity numbers are, written into the JSON so the file explains itself.
@@ -123,77 +122,54 @@ pub fn model_similarity(model: &AdaptedVit) -> Result<(Vec<LayerSimilarity>, Opt
     Ok((layers, finite(report.mean)))
 }
 
-/// File-name-safe version of a label.
-fn slug(s: &str) -> String {
-    let s: String = s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
-    if s.is_empty() { "run".into() } else { s }
-}
-
-/// `mlae-cli analyze similarity`: the similarity of every run (JSON), one heatmap PNG per run
-/// (paper Fig. 5) and a bar chart of the runs' means grouped by task (Fig. 4), all in `out`.
-///
-/// `labels` name the runs in the plots (one per run, or empty); by default a run is called by
-/// its method, or by its directory name when two runs of one task share a method.
-pub fn similarity(
-    runs: &[PathBuf],
-    labels: &[String],
-    which: WhichCheckpoint,
-    out: &Path,
-) -> Result<SimilarityOutput> {
-    if runs.is_empty() {
-        return Err(TrainError::Analysis("no run given".into()));
-    }
-    if !labels.is_empty() && labels.len() != runs.len() {
-        return Err(TrainError::Analysis(format!(
-            "{} labels for {} runs: give one label per run or none",
-            labels.len(),
-            runs.len()
-        )));
-    }
-    std::fs::create_dir_all(out).map_err(crate::error::io_err(out))?;
-    let mut results = Vec::with_capacity(runs.len());
-    for run in runs {
-        let (cfg, model) = load_run_model(run, which)?;
-        let (layers, mean) = model_similarity(&model).map_err(|e| match e {
-            TrainError::Analysis(m) => TrainError::Analysis(format!("{}: {m}", run.display())),
-            other => other,
-        })?;
-        tracing::info!("{}: mean expert similarity {:?}", run.display(), mean);
-        results.push(RunSimilarity {
-            run: run.clone(),
-            label: cfg.adapter.kind.to_string(),
-            task: cfg.data.task.clone(),
-            method: cfg.adapter.kind,
-            checkpoint: which.name().into(),
-            mean,
-            layers,
-            heatmap: String::new(),
-        });
-    }
-    if labels.is_empty() {
-        let keys: Vec<(String, String)> = results.iter().map(|r| (r.task.clone(), r.label.clone())).collect();
-        for (i, r) in results.iter_mut().enumerate() {
-            if keys.iter().filter(|k| **k == keys[i]).count() > 1 {
-                r.label = dir_name(&r.run);
+/// The heatmap panels of one run (paper Fig. 5): one per layer, then (for several layers of
+/// the same size) their element-wise mean.
+pub fn heatmap_panels(run: &RunSimilarity) -> Vec<(String, Vec<Vec<f64>>)> {
+    let mut panels: Vec<(String, Vec<Vec<f64>>)> =
+        run.layers.iter().map(|l| (format!("block {} {}", l.block, l.target), l.matrix.clone())).collect();
+    let n = run.layers.first().map_or(0, |l| l.experts);
+    if run.layers.len() > 1 && run.layers.iter().all(|l| l.experts == n) {
+        let mut mean = vec![vec![0.0; n]; n];
+        for l in &run.layers {
+            for (i, row) in l.matrix.iter().enumerate() {
+                for (j, v) in row.iter().enumerate() {
+                    mean[i][j] += v / run.layers.len() as f64;
+                }
             }
         }
-    } else {
-        for (r, l) in results.iter_mut().zip(labels) {
-            r.label = l.clone();
-        }
+        panels.push(("mean over layers".into(), mean));
     }
-    for (i, r) in results.iter_mut().enumerate() {
-        r.heatmap = format!("similarity_{}_{}.png", i + 1, slug(&dir_name(&r.run)));
-        draw_similarity_heatmaps(r, &out.join(&r.heatmap))?;
-    }
-    let bar_chart = "similarity_means.png".to_string();
-    draw_similarity_bars(&results, &out.join(&bar_chart))?;
-    let output = SimilarityOutput { definition: SIMILARITY_DEFINITION.into(), runs: results, bar_chart };
-    let text = serde_json::to_string_pretty(&output).expect("plain data serialises");
-    crate::rundir::write_atomic(&out.join("similarity.json"), text.as_bytes())?;
-    Ok(output)
+    panels
 }
 
-fn dir_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| p.display().to_string())
+/// The bars of Fig. 4: one group per task (in order of appearance), one bar per label within
+/// it (runs with the same task and label are averaged).
+pub fn bar_groups(runs: &[RunSimilarity]) -> (Vec<String>, Vec<String>, Vec<Vec<Option<f64>>>) {
+    let mut tasks: Vec<String> = Vec::new();
+    let mut series: Vec<String> = Vec::new();
+    for r in runs {
+        if !tasks.contains(&r.task) {
+            tasks.push(r.task.clone());
+        }
+        if !series.contains(&r.label) {
+            series.push(r.label.clone());
+        }
+    }
+    let values = tasks
+        .iter()
+        .map(|t| {
+            series
+                .iter()
+                .map(|s| {
+                    let v: Vec<f64> = runs
+                        .iter()
+                        .filter(|r| &r.task == t && &r.label == s)
+                        .filter_map(|r| r.mean)
+                        .collect();
+                    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+                })
+                .collect()
+        })
+        .collect();
+    (tasks, series, values)
 }

@@ -5,6 +5,7 @@ use crate::config::Precision;
 use crate::error::{Result, TrainError};
 use crate::evaluator::Preprocess;
 use mlae_core::AdapterSpec;
+pub(super) use mlae_core::stats::median;
 use mlae_vit::{AdaptedVit, ParamRole, VitConfig};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -44,19 +45,6 @@ pub struct BenchConfig {
     pub precision: Precision,
     /// What the training benchmark trains on.
     pub data: BenchData,
-}
-
-pub(super) fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
 }
 
 /// The trainer's preprocessing with ImageNet mean/std (the values do not change the cost).

@@ -7,9 +7,9 @@ use super::state::LoopState;
 use crate::config::{ExperimentConfig, Protocol};
 use crate::error::{Result, TrainError};
 use crate::evaluator::Evaluator;
+use crate::lr_schedule::LrSchedule;
 use crate::metrics::GpuMemProbe;
 use crate::rundir::RunDir;
-use crate::schedule::LrSchedule;
 use crate::setup::{
     build_model, load_eval_split, open_task, setup_device, transforms, warn_if_random_backbone,
 };

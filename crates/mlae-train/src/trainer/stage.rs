@@ -4,7 +4,7 @@
 //! stage and the main learning rate). The optimizer's groups (one per parameter role) are
 //! [`crate::step::param_groups`]'.
 
-use crate::schedule::LrSchedule;
+use crate::lr_schedule::LrSchedule;
 use crate::step::Optimizer;
 use mlae_core::TrainSchedule;
 use mlae_vit::{AdaptedVit, ParamRole};
@@ -83,7 +83,7 @@ mod tests {
     #[test]
     fn group_rates_come_from_the_methods_schedule() {
         let schedule = LrSchedule {
-            kind: crate::schedule::ScheduleKind::Cosine,
+            kind: crate::lr_schedule::ScheduleKind::Cosine,
             peak: 1e-3,
             min_lr: 1e-8,
             warmup_steps: 10,

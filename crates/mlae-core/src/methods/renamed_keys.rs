@@ -1,6 +1,7 @@
-//! The flat `[adapter]` layout that per-method tables replaced: `experts`, `expert_rank`,
-//! `coeff_init`, `lora_alpha`, `dropout` and `[adapter.mask]` directly under `[adapter]`, where
-//! `experts` and `dropout` meant something else for every kind.
+//! The `[adapter]` keys that were renamed, checked on every parse of an adapter table: the
+//! flat layout that per-method tables replaced put `experts`, `expert_rank`, `coeff_init`,
+//! `lora_alpha`, `dropout` and `[adapter.mask]` directly under `[adapter]`, where `experts`
+//! and `dropout` meant something else for every kind.
 //!
 //! In a config a person writes, an old key is an error that names its new place: one key that
 //! means one thing is the point of the change, and guessing which method an old `dropout`

@@ -1,7 +1,7 @@
-//! A method's training schedule: which parameter roles train at a step, and at which
-//! learning rate. The training loop asks the plan's schedule ([`crate::AdapterPlan::schedule`])
-//! instead of knowing any method, so a method with stages (DMLoRA's stage 2) needs no branch
-//! in the loop.
+//! A method's training stages ([`TrainSchedule`]): which parameter roles train at a step, and
+//! at which learning rate (the run's main learning-rate curve is mlae-train's `lr_schedule`).
+//! The training loop asks the plan's schedule ([`crate::AdapterPlan::schedule`]) instead of
+//! knowing any method, so a method with stages (DMLoRA's stage 2) needs no branch in the loop.
 //!
 //! The schedule is a function of (step, total steps) alone, so a resumed run re-derives its
 //! stage and learning rates from the step it resumes at.

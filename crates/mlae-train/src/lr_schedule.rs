@@ -22,7 +22,7 @@ impl LrSchedule {
     /// The learning rate used for optimizer step `step` (0-based).
     ///
     /// ```
-    /// use mlae_train::schedule::{LrSchedule, ScheduleKind};
+    /// use mlae_train::lr_schedule::{LrSchedule, ScheduleKind};
     /// let s = LrSchedule { kind: ScheduleKind::Cosine, peak: 1.0, min_lr: 0.0, warmup_steps: 10,
     ///                      warmup_start: 0.0, total_steps: 110 };
     /// assert!((s.lr_at(5) - 0.5).abs() < 1e-12);   // half-way through warm-up
