@@ -18,7 +18,6 @@ pub mod linear_probe;
 pub mod lora;
 pub mod mlae;
 mod renamed_keys;
-mod renamed_keys;
 
 use crate::error::SpecError;
 use crate::method::{Method, MethodPlan, Section};
