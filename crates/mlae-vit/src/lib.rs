@@ -15,6 +15,7 @@
 
 pub mod adapter;
 pub mod config;
+pub mod cuda;
 pub mod error;
 pub mod export;
 pub mod import;
