@@ -9,7 +9,7 @@
 //! set, with the [`Preprocess`] that training uses too.
 
 use crate::checkpoint;
-use crate::config::{ExperimentConfig, Precision, VitConfigExt, parse_device};
+use crate::config::{ExperimentConfig, Precision, VitConfigExt, resolve_device};
 use crate::error::{Result, TrainError};
 use crate::metrics::EvalResult;
 use mlae_core::AdapterKind;
@@ -79,7 +79,7 @@ pub(crate) fn transforms(benchmark: Benchmark, size: u32) -> (Transform, Transfo
 
 /// The config's device, with its thread count and cuDNN autotuning applied.
 pub(crate) fn setup_device(cfg: &ExperimentConfig) -> Result<Device> {
-    let device = parse_device(&cfg.train.device).map_err(TrainError::Invalid)?;
+    let device = resolve_device("train.device", &cfg.train.device).map_err(TrainError::Invalid)?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }
