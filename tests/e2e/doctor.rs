@@ -7,6 +7,11 @@ fn doctor_reports_the_libtorch_and_device() {
     assert!(out.status.success(), "doctor failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("libtorch          : 2.11.0"), "{stdout}");
     assert!(stdout.contains("CUDA available"), "{stdout}");
+    assert!(stdout.contains("libtorch CUDA     : "), "{stdout}");
+    assert!(stdout.contains("NVIDIA driver     : "), "{stdout}");
+    if stdout.contains("CUDA available    : no") {
+        assert!(stdout.contains("why no CUDA       : "), "{stdout}");
+    }
 }
 
 #[test]
@@ -16,6 +21,29 @@ fn doctor_json_is_valid_json() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["libtorch_version"].as_str().unwrap().starts_with("2.11.0"));
     assert!(v["torch_threads"].as_i64().unwrap() >= 1);
+    // The CUDA stack is reported whether or not libtorch sees a device.
+    let libtorch_cuda = v["libtorch_cuda"].as_bool().unwrap();
+    assert_eq!(v["cuda_built"].is_string(), libtorch_cuda, "{v:#}");
+    if libtorch_cuda {
+        let built = v["cuda_built"].as_str().unwrap();
+        assert!(built.split('.').all(|p| p.parse::<u32>().is_ok()), "{built}");
+    }
+    assert!(v["driver"].is_string(), "{v:#}");
+    // "No CUDA" always comes with its cause.
+    if v["cuda"] == false {
+        let why = v["cuda_problem"].as_str().unwrap();
+        let causes =
+            ["CPU-only libtorch", "no working NVIDIA driver", "NVIDIA driver too old", "no GPU visible"];
+        assert!(
+            causes.iter().any(|c| why.starts_with(c)) || why.starts_with("libtorch sees no CUDA"),
+            "{why}"
+        );
+        if !libtorch_cuda {
+            assert!(why.starts_with("CPU-only libtorch"), "{why}");
+        }
+    } else {
+        assert!(v["cuda_problem"].is_null(), "{v:#}");
+    }
 }
 
 #[test]

@@ -90,6 +90,25 @@ fn a_divergence_names_only_checkpoints_that_exist() {
     }
 }
 
+/// A CUDA device that does not exist is a config error naming `train.device`, not a panic
+/// inside libtorch at the first tensor put on it.
+#[test]
+fn a_cuda_device_that_does_not_exist_names_train_device() {
+    if tch::Cuda::device_count() > 7 {
+        return;
+    }
+    let (_tmp, cfg) = setup(MLAE, 1);
+    let (code, _, stderr) =
+        cli_run(&["finetune", "--config", s(&cfg), "--no-progress", "--set", "train.device=cuda:7"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("error: config: train.device = cuda:7: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Without any CUDA device it says why (a CPU-only libtorch, the driver, or no GPU visible).
+    if tch::Cuda::device_count() == 0 {
+        assert!(stderr.contains("libtorch sees no CUDA device: "), "{stderr}");
+    }
+}
+
 #[test]
 fn max_steps_inside_the_first_epoch_finishes_the_run() {
     let (tmp, cfg) = setup(MLAE, 3);

@@ -2,6 +2,7 @@
 
 mod analyze;
 mod bench;
+mod check;
 mod cli;
 mod data;
 mod dmlora;

@@ -49,10 +49,11 @@ enum Cmd {
     /// Regenerate the golden test fixtures with PyTorch, timm, PEFT, Pillow and torchvision
     /// (pinned versions, installed into the project venv).
     Fixtures(fixtures::FixturesArgs),
-    /// Whether the GPU path works and how fast it is, within 8 minutes: doctor, fp32 and bf16
-    /// training (speed, memory, falling loss), merged inference, PyTorch eager and compiled
-    /// beside it, GPU-CPU logit parity; a CPU variant without CUDA. `--pack DIR` writes it as a
-    /// folder for a machine without network (`bash DIR/run.sh OUTDIR`).
+    /// Whether the GPU path works and how fast it is, within 8 minutes: the verdicts of
+    /// `mlae-cli check` (doctor, fp32 and bf16 training with a falling loss, merged inference,
+    /// GPU-CPU logit parity; a CPU variant without CUDA), then PyTorch eager and compiled beside
+    /// the training figures. `--pack DIR` writes it as a folder for a machine without network
+    /// (`bash DIR/run.sh OUTDIR`).
     GpuCheck(gpu_check::GpuCheckArgs),
 }
 

@@ -37,6 +37,9 @@ pub enum Command {
     Analyze(commands::analyze::AnalyzeArgs),
     /// Training and inference throughput and peak memory (paper Table 3).
     Bench(commands::bench::BenchArgs),
+    /// Whether training and inference work on a device: PASS / FAIL / SKIPPED per step with
+    /// reasons and figures (doctor, falling loss in fp32 and bf16, merge, GPU-CPU parity).
+    Check(commands::check::CheckArgs),
 }
 
 /// Parses arguments, installs the log subscriber and runs the command.
@@ -54,6 +57,7 @@ pub fn main_entry() -> ExitCode {
         Command::Export(args) => commands::export::run(&args),
         Command::Analyze(args) => commands::analyze::run(&args),
         Command::Bench(args) => commands::bench::run(&args),
+        Command::Check(args) => commands::check::run(&args),
     };
     match result {
         Ok(code) => code,

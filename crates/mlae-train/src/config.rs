@@ -75,9 +75,75 @@ pub fn parse_device(s: &str) -> std::result::Result<tch::Device, String> {
     })
 }
 
+/// `spec` given as `key` (`train.device`, `--device`) as a device this process can use: the
+/// string parsed as [`parse_device`] does, then a CUDA device checked against the devices
+/// libtorch sees. Why: libtorch panics at the first tensor put on a device that does not
+/// exist; the error here names the key, the value and why CUDA is missing when it is.
+pub fn resolve_device(key: &str, spec: &str) -> std::result::Result<tch::Device, String> {
+    let parsed = spec
+        .parse::<DeviceSpec>()
+        .map_err(|_| format!("{key}: `{spec}` is not one of auto, cpu, cuda, cuda:N"))?;
+    let count = tch::Cuda::device_count();
+    pick_device(key, spec, parsed, count, || {
+        mlae_vit::runtime::runtime_info().cuda_problem().map_or("no reason found".into(), |p| p.to_string())
+    })
+}
+
+/// [`resolve_device`] given the number of CUDA devices libtorch sees and, when it sees none,
+/// why (asked only then).
+fn pick_device(
+    key: &str,
+    spec: &str,
+    parsed: DeviceSpec,
+    cuda_devices: i64,
+    why_none: impl FnOnce() -> String,
+) -> std::result::Result<tch::Device, String> {
+    match parsed {
+        DeviceSpec::Cpu => Ok(tch::Device::Cpu),
+        DeviceSpec::Auto if cuda_devices > 0 => Ok(tch::Device::Cuda(0)),
+        DeviceSpec::Auto => Ok(tch::Device::Cpu),
+        DeviceSpec::Cuda(n) if (n as i64) < cuda_devices => Ok(tch::Device::Cuda(n)),
+        DeviceSpec::Cuda(_) if cuda_devices > 0 => Err(format!(
+            "{key} = {spec}: no such device; libtorch sees {cuda_devices} CUDA device(s), cuda:0 to cuda:{}",
+            cuda_devices - 1
+        )),
+        DeviceSpec::Cuda(_) => Err(format!("{key} = {spec}: libtorch sees no CUDA device: {}", why_none())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_that_does_not_exist_names_the_key_and_why() {
+        let never = || -> String { panic!("asked why although devices exist") };
+        let pick = |spec: &str, n| {
+            pick_device("train.device", spec, spec.parse().unwrap(), n, || "no GPU visible".into())
+        };
+        assert_eq!(pick("cpu", 0), Ok(tch::Device::Cpu));
+        assert_eq!(pick("auto", 0), Ok(tch::Device::Cpu));
+        assert_eq!(pick("auto", 2), Ok(tch::Device::Cuda(0)));
+        assert_eq!(pick_device("k", "cuda:1", DeviceSpec::Cuda(1), 2, never), Ok(tch::Device::Cuda(1)));
+        let err = pick_device("train.device", "cuda:7", DeviceSpec::Cuda(7), 2, never).unwrap_err();
+        assert_eq!(
+            err,
+            "train.device = cuda:7: no such device; libtorch sees 2 CUDA device(s), cuda:0 to cuda:1"
+        );
+        assert_eq!(
+            pick("cuda", 0).unwrap_err(),
+            "train.device = cuda: libtorch sees no CUDA device: no GPU visible"
+        );
+        // This machine: an error (never a panic) unless it has eight GPUs.
+        match resolve_device("train.device", "cuda:7") {
+            Ok(d) => assert_eq!(d, tch::Device::Cuda(7)),
+            Err(e) => assert!(e.starts_with("train.device = cuda:7: "), "{e}"),
+        }
+        assert_eq!(
+            resolve_device("--device", "tpu").unwrap_err(),
+            "--device: `tpu` is not one of auto, cpu, cuda, cuda:N"
+        );
+    }
 
     #[test]
     fn the_architecture_is_checked_at_load_and_names_the_file() {

@@ -5,10 +5,11 @@
 //! files a run leaves behind. Their formats (the config, the run directory's layout and
 //! records) are mlae-formats', re-exported in [`config`] and [`rundir`]. For trained runs it
 //! has the one [`evaluator`] that `eval`, `export` and `analyze` share with the loop, and the
-//! [`analysis`] of the experts.
+//! [`analysis`] of the experts, and the [`check`] behind `mlae-cli check`.
 
 pub mod analysis;
 pub mod bench;
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod error;

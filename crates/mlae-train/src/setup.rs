@@ -2,7 +2,7 @@
 //! task, the transforms, the evaluation splits and the model with its backbone loaded. The
 //! trainer and [`crate::evaluator::OpenRun`] both build from here.
 
-use crate::config::{ExperimentConfig, Precision, VitConfigExt, parse_device};
+use crate::config::{ExperimentConfig, Precision, VitConfigExt, resolve_device};
 use crate::error::{Result, TrainError};
 use mlae_data::{Benchmark, ImageSet, Transform};
 use mlae_vit::AdaptedVit;
@@ -19,7 +19,7 @@ pub fn transforms(benchmark: Benchmark, size: u32) -> (Transform, Transform) {
 
 /// The config's device, with its thread count and cuDNN autotuning applied.
 pub fn setup_device(cfg: &ExperimentConfig) -> Result<Device> {
-    let device = parse_device(&cfg.train.device).map_err(TrainError::Invalid)?;
+    let device = resolve_device("train.device", &cfg.train.device).map_err(TrainError::Invalid)?;
     if let Some(n) = cfg.train.threads {
         tch::set_num_threads(n as i32);
     }

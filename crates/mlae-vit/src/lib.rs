@@ -17,6 +17,7 @@ pub mod adapted;
 pub mod adapter;
 pub mod config;
 pub mod ctx;
+pub mod cuda;
 pub mod error;
 pub mod export;
 pub mod import;

@@ -14,6 +14,22 @@ pub struct GpuInfo {
     pub index: usize,
     pub name: String,
     pub total_memory_bytes: u64,
+    /// (major, minor), e.g. (9, 0) for an H100; bf16 needs 8.0 or newer.
+    pub compute_capability: Option<(i32, i32)>,
+}
+
+impl GpuInfo {
+    /// `cuda:0 NVIDIA H100 (79.2 GiB, compute capability 9.0)`.
+    pub fn describe(&self) -> String {
+        let cc =
+            self.compute_capability.map_or(String::new(), |(a, b)| format!(", compute capability {a}.{b}"));
+        format!(
+            "cuda:{} {} ({:.1} GiB{cc})",
+            self.index,
+            self.name,
+            self.total_memory_bytes as f64 / 1073741824.0
+        )
+    }
 }
 
 /// A snapshot of the runtime, cheap to take (no kernels are launched).
@@ -29,7 +45,10 @@ pub struct RuntimeInfo {
     pub cuda_available: bool,
     pub cudnn_available: bool,
     pub cuda_device_count: i64,
+    /// The GPUs the NVIDIA driver sees, asked directly (also when libtorch sees none).
     pub gpus: Vec<GpuInfo>,
+    /// The CUDA stack below libtorch: its build, the driver, and why CUDA is unusable if it is.
+    pub cuda: crate::cuda::CudaFacts,
     pub torch_threads: i32,
     pub torch_interop_threads: i32,
     pub available_cores: usize,
@@ -39,6 +58,12 @@ pub struct RuntimeInfo {
 }
 
 impl RuntimeInfo {
+    /// Why libtorch sees no CUDA device (a CPU-only build, the driver, no GPU); `None` when
+    /// it sees one.
+    pub fn cuda_problem(&self) -> Option<crate::cuda::CudaProblem> {
+        crate::cuda::diagnose(&self.cuda)
+    }
+
     /// True when the loaded libtorch is the release tch expects.
     pub fn version_ok(&self) -> bool {
         self.libtorch_version.as_deref().is_some_and(|v| v.split('+').next() == Some(EXPECTED_LIBTORCH))
@@ -141,6 +166,7 @@ pub fn runtime_info() -> RuntimeInfo {
     let libtorch_version = libtorch_dir.as_deref().and_then(libtorch_version_near);
     let cuda_available = tch::Cuda::is_available();
     let cuda_device_count = if cuda_available { tch::Cuda::device_count() } else { 0 };
+    let cuda = crate::cuda::facts();
     RuntimeInfo {
         libtorch_version,
         libtorch_dir,
@@ -148,7 +174,8 @@ pub fn runtime_info() -> RuntimeInfo {
         cuda_available,
         cudnn_available: cuda_available && tch::Cuda::cudnn_is_available(),
         cuda_device_count,
-        gpus: if cuda_available { cuda_driver_devices() } else { Vec::new() },
+        gpus: cuda.driver.gpus().to_vec(),
+        cuda,
         torch_threads: tch::get_num_threads(),
         torch_interop_threads: tch::get_num_interop_threads(),
         available_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -186,57 +213,6 @@ pub fn libtorch_version_near(lib_dir: &Path) -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-}
-
-/// Names and memory of the CUDA devices, through the driver API (`libcuda.so.1`), because
-/// libtorch's C API that tch wraps does not expose device properties.
-fn cuda_driver_devices() -> Vec<GpuInfo> {
-    type CuInit = unsafe extern "C" fn(u32) -> i32;
-    type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
-    type CuDeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
-    type CuDeviceGetName = unsafe extern "C" fn(*mut std::ffi::c_char, i32, i32) -> i32;
-    type CuDeviceTotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
-
-    // SAFETY: libcuda.so.1 is the NVIDIA driver library; the symbols below have had these C
-    // signatures since CUDA 3.2, and every out-pointer we pass is valid for the call.
-    unsafe {
-        let Ok(lib) = libloading::Library::new("libcuda.so.1") else {
-            return Vec::new();
-        };
-        let (Ok(init), Ok(count), Ok(get), Ok(name), Ok(mem)) = (
-            lib.get::<CuInit>(b"cuInit\0"),
-            lib.get::<CuDeviceGetCount>(b"cuDeviceGetCount\0"),
-            lib.get::<CuDeviceGet>(b"cuDeviceGet\0"),
-            lib.get::<CuDeviceGetName>(b"cuDeviceGetName\0"),
-            lib.get::<CuDeviceTotalMem>(b"cuDeviceTotalMem_v2\0"),
-        ) else {
-            return Vec::new();
-        };
-        if init(0) != 0 {
-            return Vec::new();
-        }
-        let mut n = 0i32;
-        if count(&mut n) != 0 {
-            return Vec::new();
-        }
-        let mut out = Vec::new();
-        for i in 0..n {
-            let mut dev = 0i32;
-            if get(&mut dev, i) != 0 {
-                continue;
-            }
-            let mut buf = [0 as std::ffi::c_char; 256];
-            let name = if name(buf.as_mut_ptr(), buf.len() as i32, dev) == 0 {
-                std::ffi::CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
-            } else {
-                "(unknown)".to_string()
-            };
-            let mut bytes = 0usize;
-            let total = if mem(&mut bytes, dev) == 0 { bytes as u64 } else { 0 };
-            out.push(GpuInfo { index: i as usize, name, total_memory_bytes: total });
-        }
-        out
-    }
 }
 
 #[cfg(test)]

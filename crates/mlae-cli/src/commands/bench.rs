@@ -150,7 +150,7 @@ fn train_flops(cfg: &BenchConfig) -> Result<StepFlops> {
 }
 
 pub fn run(args: &BenchArgs) -> Result<ExitCode> {
-    let device = mlae_train::config::parse_device(&args.device).map_err(anyhow::Error::msg)?;
+    let device = mlae_train::config::resolve_device("--device", &args.device).map_err(anyhow::Error::msg)?;
     if let Some(n) = args.threads {
         if n < 1 {
             bail!("--threads must be at least 1");

@@ -2,6 +2,7 @@
 
 pub mod analyze;
 pub mod bench;
+pub mod check;
 pub mod data;
 pub mod doctor;
 pub mod eval;
