@@ -85,7 +85,7 @@ pub fn pack(dir: &Path, args: &GpuCheckArgs) -> Result<u64> {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
         }
     }
-    let size = dir_size(&dir)?;
+    let size = crate::util::dir_size(&dir)?.bytes;
     if size >= PACK_LIMIT_BYTES {
         bail!(
             "{} is {:.1} MB, over the {:.0} MB limit of the packed check",
@@ -102,16 +102,6 @@ pub fn pack(dir: &Path, args: &GpuCheckArgs) -> Result<u64> {
     );
     println!("on the GPU machine (no network needed): bash {}/run.sh OUTDIR", dir.display());
     Ok(size)
-}
-
-fn dir_size(dir: &Path) -> Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        total += if meta.is_dir() { dir_size(&entry.path())? } else { meta.len() };
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! table per step, and the `<figure>: rust=… pytorch=… ratio=…` lines.
 
 use super::runner::TOTAL_LIMIT;
+use crate::util::fmt;
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -79,16 +80,6 @@ pub fn train_step<'a>(check: &'a Value, precision: &str) -> Option<&'a Value> {
 pub fn train_bench(step: &Value) -> Option<&Value> {
     let bench = &step["figures"]["train"]["bench"];
     bench.as_object().map(|_| bench)
-}
-
-pub fn fmt(v: f64) -> String {
-    if !v.is_finite() {
-        "-".into()
-    } else if v.abs() >= 100.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
 }
 
 fn f(v: &Value, path: &[&str]) -> Option<f64> {
