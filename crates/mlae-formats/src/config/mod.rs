@@ -97,6 +97,7 @@ impl ExperimentConfig {
         };
         cfg.resolve_paths();
         cfg.validate().map_err(|e| FormatError::Config { path: origin.clone(), message: e.0 })?;
+        cfg.train.fill_defaults();
         Ok(cfg)
     }
 
@@ -162,18 +163,24 @@ impl ExperimentConfig {
                 non_negative(t.warmup_epochs),
                 format!("train.warmup_epochs: must be >= 0, got {}", t.warmup_epochs),
             ),
-            (non_negative(t.warmup_lr), format!("train.warmup_lr: must be >= 0, got {}", t.warmup_lr)),
-            (non_negative(t.min_lr), format!("train.min_lr: must be >= 0, got {}", t.min_lr)),
-            // Above the peak, the decay would rise and the warm-up fall.
+            // Only a rate the user wrote is checked; a default follows `lr` (see TrainConfig).
             (
-                t.min_lr <= t.lr,
-                format!("train.min_lr: {} is above train.lr = {}; the schedule would rise", t.min_lr, t.lr),
+                t.warmup_lr.is_none_or(non_negative),
+                format!("train.warmup_lr: must be >= 0, got {}", t.warmup_lr()),
+            ),
+            (t.min_lr.is_none_or(non_negative), format!("train.min_lr: must be >= 0, got {}", t.min_lr())),
+            // Above the peak, the decay would rise and the warm-up fall; a rate the schedule
+            // never reads (no warm-up, a constant schedule) cannot do either.
+            (
+                !t.uses_min_lr() || t.min_lr() <= t.lr,
+                format!("train.min_lr: {} is above train.lr = {}; the schedule would rise", t.min_lr(), t.lr),
             ),
             (
-                t.warmup_lr <= t.lr,
+                !t.uses_warmup_lr() || t.warmup_lr() <= t.lr,
                 format!(
                     "train.warmup_lr: {} is above train.lr = {}; the warm-up would fall",
-                    t.warmup_lr, t.lr
+                    t.warmup_lr(),
+                    t.lr
                 ),
             ),
             (

@@ -163,11 +163,16 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Linear warm-up length in epochs (may be fractional).
     pub warmup_epochs: f64,
-    /// Learning rate at the start of warm-up.
-    pub warmup_lr: f64,
+    /// Learning rate at the start of warm-up. Unset: [`Self::DEFAULT_WARMUP_LR`], or `lr` when
+    /// that is lower, so that a small `lr` never meets a default above it; read it through
+    /// [`Self::warmup_lr`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup_lr: Option<f64>,
     pub schedule: ScheduleKind,
-    /// Learning rate at the end of the decay.
-    pub min_lr: f64,
+    /// Learning rate at the end of the decay. Unset: [`Self::DEFAULT_MIN_LR`], or `lr` when
+    /// that is lower; read it through [`Self::min_lr`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_lr: Option<f64>,
     pub label_smoothing: f64,
     /// Clip the total gradient norm to this value (None: no clipping).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -198,9 +203,9 @@ impl Default for TrainConfig {
             lr: 5e-4,
             weight_decay: 1e-4,
             warmup_epochs: 10.0,
-            warmup_lr: 1e-7,
+            warmup_lr: None,
             schedule: ScheduleKind::Cosine,
-            min_lr: 1e-8,
+            min_lr: None,
             label_smoothing: 0.0,
             grad_clip: None,
             eval_every: 10,
@@ -211,6 +216,41 @@ impl Default for TrainConfig {
             threads: None,
             max_steps: None,
         }
+    }
+}
+
+impl TrainConfig {
+    /// `warmup_lr` when unset and `lr` is not lower (timm's usual warm-up start).
+    pub const DEFAULT_WARMUP_LR: f64 = 1e-7;
+    /// `min_lr` when unset and `lr` is not lower.
+    pub const DEFAULT_MIN_LR: f64 = 1e-8;
+
+    /// The learning rate warm-up starts from: the value written, else the default capped at
+    /// `lr` (a default follows the value it depends on instead of refusing it).
+    pub fn warmup_lr(&self) -> f64 {
+        self.warmup_lr.unwrap_or(Self::DEFAULT_WARMUP_LR.min(self.lr))
+    }
+
+    /// The learning rate the decay ends at: the value written, else the default capped at `lr`.
+    pub fn min_lr(&self) -> f64 {
+        self.min_lr.unwrap_or(Self::DEFAULT_MIN_LR.min(self.lr))
+    }
+
+    /// Whether the schedule reads `warmup_lr` (there is a warm-up) and `min_lr` (it decays).
+    pub fn uses_warmup_lr(&self) -> bool {
+        self.warmup_epochs > 0.0
+    }
+
+    /// See [`Self::uses_warmup_lr`].
+    pub fn uses_min_lr(&self) -> bool {
+        self.schedule != ScheduleKind::Constant
+    }
+
+    /// Writes the effective `warmup_lr` and `min_lr` in, so the resolved config records the
+    /// rates the run used (and re-reads to the same schedule).
+    pub(crate) fn fill_defaults(&mut self) {
+        self.warmup_lr = Some(self.warmup_lr());
+        self.min_lr = Some(self.min_lr());
     }
 }
 

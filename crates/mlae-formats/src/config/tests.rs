@@ -83,12 +83,12 @@ fn validation_covers_every_section() {
         ("train.eval_batch_size", |c| c.train.eval_batch_size = 0),
         ("train.weight_decay", |c| c.train.weight_decay = -0.1),
         ("train.warmup_epochs", |c| c.train.warmup_epochs = -1.0),
-        ("train.warmup_lr", |c| c.train.warmup_lr = -1.0),
-        ("train.min_lr", |c| c.train.min_lr = -1.0),
-        ("train.min_lr", |c| c.train.min_lr = f64::NAN),
-        ("train.min_lr", |c| c.train.min_lr = c.train.lr * 2.0),
-        ("train.warmup_lr", |c| c.train.warmup_lr = f64::NAN),
-        ("train.warmup_lr", |c| c.train.warmup_lr = c.train.lr * 2.0),
+        ("train.warmup_lr", |c| c.train.warmup_lr = Some(-1.0)),
+        ("train.min_lr", |c| c.train.min_lr = Some(-1.0)),
+        ("train.min_lr", |c| c.train.min_lr = Some(f64::NAN)),
+        ("train.min_lr", |c| c.train.min_lr = Some(c.train.lr * 2.0)),
+        ("train.warmup_lr", |c| c.train.warmup_lr = Some(f64::NAN)),
+        ("train.warmup_lr", |c| c.train.warmup_lr = Some(c.train.lr * 2.0)),
         ("train.eval_every", |c| c.train.eval_every = 0),
         ("train.threads", |c| c.train.threads = Some(0)),
         ("train.max_steps", |c| c.train.max_steps = Some(0)),
@@ -292,4 +292,42 @@ fn a_key_the_kind_does_not_read_fails_naming_it_and_how_to_switch_kinds() {
         (mlae_core::AdapterKind::LoraDropout, 0.5)
     );
     assert_eq!(cfg.adapter, cfg.adapter.reduced());
+}
+
+/// A rate the user never wrote follows `lr` instead of refusing it, and a rate the schedule
+/// never reads is not checked; the resolved config records the rates used and re-reads.
+#[test]
+fn default_rates_follow_lr_and_only_written_ones_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "c.toml", BASE);
+    let small = ["train.lr=1e-9".to_string(), "train.warmup_epochs=0".to_string()];
+    let cfg = ExperimentConfig::load(&[&p], &small).unwrap();
+    assert_eq!((cfg.train.warmup_lr(), cfg.train.min_lr()), (1e-9, 1e-9));
+    // With a warm-up, its unset start follows lr too.
+    let cfg =
+        ExperimentConfig::load(&[&p], &["train.lr=1e-9".into(), "train.warmup_epochs=2".into()]).unwrap();
+    assert_eq!(cfg.train.warmup_lr(), 1e-9);
+    // The usual lr keeps the usual defaults.
+    let cfg = ExperimentConfig::load(&[&p], &[]).unwrap();
+    assert_eq!((cfg.train.warmup_lr(), cfg.train.min_lr()), (1e-7, 1e-8));
+
+    // The resolved config (what the run directory holds) records them and re-reads.
+    for overrides in [&small[..], &[], &["train.warmup_epochs=0".into(), "train.warmup_lr=1".into()]] {
+        let cfg = ExperimentConfig::load(&[&p], overrides).unwrap();
+        let text = cfg.to_toml();
+        assert!(text.contains("warmup_lr = ") && text.contains("min_lr = "), "{text}");
+        let again = write(tmp.path(), "resolved.toml", &text);
+        assert_eq!(ExperimentConfig::load(&[&again], &[]).unwrap(), cfg, "{overrides:?}");
+    }
+
+    // Written rates are still checked where the schedule reads them.
+    let err = ExperimentConfig::load(&[&p], &["train.lr=1e-9".into(), "train.min_lr=1e-8".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.min_lr: 0.00000001 is above train.lr"), "{err}");
+    let err = ExperimentConfig::load(&[&p], &["train.warmup_lr=1".into()]).unwrap_err().to_string();
+    assert!(err.contains("train.warmup_lr: 1 is above train.lr"), "{err}");
+    // ... and not where it does not: no warm-up, a constant schedule.
+    ExperimentConfig::load(&[&p], &["train.warmup_epochs=0".into(), "train.warmup_lr=1".into()]).unwrap();
+    ExperimentConfig::load(&[&p], &["train.schedule=constant".into(), "train.min_lr=1".into()]).unwrap();
 }

@@ -131,9 +131,9 @@ impl Session {
         let schedule = LrSchedule {
             kind: cfg.train.schedule,
             peak: cfg.train.lr,
-            min_lr: cfg.train.min_lr,
+            min_lr: cfg.train.min_lr(),
             warmup_steps: (cfg.train.warmup_epochs * steps_per_epoch as f64).round() as u64,
-            warmup_start: cfg.train.warmup_lr,
+            warmup_start: cfg.train.warmup_lr(),
             total_steps,
         };
 
