@@ -60,6 +60,14 @@ impl Preset {
         }
     }
 
+    /// The side of the preset's square patches in pixels (mlae-vit's architecture table agrees).
+    pub fn patch_size(self) -> i64 {
+        match self {
+            Preset::Dinov2S14 => 14,
+            _ => 16,
+        }
+    }
+
     /// The image size of the preset's pretrained position table (DINOv2: 518 = 37 x 14).
     pub fn native_image_size(self) -> i64 {
         match self {

@@ -220,6 +220,7 @@ impl ExperimentConfig {
                 }
             }
         }
+        check_patch_grid(m)?;
         if let Some(c) = t.grad_clip
             && !positive(c)
         {
@@ -289,6 +290,23 @@ impl ExperimentConfig {
         }
         self.output.dir = resolve_path(&self.output.dir);
     }
+}
+
+/// `model.image_size` must be a whole number of patches: the patch embedding would silently
+/// drop the remainder (the last rows and columns of every image).
+fn check_patch_grid(m: &ModelConfig) -> std::result::Result<(), Invalid> {
+    let patch = m.arch.as_ref().and_then(|a| a.patch_size).unwrap_or(m.preset.patch_size());
+    let size = m.image_size;
+    if size % patch == 0 {
+        return Ok(());
+    }
+    let below = size / patch * patch;
+    let nearest = if below >= patch { format!("{below} or {}", below + patch) } else { format!("{patch}") };
+    Err(Invalid(format!(
+        "model.image_size: {size} is not a multiple of the patch size {patch}; the last {} pixels of \
+         each row and column would be dropped. Use {nearest}",
+        size - below
+    )))
 }
 
 /// `cache:rel` -> the project cache dir; relative -> absolute against the working directory.

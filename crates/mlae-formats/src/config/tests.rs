@@ -331,3 +331,26 @@ fn default_rates_follow_lr_and_only_written_ones_are_refused() {
     ExperimentConfig::load(&[&p], &["train.warmup_epochs=0".into(), "train.warmup_lr=1".into()]).unwrap();
     ExperimentConfig::load(&[&p], &["train.schedule=constant".into(), "train.min_lr=1".into()]).unwrap();
 }
+
+/// An image size that is not a whole number of patches would lose its last pixels silently.
+#[test]
+fn image_sizes_must_be_whole_patches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "c.toml", BASE);
+    let dino = ["model.preset=dinov2-s14".to_string(), "model.image_size=57".to_string()];
+    let err = ExperimentConfig::load(&[&p], &dino).unwrap_err().to_string();
+    assert!(
+        err.contains("model.image_size: 57 is not a multiple of the patch size 14")
+            && err.contains("the last 1 pixels")
+            && err.contains("Use 56 or 70"),
+        "{err}"
+    );
+    // an overridden patch size is the one that counts
+    let err = ExperimentConfig::load(&[&p], &["model.arch.patch_size=5".into()]).unwrap_err().to_string();
+    assert!(err.contains("not a multiple of the patch size 5") && err.contains("Use 30 or 35"), "{err}");
+    // smaller than one patch: the one valid size near it
+    let err = ExperimentConfig::load(&[&p], &["model.image_size=12".into()]).unwrap_err().to_string();
+    assert!(err.contains("Use 16"), "{err}");
+    ExperimentConfig::load(&[&p], &["model.preset=dinov2-s14".into(), "model.image_size=56".into()]).unwrap();
+    ExperimentConfig::load(&[&p], &["model.arch.patch_size=8".into()]).unwrap();
+}
