@@ -121,6 +121,9 @@ fn max_steps_inside_the_first_epoch_finishes_the_run() {
     let summary = json(&run.join("summary.json"));
     assert_eq!(summary["steps"], 2);
     assert_eq!(summary["test_acc"].as_f64().unwrap(), acc);
+    // the summary numbers the part epoch as the metrics do
+    assert_eq!((summary["epochs"].as_u64(), summary["partial_epoch"].as_u64()), (Some(0), Some(1)));
+    assert!(stdout.contains("\nepoch 1 (partial), 2 steps in "), "{stdout}");
     assert_eq!(json(&run.join("status.json"))["state"], "finished");
     assert!(run.join("checkpoints/last.safetensors").is_file());
     assert!((printed_accuracy(&stdout) - acc).abs() < 5e-5, "{stdout}");

@@ -89,8 +89,13 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
                 s.trainable_params, s.adapter_params, s.head_params, s.total_params
             );
             println!(
-                "{} epochs, {} steps in {:.1}s ({:.1} train img/s, peak memory {:.0} MiB, {})",
-                s.epochs, s.steps, s.wall_seconds, s.train_images_per_s, s.peak_mem_mb, s.device
+                "{}, {} steps in {:.1}s ({:.1} train img/s, peak memory {:.0} MiB, {})",
+                s.epochs_done(),
+                s.steps,
+                s.wall_seconds,
+                s.train_images_per_s,
+                s.peak_mem_mb,
+                s.device
             );
             if let Some(b) = s.best_test_acc {
                 println!(

@@ -92,8 +92,13 @@ pub struct Summary {
     /// `val` protocol: the best validation accuracy and the epoch selected by it.
     pub best_val_acc: Option<f64>,
     pub selected_epoch: Option<u64>,
+    /// Completed epochs.
     pub epochs: u64,
     pub steps: u64,
+    /// The epoch `train.max_steps` ended the run inside (as `metrics.jsonl` numbers it: one
+    /// past `epochs`); absent when the run ended at an epoch boundary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_epoch: Option<u64>,
     pub trainable_params: usize,
     pub adapter_params: usize,
     pub head_params: usize,
@@ -114,6 +119,16 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// How far the run got, as the metrics number its epochs: `3 epochs`, or `epoch 1
+    /// (partial)` and `2 epochs and epoch 3 (partial)` after a `max_steps` stop.
+    pub fn epochs_done(&self) -> String {
+        match self.partial_epoch {
+            None => format!("{} epochs", self.epochs),
+            Some(p) if self.epochs == 0 => format!("epoch {p} (partial)"),
+            Some(p) => format!("{} epochs and epoch {p} (partial)", self.epochs),
+        }
+    }
+
     /// Trainable parameters outside the classification head (the paper's "# param").
     pub fn backbone_params(&self) -> usize {
         self.trainable_params.saturating_sub(self.head_params)

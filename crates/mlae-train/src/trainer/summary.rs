@@ -35,8 +35,11 @@ impl Session {
             .into_iter()
             .filter_map(|v| serde_json::from_value(v).ok())
             .collect();
+        // A `max_steps` stop inside an epoch logged that epoch, numbered one past those done.
+        let partial_epoch = (self.state.batch_in_epoch > 0).then_some(self.state.epoch + 1);
+        let last_epoch = partial_epoch.unwrap_or(self.state.epoch);
         let final_test = match rows.last().and_then(|m| m.eval.get(&test_split)) {
-            Some(r) if rows.last().is_some_and(|m| m.epoch == self.state.epoch) => r.acc,
+            Some(r) if rows.last().is_some_and(|m| m.epoch == last_epoch) => r.acc,
             _ => self.evaluator.evaluate(&self.model, test_set, None).acc,
         };
         let best_test = rows
@@ -90,6 +93,7 @@ impl Session {
             selected_epoch: selected,
             epochs: self.state.epoch,
             steps: self.state.step,
+            partial_epoch,
             trainable_params: count.trainable,
             adapter_params: count.adapter,
             head_params: count.head,
