@@ -232,3 +232,39 @@ fn every_run_writes_tensorboard_scalars_that_tensorboard_reads() {
         assert_eq!(scalars[tag].as_array().map(Vec::len), Some(2), "{tag}");
     }
 }
+
+#[test]
+fn list_paths_outside_the_task_folder_are_refused_unless_the_config_allows_them() {
+    let (tmp, cfg) = setup(MLAE, 1);
+    let task = tmp.path().join("data/kitti");
+    std::fs::copy(task.join("images/train800/000000.png"), tmp.path().join("outside.png")).unwrap();
+    let list = task.join("train800val200.txt");
+    let mut text = std::fs::read_to_string(&list).unwrap();
+    text.push_str("../../outside.png 0\n/etc/passwd 0\n");
+    std::fs::write(&list, &text).unwrap();
+    let n = text.lines().count();
+    let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--no-progress"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&format!(
+            "train800val200.txt:{}: `../../outside.png` climbs out of the task folder",
+            n - 1
+        )) && stderr.contains("data.allow_outside_paths = true"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("runs/run").exists(), "nothing is created for a refused list");
+    // allowed: the image outside is read (the other line is dropped, /etc/passwd is no image)
+    std::fs::write(&list, text.replace("/etc/passwd 0\n", "")).unwrap();
+    run_ok(&[
+        "finetune",
+        "--config",
+        s(&cfg),
+        "--no-progress",
+        "--set",
+        "data.allow_outside_paths=true",
+        "--set",
+        "train.max_steps=1",
+    ]);
+    let resolved = std::fs::read_to_string(tmp.path().join("runs/run/config.toml")).unwrap();
+    assert!(resolved.contains("allow_outside_paths = true"), "{resolved}");
+}

@@ -19,6 +19,7 @@ mod error;
 mod groups;
 mod imageset;
 pub mod manifest;
+mod paths;
 mod resample;
 mod rng;
 mod split_file;

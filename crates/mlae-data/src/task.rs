@@ -32,6 +32,8 @@ pub struct Task {
     pub expected_sizes: BTreeMap<String, usize>,
     pub(crate) splits: Vec<(String, PathBuf)>,
     pub(crate) format: SplitFormat,
+    /// Whether split files may name images outside the task folder (`data.allow_outside_paths`).
+    pub allow_outside_paths: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +99,7 @@ pub(crate) fn task_from_spec(spec: TaskSpec, dir: PathBuf, class_ids: Option<Vec
         expected_sizes: spec.sizes,
         splits,
         format,
+        allow_outside_paths: false,
     }
 }
 
@@ -170,6 +173,7 @@ fn open_list_task(src: &DataSource) -> Result<Task> {
         expected_sizes: BTreeMap::new(),
         splits,
         format: SplitFormat::ListFile,
+        allow_outside_paths: false,
     })
 }
 
@@ -292,6 +296,9 @@ impl Task {
                 (items, true)
             }
         };
+        let (items, outside) =
+            crate::paths::keep_inside(items, &path, &self.dir, json, self.allow_outside_paths);
+        problems.extend(outside);
         for item in &items {
             if item.label < 0 || item.label as usize >= self.num_classes {
                 problems.push(DataError::LabelOutOfRange {

@@ -359,3 +359,38 @@ fn fgvc_json_problems_are_clear() {
     let err = open_task(&src(Benchmark::Fgvc, "stanford_cars", tmp.path())).unwrap_err().to_string();
     assert!(err.contains("197 distinct class ids") && err.contains("196 classes"), "{err}");
 }
+
+#[test]
+fn list_paths_that_leave_the_task_folder_are_refused_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mine");
+    write_png_grey(&dir.join("a.png"), 4, 4, 1);
+    write_png_grey(&tmp.path().join("outside.png"), 4, 4, 1);
+    write_text(&dir.join("classes.txt"), "a\nb\n");
+    write_text(&dir.join("train.txt"), "a.png 0\n/etc/passwd 0\n\n../outside.png 1\n");
+    let mut task = open_task(&src(Benchmark::List, "mine", tmp.path())).unwrap();
+    let err = task.split("train").unwrap_err().to_string();
+    assert!(
+        err.contains("mine/train.txt:2: `/etc/passwd` is an absolute path outside the task folder")
+            && err.contains("data.allow_outside_paths = true"),
+        "{err}"
+    );
+    // `data check` lists each such line
+    let report = mlae_data::check(Benchmark::List, tmp.path(), Some("mine"), &Default::default()).unwrap();
+    let text = report.to_string();
+    assert!(
+        text.contains("train.txt:2:") && text.contains("train.txt:4: `../outside.png` climbs out"),
+        "{text}"
+    );
+    task.allow_outside_paths = true;
+    let list = task.split("train").unwrap();
+    assert_eq!(list.len(), 3);
+
+    // JSON split files likewise
+    fgvc_dataset(tmp.path(), "CUB_200_2011", "images", &[0, 1], 2);
+    let val = tmp.path().join("CUB_200_2011/val.json");
+    write_text(&val, r#"{"../../outside.png": 0}"#);
+    let task = open_task(&src(Benchmark::Fgvc, "cub", tmp.path())).unwrap();
+    let err = task.split("val").unwrap_err().to_string();
+    assert!(err.contains("val.json (entry 1): `images/../../outside.png` climbs out"), "{err}");
+}

@@ -31,7 +31,8 @@ pub fn setup_device(cfg: &ExperimentConfig) -> Result<Device> {
 
 /// Opens the config's task and checks that `model.num_classes`, when set, fits it.
 pub fn open_task(cfg: &ExperimentConfig) -> Result<mlae_data::Task> {
-    let task = mlae_data::open_task(&cfg.data_source())?;
+    let mut task = mlae_data::open_task(&cfg.data_source())?;
+    task.allow_outside_paths = cfg.data.allow_outside_paths;
     if let Some(n) = cfg.model.num_classes
         && n as usize != task.num_classes
     {

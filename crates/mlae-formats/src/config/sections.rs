@@ -102,6 +102,10 @@ pub struct DataConfig {
     /// Where decoded splits are cached (default: the project cache directory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
+    /// Let split files name images outside the task folder (absolute paths, `..` climbing
+    /// out). Off by default, so a list file cannot make a run read arbitrary files.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_outside_paths: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
