@@ -268,3 +268,35 @@ fn list_paths_outside_the_task_folder_are_refused_unless_the_config_allows_them(
     let resolved = std::fs::read_to_string(tmp.path().join("runs/run/config.toml")).unwrap();
     assert!(resolved.contains("allow_outside_paths = true"), "{resolved}");
 }
+
+#[test]
+fn a_run_that_cannot_write_its_checkpoint_ends_failed_not_running() {
+    let (tmp, cfg) = setup(MLAE, 2);
+    let run = tmp.path().join("runs/run");
+    let (code, _, _) =
+        cli_run(&["finetune", "--config", s(&cfg), "--no-progress", "--interrupt-at-step", "2"]);
+    assert_eq!(code, 130);
+    // The first epoch's end writes best.safetensors; a non-empty folder in its place makes the
+    // rename fail, as a full disk makes the write fail (whoever runs the test).
+    let best = run.join("checkpoints/best.safetensors");
+    std::fs::create_dir_all(best.join("in-the-way")).unwrap();
+    let (code, _, stderr) = cli_run(&["finetune", "--resume", s(&run), "--no-progress"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("best.safetensors"), "{stderr}");
+    let status = json(&run.join("status.json"));
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(status["message"].as_str().unwrap().contains("best.safetensors"), "{status}");
+
+    // A process killed outright leaves `running`; a resume that then fails says `failed`.
+    std::fs::remove_dir_all(&best).unwrap();
+    let status_file = run.join("status.json");
+    std::fs::write(&status_file, r#"{"state": "running", "step": 2, "epoch": 0}"#).unwrap();
+    let last = run.join("checkpoints/last.safetensors");
+    let bytes = std::fs::read(&last).unwrap();
+    std::fs::write(&last, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, _, stderr) = cli_run(&["finetune", "--resume", s(&run), "--no-progress"]);
+    assert_eq!(code, 1, "{stderr}");
+    let status = json(&status_file);
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(status["message"].as_str().unwrap().contains("truncated or corrupt"), "{status}");
+}

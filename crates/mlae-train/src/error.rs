@@ -56,6 +56,10 @@ pub enum TrainError {
     /// A benchmark that cannot run as asked.
     #[error("bench: {0}")]
     Bench(String),
+    /// A panic inside a run (a bug, or a libtorch error the bindings raise as a panic), caught
+    /// so that the run's status can say it failed.
+    #[error("the run stopped on an internal error (a panic): {0}")]
+    Panicked(String),
 }
 
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod check;
 pub mod checkpoint;
 pub mod config;
+pub mod ending;
 pub mod error;
 pub mod evaluator;
 pub mod lr_schedule;

@@ -7,8 +7,8 @@ use mlae_train::config;
 use mlae_train::trainer::{self, RunOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 #[derive(Debug, Args)]
 pub struct FinetuneArgs {
@@ -55,9 +55,19 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
     }
     let interrupt = Arc::new(AtomicBool::new(false));
     let flag = interrupt.clone();
+    // The run's directory once known, so that a second interrupt can say how the run ended.
+    let stopping: Arc<OnceLock<PathBuf>> = Arc::default();
+    let dir = stopping.clone();
     ctrlc::set_handler(move || {
         if flag.swap(true, Ordering::SeqCst) {
             eprintln!("second interrupt: exiting without a checkpoint");
+            if let Some(dir) = dir.get() {
+                mlae_train::ending::mark_stopped(
+                    &mlae_train::rundir::RunLayout::new(dir),
+                    "stopped by a second interrupt without writing a checkpoint; --resume continues \
+                     from the last checkpoint on disk",
+                );
+            }
             std::process::exit(130);
         }
         eprintln!("interrupt: finishing the step and writing a checkpoint (Ctrl-C again to abort)");
@@ -71,10 +81,14 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
         stop_after_epoch: args.stop_after_epoch,
     };
     let (run_dir, result) = match &args.resume {
-        Some(dir) => (dir.clone(), trainer::resume(dir, &opts)),
+        Some(dir) => {
+            let _ = stopping.set(dir.clone());
+            (dir.clone(), trainer::resume(dir, &opts))
+        }
         None => {
             let cfg = config::load(&args.configs, &args.set)?;
             let dir = cfg.run_dir();
+            let _ = stopping.set(dir.clone());
             (dir, trainer::finetune(cfg, &opts))
         }
     };

@@ -61,12 +61,20 @@ pub fn finetune(cfg: ExperimentConfig, opts: &RunOptions) -> Result<Summary> {
         let hash = run.write_config(&cfg.to_toml())?;
         Ok((run, hash))
     })?;
-    session.run(opts)
+    let layout = session.run.layout().clone();
+    crate::ending::settle(&layout, || session.run(opts))
 }
 
 /// Continues a run from `checkpoints/last.safetensors` in its directory.
 pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
     let run = RunDir::open(run_dir)?;
+    // Under the lock, a `running` status is a dead process's: a resume that fails says so.
+    let layout = run.layout().clone();
+    crate::ending::settle(&layout, || resume_locked(run_dir, run, opts))
+}
+
+/// [`resume`] once the run directory is locked.
+fn resume_locked(run_dir: &Path, run: RunDir, opts: &RunOptions) -> Result<Summary> {
     if let Some(s) = crate::rundir::read_status(run_dir)
         && s.state == RunState::Finished
         && run.summary_path().is_file()
