@@ -269,6 +269,63 @@ fn list_paths_outside_the_task_folder_are_refused_unless_the_config_allows_them(
     assert!(resolved.contains("allow_outside_paths = true"), "{resolved}");
 }
 
+/// Steps of `tag` as TensorBoard shows the run (the restart rule applied), read in Rust.
+fn tb_steps(run: &Path, tag: &str) -> Vec<(i64, f32)> {
+    mlae_tensorboard::read_scalars(&run.join("tb")).unwrap().remove(tag).unwrap_or_default()
+}
+
+#[test]
+fn a_run_killed_past_its_checkpoint_logs_each_step_once_to_tensorboard() {
+    let (tmp, cfg) = setup(MLAE, 4);
+    let run = tmp.path().join("runs/run");
+    // 6 steps an epoch. The first process stops at step 10 with a checkpoint there.
+    let (code, _, _) =
+        cli_run(&["finetune", "--config", s(&cfg), "--no-progress", "--interrupt-at-step", "10"]);
+    assert_eq!(code, 130);
+    let last = run.join("checkpoints/last.safetensors");
+    let at_10 = std::fs::read(&last).unwrap();
+    // The second logs steps 11..=20 (and epochs 2, 3), then dies: its later checkpoints are
+    // lost, as when a process is killed before writing them.
+    let (code, _, _) =
+        cli_run(&["finetune", "--resume", s(&run), "--no-progress", "--interrupt-at-step", "20"]);
+    assert_eq!(code, 130);
+    std::fs::write(&last, &at_10).unwrap();
+    assert_eq!(tb_steps(&run, "train/loss").len(), 20);
+    // The third resumes from step 10 and logs 11..=24 again.
+    run_ok(&["finetune", "--resume", s(&run), "--no-progress"]);
+
+    // The same run without a stop, for the values.
+    let straight = tmp.path().join("straight.toml");
+    std::fs::write(
+        &straight,
+        std::fs::read_to_string(&cfg).unwrap().replace("name = \"run\"", "name = \"straight\""),
+    )
+    .unwrap();
+    run_ok(&["finetune", "--config", s(&straight), "--no-progress"]);
+    let want = tmp.path().join("runs/straight");
+    for tag in ["train/loss", "train/lr", "epoch/train_loss", "eval/test/acc"] {
+        let got = tb_steps(&run, tag);
+        let steps: Vec<i64> = got.iter().map(|p| p.0).collect();
+        let mut once = steps.clone();
+        once.dedup();
+        assert_eq!(steps, once, "{tag}: a step twice");
+        assert_eq!(got, tb_steps(&want, tag), "{tag}");
+    }
+    assert_eq!(tb_steps(&run, "train/loss").len(), 24);
+    assert_eq!(tb_steps(&run, "epoch/train_loss").iter().map(|p| p.0).collect::<Vec<_>>(), [6, 12, 18, 24]);
+
+    // TensorBoard itself agrees, when the project's Python has it.
+    if let Ok(py) = python() {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../xtask/python/check_tensorboard.py");
+        let out = Command::new(&py).arg(&script).arg(run.join("tb")).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let scalars: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let steps: Vec<i64> =
+            scalars["train/loss"].as_array().unwrap().iter().map(|p| p[0].as_i64().unwrap()).collect();
+        assert_eq!(steps, (1..=24).collect::<Vec<i64>>());
+    }
+}
+
 #[test]
 fn a_run_that_cannot_write_its_checkpoint_ends_failed_not_running() {
     let (tmp, cfg) = setup(MLAE, 2);

@@ -10,7 +10,7 @@ pub(crate) struct Event {
     pub wall_time: f64,
     #[prost(int64, tag = "2")]
     pub step: i64,
-    #[prost(oneof = "What", tags = "3, 5")]
+    #[prost(oneof = "What", tags = "3, 5, 7")]
     pub what: Option<What>,
 }
 
@@ -23,7 +23,22 @@ pub(crate) enum What {
     FileVersion(String),
     #[prost(message, tag = "5")]
     Summary(Summary),
+    /// A session's start or stop; a START tells readers that the points at its step and later
+    /// which they have already read are orphans of an earlier session, to be dropped.
+    #[prost(message, tag = "7")]
+    SessionLog(SessionLog),
 }
+
+/// `SessionLog`, status only.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SessionLog {
+    /// `SessionLog.SessionStatus`: 0 unspecified, 1 START, 2 STOP, 3 CHECKPOINT.
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+/// `SessionLog.SessionStatus.START`.
+pub(crate) const SESSION_START: i32 = 1;
 
 /// `Summary`.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,6 +1,6 @@
 //! [`EventWriter`]: one event file, scalars appended to it.
 
-use crate::proto::{Event, Summary, SummaryValue, What};
+use crate::proto::{Event, SESSION_START, SessionLog, Summary, SummaryValue, What};
 use crate::record::frame;
 use crate::{Result, TensorboardError};
 use prost::Message;
@@ -87,6 +87,18 @@ impl EventWriter {
             what: Some(What::Summary(Summary {
                 value: vec![SummaryValue { tag: tag.to_string(), simple_value: Some(value as f32) }],
             })),
+        })
+    }
+
+    /// Marks a restart at `step` (a `SessionLog` START event): TensorBoard then drops every
+    /// point with a step at or after `step` that it read before this event. A run resumed from a
+    /// checkpoint writes it at its first step, so the points the killed process logged past
+    /// its last checkpoint, which the resumed run logs again, appear once.
+    pub fn add_session_start(&mut self, step: u64) -> Result<()> {
+        self.write_event(&Event {
+            wall_time: now(),
+            step: i64::try_from(step).unwrap_or(i64::MAX),
+            what: Some(What::SessionLog(SessionLog { status: SESSION_START })),
         })
     }
 
@@ -203,6 +215,19 @@ mod tests {
         for e in [&events[0], &events[1], &events[5]] {
             assert!(e.wall_time >= before && e.wall_time <= now(), "{}", e.wall_time);
         }
+    }
+
+    #[test]
+    fn a_session_start_encodes_as_tensorboards_own_message() {
+        // tensorboard's event_pb2: Event(wall_time=1.5, step=4,
+        //   session_log=SessionLog(status=START)).SerializeToString()
+        let want = [0x09, 0, 0, 0, 0, 0, 0, 0xf8, 0x3f, 0x10, 0x04, 0x3a, 0x02, 0x08, 0x01];
+        let event = Event {
+            wall_time: 1.5,
+            step: 4,
+            what: Some(What::SessionLog(SessionLog { status: SESSION_START })),
+        };
+        assert_eq!(event.encode_to_vec(), want);
     }
 
     #[test]
