@@ -357,3 +357,23 @@ fn a_run_that_cannot_write_its_checkpoint_ends_failed_not_running() {
     assert_eq!(status["state"], "failed", "{status}");
     assert!(status["message"].as_str().unwrap().contains("truncated or corrupt"), "{status}");
 }
+
+#[test]
+fn sizes_that_cannot_fit_are_refused_before_anything_is_allocated() {
+    let (tmp, cfg) = setup(MLAE, 1);
+    for (set, key, part) in [
+        ("adapter.mlae.experts=1000000000", "adapter.mlae.experts", "adapter.mlae.experts = 1000000000) "),
+        ("model.image_size=8000000", "model.image_size", "tokens an image at model.image_size = 8000000) "),
+    ] {
+        let (code, _, stderr) = cli_run(&["finetune", "--config", s(&cfg), "--no-progress", "--set", set]);
+        assert_eq!(code, 1, "{set}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{key}: this run needs at least "))
+                && stderr.contains(" is available (")
+                && stderr.contains(part)
+                && stderr.contains(&format!("; lower {key}")),
+            "{set}: {stderr}"
+        );
+        assert!(!tmp.path().join("runs/run").exists(), "{set}");
+    }
+}

@@ -16,6 +16,7 @@
 //! - [`merge`]: `dW = B^T diag(m lambda) A`, and the exact export of MLAE as a LoRA;
 //! - [`params`]: model sizes and parameter counts ([`count_params`]);
 //! - [`flops`]: matrix-product FLOPs of a training step, for the bench's fraction of peak;
+//! - [`memory`]: the floor of the memory a run needs, to refuse one that cannot fit;
 //! - [`similarity`]: the paper's expert cosine similarity, without building expert matrices;
 //! - [`rng`]: the workspace's one SplitMix64 (counter-based, replayable);
 //! - [`stats`]: the benchmarks' shared summary statistics ([`stats::median`]).
@@ -42,6 +43,7 @@
 pub mod error;
 pub mod flops;
 pub mod mask;
+pub mod memory;
 pub mod merge;
 pub mod method;
 pub mod methods;

@@ -159,7 +159,7 @@ fn decode_item(list: &SplitList, i: usize, op: DecodeOp) -> Result<(usize, usize
         fail(if e.kind() == std::io::ErrorKind::NotFound { "file not found".into() } else { e.to_string() })
     })?;
     let img = decode_rgb(&bytes).map_err(fail)?;
-    Ok(op.apply(&img))
+    op.apply(&img, || format!("{} (listed at {})", item.path.display(), list.location(i)))
 }
 
 /// Decodes the items in chunks (parallel within a chunk, in order across chunks) and hands
@@ -186,7 +186,11 @@ fn decode_chunks(
 }
 
 fn decode_in_memory(list: &SplitList, op: DecodeOp, status: CacheStatus) -> Result<Decoded> {
-    let mut data = Vec::with_capacity(op.fixed_size().map_or(0, |s| s * s * 3 * list.len()));
+    let bytes =
+        op.fixed_size().map_or(0, |s| s.saturating_mul(s).saturating_mul(3).saturating_mul(list.len()));
+    let mut data = crate::alloc::with_capacity(bytes, || {
+        format!("the {} decoded images of {}", list.len(), list.source.display())
+    })?;
     let mut records = Vec::with_capacity(list.len());
     let mut labels = list.items.iter().map(|i| i.label);
     decode_chunks(list, op, |h, w, pixels| {

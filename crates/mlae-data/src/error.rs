@@ -128,6 +128,14 @@ pub enum DataError {
         /// Distinct ids found.
         found: usize,
     },
+    /// A buffer the allocator could not give (an image size far too large, say).
+    #[error("cannot allocate {bytes} bytes for {what}: not enough memory")]
+    OutOfMemory {
+        /// The size asked for.
+        bytes: usize,
+        /// What it was for.
+        what: String,
+    },
     /// A split with no images.
     #[error("{}: the split is empty", path.display())]
     EmptySplit {

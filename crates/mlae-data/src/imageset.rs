@@ -106,7 +106,10 @@ pub fn load_images(
     if let Transform::RandomResizedCropFlip { size, .. } = *tf {
         let set = AugmentedSet::new(list, tf, num_classes, cache)?;
         let s = size as usize;
-        let mut out = vec![0u8; list.len() * s * s * 3];
+        let mut out =
+            crate::alloc::zeroed(list.len().saturating_mul(s).saturating_mul(s).saturating_mul(3), || {
+                format!("the {} images of {} at {s} x {s} px", list.len(), list.source.display())
+            })?;
         let idx: Vec<usize> = (0..list.len()).collect();
         set.fill_batch(&idx, 0, seed, &mut out);
         let cache = set.decoded.status.clone();

@@ -11,6 +11,7 @@
 //! - [`check`] validates a dataset tree and reports every problem; [`demo`] builds the demo
 //!   tasks from the csv.gz files that PyPI packages carry and the IDX files of Debian packages.
 
+mod alloc;
 mod catalogue;
 pub mod check;
 mod decoded;

@@ -142,19 +142,25 @@ impl DecodeOp {
         }
     }
 
-    /// Applies the op to a decoded RGB image; returns (height, width, pixels).
-    pub(crate) fn apply(&self, img: &RgbPixels) -> (usize, usize, Vec<u8>) {
+    /// Applies the op to a decoded RGB image; returns (height, width, pixels). An output the
+    /// allocator cannot give is an error (`what` names the image).
+    pub(crate) fn apply(
+        &self,
+        img: &RgbPixels,
+        what: impl Fn() -> String,
+    ) -> Result<(usize, usize, Vec<u8>)> {
         let (w, h) = (img.width, img.height);
-        match *self {
+        let buffer = |len: usize, side: String| crate::alloc::zeroed(len, || format!("{} at {side}", what()));
+        Ok(match *self {
             DecodeOp::Resize { size } => {
                 let s = size as usize;
-                let mut out = vec![0u8; s * s * 3];
+                let mut out = buffer(s.saturating_mul(s).saturating_mul(3), format!("{s} x {s} px"))?;
                 resize_rgb(&img.data, w, h, &mut out, s, s, Filter::Bicubic);
                 (s, s, out)
             }
             DecodeOp::ResizeCenterCrop { resize, crop } => {
                 let (rw, rh) = short_side_size(w, h, resize as usize);
-                let mut resized = vec![0u8; rw * rh * 3];
+                let mut resized = buffer(rw.saturating_mul(rh).saturating_mul(3), format!("{rw} x {rh} px"))?;
                 resize_rgb(&img.data, w, h, &mut resized, rw, rh, Filter::Bilinear);
                 let c = crop as usize;
                 // torchvision: top = int(round((h - crop) / 2)), Python rounding (half to even).
@@ -164,14 +170,14 @@ impl DecodeOp {
             }
             DecodeOp::ShortSide { side } => {
                 if w.min(h) <= side as usize {
-                    return (h, w, img.data.clone());
+                    return Ok((h, w, img.data.clone()));
                 }
                 let (rw, rh) = short_side_size(w, h, side as usize);
-                let mut out = vec![0u8; rw * rh * 3];
+                let mut out = buffer(rw.saturating_mul(rh).saturating_mul(3), format!("{rw} x {rh} px"))?;
                 resize_rgb(&img.data, w, h, &mut out, rw, rh, Filter::Bilinear);
                 (rh, rw, out)
             }
-        }
+        })
     }
 }
 

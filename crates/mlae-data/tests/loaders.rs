@@ -394,3 +394,24 @@ fn list_paths_that_leave_the_task_folder_are_refused_unless_allowed() {
     let err = task.split("val").unwrap_err().to_string();
     assert!(err.contains("val.json (entry 1): `images/../../outside.png` climbs out"), "{err}");
 }
+
+#[test]
+fn an_image_size_no_allocator_can_give_is_an_error_not_an_abort() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mine");
+    write_png_grey(&dir.join("a.png"), 4, 4, 1);
+    write_text(&dir.join("train.txt"), "a.png 0\na.png 1\n");
+    let task = open_task(&src(Benchmark::List, "mine", tmp.path())).unwrap();
+    let list = task.split("train").unwrap();
+    // 10^7 x 10^7 x 3 bytes is more than a 48-bit address space: no overcommit gives it
+    let tf = Transform::Resize { size: 10_000_000 };
+    for cache in [None, Some(tmp.path().join("cache"))] {
+        let err = load_images(&list, &tf, 2, cache.as_deref(), 0).unwrap_err();
+        assert!(matches!(err, DataError::OutOfMemory { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("cannot allocate") && msg.contains("mine/") && msg.contains("not enough memory"),
+            "{msg}"
+        );
+    }
+}

@@ -16,6 +16,7 @@ pub mod ending;
 pub mod error;
 pub mod evaluator;
 pub mod lr_schedule;
+pub mod memcheck;
 pub mod metrics;
 pub mod optim;
 pub mod plot;

@@ -74,6 +74,7 @@ impl Session {
     ) -> Result<Self> {
         let device = setup_device(&cfg)?;
         let task = open_task(&cfg)?;
+        crate::memcheck::check_fits(&cfg, &task, device)?;
         let num_classes = task.num_classes;
         let size = cfg.model.image_size as u32;
         let cache = Some(cfg.decoded_cache_dir());
