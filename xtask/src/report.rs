@@ -16,6 +16,10 @@ pub struct ReportArgs {
     /// Where report.md, report.csv and domains.png go (default: <sweep>/report).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Leave out the wall times: the report then holds only what the runs computed, so two
+    /// sweeps of the same grid give the same bytes.
+    #[arg(long)]
+    pub no_timings: bool,
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
@@ -25,7 +29,8 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         anyhow::bail!("a report of {} sweeps needs --out DIR (it belongs to none of them)", sweeps.len());
     }
     let published = mlae_report::load_published(&util::root().join("configs/published/mlae-paper.toml"))?;
-    let report = mlae_report::build(&sweeps, &published)?;
+    let opts = mlae_report::BuildOptions { timings: !args.no_timings };
+    let report = mlae_report::build_with(&sweeps, &published, opts)?;
     let out = args.out.as_deref().map(util::absolute).unwrap_or_else(|| sweeps[0].root.join("report"));
     report.write(&out)?;
     print!("{}", report.markdown);

@@ -32,6 +32,52 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Writes a folder of files as one: `fill` writes into a fresh temp folder beside `dir`, which
+/// then takes `dir`'s place by a rename, so a reader (or a process killed half-way) sees the
+/// whole folder or none of it. An existing `dir` is replaced (moved aside first, removed
+/// last: a kill between the two renames leaves no `dir`, never a mixed one). Temp folders left
+/// by writers that died are removed first (those of live processes stay).
+pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
+    let parent = dir.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let prefix = format!(".{name}.tmp-");
+    for entry in std::fs::read_dir(parent)?.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let pid = rest.trim_end_matches("-old");
+        if Path::new("/proc").join(pid).exists() {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+    let staging = parent.join(format!("{prefix}{}", std::process::id()));
+    let old = parent.join(format!("{prefix}{}-old", std::process::id()));
+    std::fs::create_dir(&staging)?;
+    let result = (|| {
+        fill(&staging)?;
+        if let Ok(d) = File::open(&staging) {
+            let _ = d.sync_all();
+        }
+        let replaced = dir.exists();
+        if replaced {
+            std::fs::rename(dir, &old)?;
+        }
+        std::fs::rename(&staging, dir)?;
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+        if replaced {
+            std::fs::remove_dir_all(&old)?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
 /// sha256 of bytes, lower-case hex (config hashes and sweep fingerprints).
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -54,6 +100,35 @@ mod tests {
         assert_eq!(names.len(), 1, "{names:?}");
         // A path whose parent is a file cannot be written; the error is the OS's.
         assert!(write_atomic(&p.join("y"), b"z").is_err());
+    }
+
+    #[test]
+    fn a_folder_is_written_whole_and_replaces_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("out");
+        // what a writer killed earlier left
+        std::fs::create_dir_all(tmp.path().join(".out.tmp-4194305/x")).unwrap();
+        write_dir_atomic(&dir, |d| std::fs::write(d.join("a"), "1")).unwrap();
+        std::fs::write(dir.join("stray"), "").unwrap();
+        write_dir_atomic(&dir, |d| std::fs::write(d.join("b"), "2")).unwrap();
+        let names = |p: &Path| {
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&dir), ["b"]);
+        assert_eq!(names(tmp.path()), ["out"], "no temp folder stays");
+        // a failing writer leaves the old folder as it was
+        let err = write_dir_atomic(&dir, |d| {
+            std::fs::write(d.join("c"), "3")?;
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(err.is_err());
+        assert_eq!(names(&dir), ["b"]);
+        assert_eq!(names(tmp.path()), ["out"]);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - [`preset`]: the backbone names a config uses (architecture preset, checkpoint format,
 //!   position-table resize);
 //! - [`run`]: the run directory (file names, status, summary, metrics lines, the locked writer);
-//! - [`write_atomic`]: the one atomic-write policy (temp file, fsync, rename, fsync).
+//! - [`write_atomic`]: the one atomic-write policy (temp file, fsync, rename, fsync), and
+//!   [`write_dir_atomic`] for a folder of files.
 
 mod atomic;
 pub mod config;
@@ -17,7 +18,7 @@ pub mod run;
 #[cfg(test)]
 mod testing;
 
-pub use atomic::{sha256_hex, write_atomic};
+pub use atomic::{sha256_hex, write_atomic, write_dir_atomic};
 pub use config::{ExperimentConfig, Protocol};
 pub use error::{FormatError, Invalid, Result};
 pub use preset::{CheckpointFormat, PosResize, Preset};

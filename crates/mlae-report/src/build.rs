@@ -31,9 +31,29 @@ fn accuracy_floor(chart: &BarChart) -> f64 {
     if lo.is_finite() { ((lo - 10.0) / 10.0).floor().max(0.0) * 10.0 } else { 0.0 }
 }
 
+/// What a report shows beyond the results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// The runs' wall times (`wall (min/run)`, `wall_seconds_mean`). Without them a report
+    /// depends only on what the runs computed, so two sweeps of one grid (one of them killed
+    /// and resumed, say) give the same bytes.
+    pub timings: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        Self { timings: true }
+    }
+}
+
 /// Builds the report of one sweep directory, or of several of the same benchmark side by side
 /// (a grid of baselines and a search grid, say): their rows share one table.
 pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
+    build_with(sweeps, published, BuildOptions::default())
+}
+
+/// [`build`], with the options.
+pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions) -> Result<Report> {
     let Some(first) = sweeps.first() else { bail!("no sweep directory given") };
     let record = first.read_record()?;
     let bench: Benchmark = record.benchmark.parse().map_err(ReportError::Invalid)?;
@@ -57,6 +77,9 @@ pub fn build(sweeps: &[SweepDir], published: &Published) -> Result<Report> {
         let label = label(sweep, &other.grid)?;
         merge_rows(&mut results, collect(sweep, &mut notes)?, &label);
         labels.push(label);
+    }
+    if !opts.timings {
+        results.iter_mut().for_each(|r| r.wall_seconds = None);
     }
     if results.is_empty() {
         let dirs: Vec<String> = sweeps.iter().map(|s| s.root.display().to_string()).collect();

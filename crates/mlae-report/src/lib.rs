@@ -22,7 +22,7 @@ pub mod vtab;
 #[cfg(test)]
 mod tests;
 
-pub use build::{Report, build};
+pub use build::{BuildOptions, Report, build, build_with};
 pub use error::{ReportError, Result};
 pub use published::{Published, load_published};
 pub use results::{RunResult, Table, collect};

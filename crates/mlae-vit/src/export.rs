@@ -198,7 +198,6 @@ impl AdaptedVit {
                 self.plan.kind()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(VitError::io(dir))?;
         let mut tensors = Vec::new();
         let mut layers: Vec<(String, usize, f64)> = Vec::new();
         let mut fields = Vec::new();
@@ -282,12 +281,16 @@ impl AdaptedVit {
             config[key] = value;
         }
         let text = serde_json::to_string_pretty(&config).expect("JSON values serialise");
-        let cfg_path = dir.join("adapter_config.json");
-        std::fs::write(&cfg_path, text + "\n").map_err(VitError::io(&cfg_path))?;
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         meta.insert("mlae_adapter_kind".to_string(), self.plan.kind().to_string());
-        write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, meta)
+        // The directory appears whole or not at all, even if the process is killed half-way.
+        mlae_formats::write_dir_atomic(dir, |staging| {
+            std::fs::write(staging.join("adapter_config.json"), text + "\n")?;
+            write_safetensors(&staging.join("adapter_model.safetensors"), &tensors, meta)
+                .map_err(|e| std::io::Error::other(e.to_string()))
+        })
+        .map_err(VitError::io(dir))
     }
 }
 
