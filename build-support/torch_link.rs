@@ -35,6 +35,12 @@ pub fn emit(targets: Targets<'_>) {
     args.push("-ltorch".to_string());
     args.push("-Wl,--as-needed".to_string());
 
+    if let Targets::Bins(_) = targets {
+        // The rpath alone for every target, the library's unit tests included (cargo has no
+        // link-arg key for them, and they link libtorch through tch): it adds no library, so
+        // a binary that must stay free of libtorch still needs none.
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+    }
     for arg in &args {
         match &targets {
             Targets::All => println!("cargo:rustc-link-arg={arg}"),

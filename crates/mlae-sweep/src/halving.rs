@@ -261,8 +261,11 @@ fn score(sweep: &SweepDir, p: &Prepared, epoch: u64, last: bool, sel: &Select) -
         return Ok(Some(r.acc));
     }
     // A run that went past this rung without pausing there (trained by the full grid in the
-    // same directory) is scored from its metrics, when that epoch was evaluated.
-    let reached = layout.read_status()?.is_some_and(|s| s.epoch >= epoch);
+    // same directory) is scored from its metrics, when that epoch was evaluated. One that
+    // stopped exactly at the rung without its pause (killed or interrupted between the epoch's
+    // end and the rung record) is not scored here: it is resumed, pauses at once and records
+    // its score, so its status says it paused there.
+    let reached = layout.phase() == RunPhase::Done || layout.read_status()?.is_some_and(|s| s.epoch > epoch);
     if reached {
         let split = layout.read_config().map(|c| c.val_split()).unwrap_or_else(|_| "val200".into());
         if let Some(acc) = layout

@@ -131,11 +131,13 @@ impl Session {
                 break;
             }
             self.finish_epoch(epoch_start, &progress, wall_before + wall_start.elapsed().as_secs_f64())?;
-            if self.interrupted(opts) {
-                return self.stop_interrupted(&progress, wall_before + wall_start.elapsed().as_secs_f64());
-            }
+            // A pause due here comes first: it is a clean stop too (checkpoint and status), and
+            // an interrupt that lands at the rung would otherwise leave the run unscored there.
             if self.pause_due(opts) {
                 return self.pause(&progress, wall_before + wall_start.elapsed().as_secs_f64());
+            }
+            if self.interrupted(opts) {
+                return self.stop_interrupted(&progress, wall_before + wall_start.elapsed().as_secs_f64());
             }
         }
         progress.finish();
