@@ -4,7 +4,7 @@
 //! ([`AdapterLayer::forward`]), so it never needs to know which kind it holds.
 
 use crate::adapter::AdapterLayer;
-use crate::ctx::{AdapterCtx, ForwardCtx, StepWeights};
+use crate::ctx::{ForwardCtx, StepWeights};
 use crate::error::{Result, VitError};
 use crate::linear::Linear;
 use tch::{Kind, Tensor};
@@ -50,17 +50,7 @@ impl AdaptedLinear {
         }
         self.adapters
             .iter()
-            .map(|a| {
-                let actx = AdapterCtx {
-                    train: ctx.train,
-                    step: ctx.step,
-                    total_steps: ctx.total_steps,
-                    layer: a.index,
-                    sampler,
-                    weights: None,
-                };
-                (a.index, a.layer.step_weights(&actx))
-            })
+            .map(|a| (a.index, a.layer.step_weights(&ctx.for_layer(a.index, sampler, None))))
             .collect()
     }
 
@@ -134,14 +124,7 @@ impl AdaptedLinear {
         let x2 = x.flatten(0, 1);
         let mut y = self.base.forward(&x2, kind);
         for a in &self.adapters {
-            let actx = AdapterCtx {
-                train: ctx.train,
-                step: ctx.step,
-                total_steps: ctx.total_steps,
-                layer: a.index,
-                sampler,
-                weights: weights.and_then(|w| w.get(a.index)),
-            };
+            let actx = ctx.for_layer(a.index, sampler, weights.and_then(|w| w.get(a.index)));
             let frozen = self.frozen_for(a.rows);
             y = match a.rows {
                 None => a.layer.forward(&frozen, &x2, y, &actx),
@@ -154,21 +137,16 @@ impl AdaptedLinear {
         y.view([b, n, -1])
     }
 
-    /// Applies `f` (an adapter and the f32 weight of its rows, giving the new rows) to the
-    /// weight `w`, adapter by adapter in `order`: the one fold behind merged weights, merge
-    /// and unmerge.
-    fn fold<'s>(
-        adapters: impl Iterator<Item = &'s mut Attached>,
-        w: Tensor,
-        mut f: impl FnMut(&mut dyn AdapterLayer, &Tensor) -> Tensor,
-    ) -> Tensor {
-        adapters.fold(w, |w, a| match a.rows {
-            None => f(a.layer.as_mut(), &w),
+    /// `f` applied to the rows `rows` of the weight `w` (all of it for `None`), the result put
+    /// back in their place: the one step behind merged weights, merge and unmerge.
+    fn on_rows(rows: Option<(i64, i64)>, w: Tensor, f: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+        match rows {
+            None => f(&w),
             Some((first, n)) => {
-                let part = f(a.layer.as_mut(), &w.narrow(0, first, n));
+                let part = f(&w.narrow(0, first, n));
                 w.slice_scatter(&part, 0, Some(first), Some(first + n), 1)
             }
-        })
+        }
     }
 
     /// The weight with the adapters folded in (f32, no gradient), computed without changing
@@ -179,13 +157,7 @@ impl AdaptedLinear {
             if self.merged {
                 return w;
             }
-            self.adapters.iter().fold(w, |w, a| match a.rows {
-                None => a.layer.merged_weight(&w),
-                Some((first, n)) => {
-                    let part = a.layer.merged_weight(&w.narrow(0, first, n));
-                    w.slice_scatter(&part, 0, Some(first), Some(first + n), 1)
-                }
-            })
+            self.adapters.iter().fold(w, |w, a| Self::on_rows(a.rows, w, |w| a.layer.merged_weight(w)))
         })
     }
 
@@ -206,7 +178,9 @@ impl AdaptedLinear {
             return Ok(false);
         }
         let w = tch::no_grad(|| self.base.weight.to_kind(Kind::Float));
-        let merged = tch::no_grad(|| Self::fold(self.adapters.iter_mut(), w, |a, w| a.merge(w)));
+        let merged = tch::no_grad(|| {
+            self.adapters.iter_mut().fold(w, |w, a| Self::on_rows(a.rows, w, |w| a.layer.merge(w)))
+        });
         tch::no_grad(|| store(&mut self.base.weight, merged));
         self.merged = true;
         Ok(true)
@@ -218,7 +192,9 @@ impl AdaptedLinear {
             return Err(VitError::Config("the adapter is not merged".into()));
         }
         let w = tch::no_grad(|| self.base.weight.to_kind(Kind::Float));
-        let base = tch::no_grad(|| Self::fold(self.adapters.iter_mut().rev(), w, |a, w| a.unmerge(w)));
+        let base = tch::no_grad(|| {
+            self.adapters.iter_mut().rev().fold(w, |w, a| Self::on_rows(a.rows, w, |w| a.layer.unmerge(w)))
+        });
         tch::no_grad(|| store(&mut self.base.weight, base));
         self.merged = false;
         Ok(())

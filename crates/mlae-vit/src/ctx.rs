@@ -25,6 +25,23 @@ impl ForwardCtx {
     pub fn train(step: u64, total_steps: u64) -> Self {
         ForwardCtx { train: true, step, total_steps }
     }
+
+    /// What plan layer `layer` sees of this pass, with its row of the pass's step weights.
+    pub fn for_layer<'a>(
+        &self,
+        layer: usize,
+        sampler: &'a MaskSampler,
+        weights: Option<&'a Tensor>,
+    ) -> AdapterCtx<'a> {
+        AdapterCtx {
+            train: self.train,
+            step: self.step,
+            total_steps: self.total_steps,
+            layer,
+            sampler,
+            weights,
+        }
+    }
 }
 
 /// What an adapter needs to know about the current forward pass.

@@ -67,6 +67,11 @@ impl MlaeLayer {
         self.forward_with(x, base, scales)
     }
 
+    /// Whether the forward `ctx` masks experts (training with expert dropout).
+    fn masks(&self, ctx: &AdapterCtx<'_>) -> bool {
+        ctx.train && self.plan.expert_dropout > 0.0
+    }
+
     /// The forward with the mask scales already on the device (`None`: all on, unscaled).
     fn forward_with(&self, x: &Tensor, base: Tensor, scales: Option<Tensor>) -> Tensor {
         let kind = x.kind();
@@ -90,16 +95,19 @@ impl AdapterLayer for MlaeLayer {
     }
 
     fn forward(&self, _frozen: &Linear, x: &Tensor, base: Tensor, ctx: &AdapterCtx<'_>) -> Tensor {
-        match (self.step_weights(ctx), ctx.weights) {
-            (Some(_), Some(scales)) => self.forward_with(x, base, Some(scales.shallow_clone())),
-            (Some(s), None) => self.forward_with_scales(x, base, Some(&s)),
-            (None, _) => self.forward_with(x, base, None),
+        if !self.masks(ctx) {
+            return self.forward_with(x, base, None);
+        }
+        match ctx.weights {
+            Some(scales) => self.forward_with(x, base, Some(scales.shallow_clone())),
+            // run on its own, outside a model's forward: draw and upload this layer's scales
+            None => self.forward_with_scales(x, base, self.step_weights(ctx).as_deref()),
         }
     }
 
     /// Training with expert dropout: the step's mask scales of this layer.
     fn step_weights(&self, ctx: &AdapterCtx<'_>) -> Option<Vec<f32>> {
-        (ctx.train && self.plan.expert_dropout > 0.0).then(|| {
+        self.masks(ctx).then(|| {
             ctx.sampler.layer_scales(ctx.step, ctx.layer, self.plan.experts, self.plan.expert_dropout)
         })
     }
