@@ -90,7 +90,7 @@ fn dry_runs_of_the_other_grids_plan_valid_configs() {
         // The demo benchmark's three tasks: mnist5k, digits, fashion_mnist.
         ("demo", "paper", 3),
         ("demo", "search", 3 * 36 + 3),
-        // Results on real data (README): 7 methods x 3 seeds; the shrunk search, 3 x 3 x 3 seeds.
+        // Results on real data (docs/results.md): 7 methods x 3 seeds; the shrunk search, 3 x 3 x 3 seeds.
         ("demo", "demo-methods", 3 * 7 * 3),
         ("demo", "demo-search", 3 * 9 * 3 + 3 * 3),
         ("demo", "lora-dropout-readings", 3 * 2),

@@ -117,7 +117,7 @@ pub enum CheckpointFormat {
 pub enum PosResize {
     /// Bicubic with anti-aliasing (PyTorch's `_upsample_bicubic2d_aa`, a = -0.5 like PIL):
     /// timm's `resample_abs_pos_embed` default, which timm's loader uses for every checkpoint,
-    /// DINOv2's included. The default: see the README (Checkpoints in and out).
+    /// DINOv2's included. The default: see docs/fine-tuning.md (Checkpoints in and out).
     #[default]
     Antialias,
     /// Plain bicubic (a = -0.75, `align_corners = false`), as Hugging Face's and the original
