@@ -23,9 +23,15 @@ fn finetune_writes_a_complete_run_directory() {
         "curves.png",
         "checkpoints/last.safetensors",
         "checkpoints/best.safetensors",
+        "data/classes.txt",
+        "results/test/per_class.csv",
+        "results/test/confusion.csv",
+        "results/test/confusion.png",
     ] {
         assert!(run.join(f).is_file(), "{f} is missing from the run directory");
     }
+    // A VTAB task names no classes: the label numbers stand in.
+    assert_eq!(std::fs::read_to_string(run.join("data/classes.txt")).unwrap(), "0\n1\n2\n3\n");
     // The resolved config is complete: it loads on its own and names the absolute data root.
     let resolved = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(resolved.contains(&tmp.path().join("data").display().to_string()), "{resolved}");
@@ -58,6 +64,16 @@ fn finetune_writes_a_complete_run_directory() {
     let best = m.iter().map(|l| l["eval"]["test"]["acc"].as_f64().unwrap()).fold(0.0, f64::max);
     assert_eq!(summary["best_test_acc"].as_f64().unwrap(), best);
     assert!(summary["notes"].to_string().contains("test-set selection"));
+    // The per-class results are the final weights': 24 test images, the reported accuracy.
+    let confusion = std::fs::read_to_string(run.join("results/test/confusion.csv")).unwrap();
+    let counts: Vec<Vec<u64>> = confusion
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').skip(1).map(|n| n.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(counts.iter().flatten().sum::<u64>(), 24, "{confusion}");
+    let diagonal: u64 = (0..4).map(|i| counts[i][i]).sum();
+    assert!((diagonal as f64 / 24.0 - final_acc).abs() < 1e-9, "{confusion}");
     assert_eq!(json(&run.join("status.json"))["state"], "finished");
     assert!((printed_accuracy(&stdout) - final_acc).abs() < 5e-5, "{stdout}");
     assert!(stdout.contains("trainable parameters: "), "{stdout}");

@@ -20,6 +20,9 @@ pub struct ReportArgs {
     /// sweeps of the same grid give the same bytes.
     #[arg(long)]
     pub no_timings: bool,
+    /// Also show this task's per-class test accuracy and confusion matrices (one PNG per row).
+    #[arg(long, value_name = "TASK")]
+    pub confusion: Option<String>,
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
@@ -29,7 +32,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         anyhow::bail!("a report of {} sweeps needs --out DIR (it belongs to none of them)", sweeps.len());
     }
     let published = mlae_report::load_published(&util::root().join("configs/published/mlae-paper.toml"))?;
-    let opts = mlae_report::BuildOptions { timings: !args.no_timings };
+    let opts = mlae_report::BuildOptions { timings: !args.no_timings, confusion: args.confusion.clone() };
     let report = mlae_report::build_with(&sweeps, &published, opts)?;
     let out = args.out.as_deref().map(util::absolute).unwrap_or_else(|| sweeps[0].root.join("report"));
     report.write(&out)?;

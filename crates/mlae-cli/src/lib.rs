@@ -31,6 +31,8 @@ pub enum Command {
     Finetune(commands::finetune::FinetuneArgs),
     /// Evaluate a run's checkpoint on a split; optionally dump the logits.
     Eval(commands::eval::EvalArgs),
+    /// Classify image files and folders with a trained run: class names and probabilities.
+    Predict(commands::predict::PredictArgs),
     /// Export a run: adapter checkpoint, merged timm model, or PEFT LoRA adapter.
     Export(commands::export::ExportArgs),
     /// Analyse trained adapters: expert similarity (paper A.4) and per-expert feature maps.
@@ -54,6 +56,7 @@ pub fn main_entry() -> ExitCode {
         Command::Data(args) => commands::data::run(&args),
         Command::Finetune(args) => commands::finetune::run(&args),
         Command::Eval(args) => commands::eval::run(&args),
+        Command::Predict(args) => commands::predict::run(&args),
         Command::Export(args) => commands::export::run(&args),
         Command::Analyze(args) => commands::analyze::run(&args),
         Command::Bench(args) => commands::bench::run(&args),

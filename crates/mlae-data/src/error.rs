@@ -178,6 +178,14 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
+    /// An image file given on its own (not through a split) that cannot be read or decoded.
+    #[error("{}: {message}", path.display())]
+    Unreadable {
+        /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
     /// Any other invalid argument, explained in the message.
     #[error("{0}")]
     Invalid(String),

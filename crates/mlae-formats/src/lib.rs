@@ -23,6 +23,6 @@ pub use config::{ExperimentConfig, Protocol};
 pub use error::{FormatError, Invalid, Result};
 pub use preset::{CheckpointFormat, PosResize, Preset};
 pub use run::{
-    EpochMetrics, EvalResult, RunDir, RunLayout, RunPhase, RunState, RungScore, Status, Summary,
-    WhichCheckpoint,
+    ClassResult, Confusion, EpochMetrics, EvalResult, RunDir, RunLayout, RunPhase, RunState, RungScore,
+    Status, Summary, WhichCheckpoint,
 };

@@ -1,5 +1,6 @@
 //! The report of a sweep directory, assembled and written.
 
+use crate::confusion::{collect_confusions, confusion_section};
 use crate::error::{ReportError, Result, bail};
 use crate::extra::{masking_table, selection_table};
 use crate::flat::flat_tables;
@@ -11,17 +12,19 @@ use mlae_data::Benchmark;
 use mlae_plot::BarChart;
 use mlae_sweep::SweepDir;
 use mlae_sweep::select::Selection;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// The report's three outputs.
+/// The report's outputs.
 #[derive(Debug)]
 pub struct Report {
     pub markdown: String,
     pub csv: String,
     /// The domain means (VTAB-1k, the paper's Figure 3) or per-task accuracies.
     pub chart: BarChart,
+    /// Confusion matrices to draw beside `report.md`: (file name, title, matrix).
+    pub confusions: Vec<(String, String, mlae_formats::Confusion)>,
 }
 
 /// The chart's y axis starts at the 10 % step at least 10 points below the lowest bar, so
@@ -32,17 +35,20 @@ fn accuracy_floor(chart: &BarChart) -> f64 {
 }
 
 /// What a report shows beyond the results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildOptions {
     /// The runs' wall times (`wall (min/run)`, `wall_seconds_mean`). Without them a report
     /// depends only on what the runs computed, so two sweeps of one grid (one of them killed
     /// and resumed, say) give the same bytes.
     pub timings: bool,
+    /// A task whose per-class test accuracy and confusion matrices (one PNG per row) the
+    /// report shows.
+    pub confusion: Option<String>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        Self { timings: true }
+        Self { timings: true, confusion: None }
     }
 }
 
@@ -121,13 +127,24 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
         }
     }
     halving_tables(sweeps, &mut md)?;
+    let mut confusions = Vec::new();
+    if let Some(task) = &opts.confusion {
+        let mut rows = BTreeMap::new();
+        for (sweep, label) in sweeps.iter().zip(&labels) {
+            for (row, r) in collect_confusions(sweep, task, &mut notes)? {
+                let row = if rows.contains_key(&row) { format!("{row} ({label})") } else { row };
+                rows.insert(row, r);
+            }
+        }
+        confusions = confusion_section(task, &rows, &mut md);
+    }
     if !notes.is_empty() {
         md.push_str("\n## Left out\n\n");
         for n in &notes {
             let _ = writeln!(md, "- {n}");
         }
     }
-    Ok(Report { markdown: md, csv, chart })
+    Ok(Report { markdown: md, csv, chart, confusions })
 }
 
 /// A sweep's name in the report: its grid, and `, halving` for a `--search halving` sweep.
@@ -151,7 +168,7 @@ pub(crate) fn merge_rows(results: &mut Vec<RunResult>, more: Vec<RunResult>, gri
 }
 
 impl Report {
-    /// Writes `report.md`, `report.csv` and `domains.png` into `out`. A chart that cannot be
+    /// Writes `report.md`, `report.csv`, `domains.png` and the confusion matrices into `out`. A chart that cannot be
     /// drawn (no value yet) is a warning, not a failure: the tables are the report.
     pub fn write(&self, out: &Path) -> Result<()> {
         for (name, text) in [("report.md", &self.markdown), ("report.csv", &self.csv)] {
@@ -161,6 +178,11 @@ impl Report {
         }
         if let Err(e) = mlae_plot::grouped_bars(&out.join("domains.png"), (1200, 520), &self.chart) {
             tracing::warn!("warning: no chart ({e})");
+        }
+        for (file, title, m) in &self.confusions {
+            if let Err(e) = mlae_plot::confusion_matrix(&out.join(file), title, &m.classes, &m.counts) {
+                tracing::warn!("warning: no confusion matrix ({e})");
+            }
         }
         Ok(())
     }

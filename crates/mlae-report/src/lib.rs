@@ -8,9 +8,12 @@
 //! Only runs of the sweep's plan count, and only while their config is the one they ran with;
 //! runs are read through mlae-formats' `Summary`. A sweep run with `--search halving` adds its
 //! rungs, the training it took, and, beside a full search of the same grid, both selections.
+//! On request ([`BuildOptions::confusion`]) it shows one task's per-class accuracy and
+//! confusion matrices.
 
 mod build;
 mod cells;
+pub mod confusion;
 pub mod error;
 pub mod extra;
 pub mod flat;

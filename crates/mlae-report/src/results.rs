@@ -128,6 +128,17 @@ pub fn group_means(
 
 /// Reads the sweep's finished runs (search runs aside, when the grid has a search stage);
 /// `notes` collects what was left out and why.
+/// A planned run's row in the tables: its variant, plus the axes point for a plain grid.
+pub(crate) fn row_label(planned: &mlae_sweep::PlannedRun) -> String {
+    let mut row = planned.variant.clone();
+    if planned.stage == Stage::Run && !planned.point.is_empty() {
+        let p: Vec<String> =
+            planned.point.iter().map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k))).collect();
+        row = format!("{row} ({})", p.join(", "));
+    }
+    row
+}
+
 pub fn collect(sweep: &SweepDir, notes: &mut Vec<String>) -> Result<Vec<RunResult>> {
     let plan = Plan::read(sweep)?;
     let mut out = Vec::new();
@@ -148,15 +159,7 @@ pub fn collect(sweep: &SweepDir, notes: &mut Vec<String>) -> Result<Vec<RunResul
         let summary = layout
             .read_summary()?
             .ok_or_else(|| ReportError::Invalid(format!("{}: missing", layout.summary().display())))?;
-        let mut row = planned.variant.clone();
-        if planned.stage == Stage::Run && !planned.point.is_empty() {
-            let p: Vec<String> = planned
-                .point
-                .iter()
-                .map(|(k, v)| format!("{}={v}", k.rsplit('.').next().unwrap_or(k)))
-                .collect();
-            row = format!("{row} ({})", p.join(", "));
-        }
+        let row = row_label(planned);
         out.push(RunResult {
             task: planned.task.clone(),
             row,

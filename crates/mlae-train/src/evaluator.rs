@@ -103,16 +103,25 @@ impl Evaluator {
 
     /// Accuracy and mean loss on an image set (every adapter in inference mode); optionally
     /// the logits, row-major `[N, C]` in the set's order.
-    pub fn evaluate(
+    pub fn evaluate(&self, model: &AdaptedVit, set: &ImageSet, dump: Option<&mut Vec<f32>>) -> EvalResult {
+        self.evaluate_counted(model, set, dump).result
+    }
+
+    /// [`Evaluator::evaluate`] with the confusion matrix. The loss sum and the matrix are
+    /// accumulated on the device and read once at the end, so a GPU is not made to wait on
+    /// the host after every batch; the sums are the same f64 additions in the same order as
+    /// reading each batch would give.
+    pub fn evaluate_counted(
         &self,
         model: &AdaptedVit,
         set: &ImageSet,
         mut dump: Option<&mut Vec<f32>>,
-    ) -> EvalResult {
+    ) -> Evaluation {
         let bs = self.batch_size;
-        let (mut correct, mut loss_sum) = (0i64, 0f64);
         let ctx = ForwardCtx::eval();
+        let (mut loss_sum, mut counts, mut classes) = (None::<Tensor>, None::<Tensor>, 0i64);
         tch::no_grad(|| {
+            let labels = Tensor::from_slice(&set.labels).to_device(self.device);
             for start in (0..set.len).step_by(bs) {
                 let end = (start + bs).min(set.len);
                 let pixels =
@@ -123,12 +132,22 @@ impl Evaluator {
                     Kind::Uint8,
                 )
                 .to_device(self.device);
-                let y = Tensor::from_slice(&set.labels[start..end]).to_device(self.device);
+                let y = labels.narrow(0, start as i64, (end - start) as i64);
                 let logits = model.forward_t(&self.preprocess.apply(&x), &ctx).to_kind(Kind::Float);
-                loss_sum += logits
+                classes = logits.size()[1];
+                let batch_loss = logits
                     .cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Sum, -100, 0.0)
-                    .double_value(&[]);
-                correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+                    .to_kind(Kind::Double);
+                loss_sum = Some(match loss_sum.take() {
+                    Some(sum) => sum + batch_loss,
+                    None => batch_loss,
+                });
+                let pairs = &y * classes + logits.argmax(-1, false);
+                let batch_counts = pairs.bincount::<Tensor>(None, classes * classes);
+                counts = Some(match counts.take() {
+                    Some(c) => c + batch_counts,
+                    None => batch_counts,
+                });
                 if let Some(out) = dump.as_deref_mut() {
                     out.extend(
                         Vec::<f32>::try_from(logits.to_device(Device::Cpu).flatten(0, -1))
@@ -137,9 +156,31 @@ impl Evaluator {
                 }
             }
         });
+        let loss_sum = loss_sum.map_or(0.0, |t| t.double_value(&[]));
+        let confusion: Vec<u64> = counts.map_or_else(Vec::new, |t| {
+            Vec::<i64>::try_from(t.to_device(Device::Cpu))
+                .expect("i64 counts")
+                .into_iter()
+                .map(|n| n as u64)
+                .collect()
+        });
+        let correct: u64 = (0..classes as usize).map(|i| confusion[i * classes as usize + i]).sum();
         let n = set.len.max(1) as f64;
-        EvalResult { acc: correct as f64 / n, loss: loss_sum / n, n: set.len }
+        Evaluation {
+            result: EvalResult { acc: correct as f64 / n, loss: loss_sum / n, n: set.len },
+            confusion,
+            classes: classes as usize,
+        }
     }
+}
+
+/// What [`Evaluator::evaluate_counted`] measured on one image set.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub result: EvalResult,
+    /// Row-major `[true][predicted]` counts, `classes` squared (empty for an empty set).
+    pub confusion: Vec<u64>,
+    pub classes: usize,
 }
 
 /// One split evaluated by [`OpenRun::evaluate`].
@@ -150,6 +191,8 @@ pub struct SplitEval {
     /// Row-major `[n, classes]`, in the split's order.
     pub logits: Vec<f32>,
     pub classes: usize,
+    /// Row-major `[true][predicted]` counts.
+    pub confusion: Vec<u64>,
 }
 
 /// A run directory opened for inference: its config and task, nothing decoded yet.
@@ -168,37 +211,29 @@ impl OpenRun {
         Ok(Self { dir: run_dir.to_path_buf(), cfg, task })
     }
 
-    /// The run's model on `device` with the weights of `source`, computing in `precision`.
+    /// The run's model on `device` with the weights of `source`, computing in `precision`,
+    /// its outputs named by the run's classes (so exports carry them).
     pub fn model(&self, source: &ModelSource, device: Device, precision: Precision) -> Result<AdaptedVit> {
-        match source {
-            ModelSource::Checkpoint(which) => {
-                let model = build_model(&self.cfg, self.task.num_classes, device, precision)?;
-                let path = checkpoint_path(&self.dir, *which);
-                copy_params(&model, &checkpoint::load(&path)?, &path)?;
-                Ok(model)
-            }
-            ModelSource::Adapter(path) => {
-                let mut model = build_model(&self.cfg, self.task.num_classes, device, precision)?;
-                model.load_adapter(path)?;
-                Ok(model)
-            }
-            ModelSource::Merged(path) => {
-                let plain = mlae_core::AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() };
-                let vit_cfg = self.cfg.vit_config(self.task.num_classes as i64);
-                let mut model = AdaptedVit::new(&vit_cfg, &plain, 0, device)?;
-                model.set_pos_resize(Some(self.cfg.model.pos_resize));
-                let report = model.load_backbone(path, Some(mlae_vit::CheckpointFormat::Timm))?;
-                if !matches!(report.head, mlae_vit::HeadLoad::Loaded) {
-                    return Err(TrainError::Invalid(format!(
-                        "{}: the merged model's head does not fit the task ({report})",
-                        path.display()
-                    )));
-                }
-                if precision == Precision::Bf16 {
-                    model.set_compute_kind(Kind::BFloat16);
-                }
-                Ok(model)
-            }
+        let mut model = self.model_weights(source, device, precision)?;
+        model.set_class_names(self.class_names()?)?;
+        Ok(model)
+    }
+
+    fn model_weights(
+        &self,
+        source: &ModelSource,
+        device: Device,
+        precision: Precision,
+    ) -> Result<AdaptedVit> {
+        load_weights(&self.cfg, &self.dir, self.task.num_classes, source, device, precision)
+    }
+
+    /// The run's class names in label order: `data/classes.txt` as training wrote it, else
+    /// (a run from before that file) the task's.
+    pub fn class_names(&self) -> Result<Vec<String>> {
+        match mlae_formats::RunLayout::new(&self.dir).read_classes()? {
+            Some(names) => Ok(names),
+            None => Ok(crate::setup::class_names(&self.task)),
         }
     }
 
@@ -216,9 +251,51 @@ impl OpenRun {
         let split = split.map(String::from).unwrap_or_else(|| self.cfg.test_split());
         let set = self.load_split(&split)?;
         let mut logits = Vec::new();
-        let result = Evaluator::new(&self.cfg, device).evaluate(&model, &set, Some(&mut logits));
-        let classes = logits.len().checked_div(result.n).unwrap_or(0);
-        Ok(SplitEval { split, result, logits, classes })
+        let out = Evaluator::new(&self.cfg, device).evaluate_counted(&model, &set, Some(&mut logits));
+        let classes = logits.len().checked_div(out.result.n).unwrap_or(0);
+        Ok(SplitEval { split, result: out.result, logits, classes, confusion: out.confusion })
+    }
+}
+
+/// A run's model with the weights of `source`, for a head of `num_classes` (the run's own
+/// task need not be at hand: `predict` counts the classes in `data/classes.txt`).
+pub fn load_weights(
+    cfg: &ExperimentConfig,
+    run_dir: &Path,
+    num_classes: usize,
+    source: &ModelSource,
+    device: Device,
+    precision: Precision,
+) -> Result<AdaptedVit> {
+    match source {
+        ModelSource::Checkpoint(which) => {
+            let model = build_model(cfg, num_classes, device, precision)?;
+            let path = checkpoint_path(run_dir, *which);
+            copy_params(&model, &checkpoint::load(&path)?, &path)?;
+            Ok(model)
+        }
+        ModelSource::Adapter(path) => {
+            let mut model = build_model(cfg, num_classes, device, precision)?;
+            model.load_adapter(path)?;
+            Ok(model)
+        }
+        ModelSource::Merged(path) => {
+            let plain = mlae_core::AdapterSpec { kind: AdapterKind::LinearProbe, ..Default::default() };
+            let vit_cfg = cfg.vit_config(num_classes as i64);
+            let mut model = AdaptedVit::new(&vit_cfg, &plain, 0, device)?;
+            model.set_pos_resize(Some(cfg.model.pos_resize));
+            let report = model.load_backbone(path, Some(mlae_vit::CheckpointFormat::Timm))?;
+            if !matches!(report.head, mlae_vit::HeadLoad::Loaded) {
+                return Err(TrainError::Invalid(format!(
+                    "{}: the merged model's head does not fit the task ({report})",
+                    path.display()
+                )));
+            }
+            if precision == Precision::Bf16 {
+                model.set_compute_kind(Kind::BFloat16);
+            }
+            Ok(model)
+        }
     }
 }
 

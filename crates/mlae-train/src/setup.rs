@@ -44,6 +44,20 @@ pub fn open_task(cfg: &ExperimentConfig) -> Result<mlae_data::Task> {
     Ok(task)
 }
 
+/// The task's class names in label order (the label numbers where the data names none).
+pub fn class_names(task: &mlae_data::Task) -> Vec<String> {
+    (0..task.num_classes).map(|i| i.to_string()).collect()
+}
+
+/// Writes what a run keeps of its data into `<run>/data/` (the class names), so that
+/// `predict` and exports name classes without the dataset, and returns the class names.
+pub fn write_run_data(task: &mlae_data::Task, layout: &mlae_formats::RunLayout) -> Result<Vec<String>> {
+    let names = class_names(task);
+    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+    crate::rundir::write_file(&layout.classes(), text.as_bytes())?;
+    Ok(names)
+}
+
 /// One split of a task through the config's evaluation transform, via the decoded cache.
 pub fn load_eval_split(cfg: &ExperimentConfig, task: &mlae_data::Task, split: &str) -> Result<ImageSet> {
     let list = task.split(split)?;

@@ -14,7 +14,54 @@ use tch::{Device, Kind, Tensor};
 /// Marks adapter checkpoints, so other safetensors files are rejected clearly.
 pub const ADAPTER_FORMAT: &str = "mlae-adapter/1";
 
+/// The safetensors metadata key that carries the class names (a JSON array in label order).
+pub const LABELS_KEY: &str = "labels";
+
+/// The file of a PEFT export directory that says which labels the head predicts, with the
+/// `id2label` / `label2id` maps that Hugging Face model configs use.
+pub const PEFT_LABELS_FILE: &str = "labels.json";
+
+/// The class names stored in a safetensors file this toolkit wrote (adapter or merged model),
+/// if it carries them.
+pub fn read_labels(path: &Path) -> Result<Option<Vec<String>>> {
+    let (_, meta) = read_safetensors(path)?;
+    meta.get(LABELS_KEY)
+        .map(|text| {
+            serde_json::from_str(text).map_err(|e| VitError::Format {
+                path: path.into(),
+                message: format!("metadata `{LABELS_KEY}` is not a JSON list of names: {e}"),
+            })
+        })
+        .transpose()
+}
+
 impl AdaptedVit {
+    /// Names the head's outputs, in label order; exports then carry them (safetensors metadata
+    /// `labels`, a PEFT directory's `labels.json`), so a model says what it predicts.
+    pub fn set_class_names(&mut self, names: Vec<String>) -> Result<()> {
+        if names.len() as i64 != self.cfg.num_classes {
+            return Err(VitError::Config(format!(
+                "{} class names for a head of {} classes",
+                names.len(),
+                self.cfg.num_classes
+            )));
+        }
+        self.class_names = Some(names);
+        Ok(())
+    }
+
+    /// The class names set by [`AdaptedVit::set_class_names`].
+    pub fn class_names(&self) -> Option<&[String]> {
+        self.class_names.as_deref()
+    }
+
+    /// Adds the class names (when set) to a safetensors metadata map.
+    fn label_meta(&self, meta: &mut HashMap<String, String>) {
+        if let Some(names) = &self.class_names {
+            meta.insert(LABELS_KEY.to_string(), serde_json::to_string(names).expect("strings serialise"));
+        }
+    }
+
     /// Writes the trainable tensors (adapters and head; everything for `full`) as safetensors,
     /// with the adapter spec, the model config and the seed as JSON in the metadata
     /// (`adapter_spec`, `model_config`, `seed`). Bit-exact: tensors are stored as f32.
@@ -25,6 +72,7 @@ impl AdaptedVit {
         meta.insert("adapter_spec".to_string(), to_json(&self.spec));
         meta.insert("model_config".to_string(), to_json(&self.cfg));
         meta.insert("seed".to_string(), self.seed.to_string());
+        self.label_meta(&mut meta);
         write_safetensors(path, &tensors, meta)
     }
 
@@ -180,6 +228,7 @@ impl AdaptedVit {
         let (name, kwargs) = self.cfg.timm_model();
         meta.insert("timm_model".to_string(), name.to_string());
         meta.insert("timm_kwargs".to_string(), kwargs.to_string());
+        self.label_meta(&mut meta);
         write_safetensors(path, &self.merged_tensors(), meta)
     }
 
@@ -284,8 +333,21 @@ impl AdaptedVit {
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
         meta.insert("mlae_adapter_kind".to_string(), self.plan.kind().to_string());
+        self.label_meta(&mut meta);
+        let labels = self.class_names.as_ref().map(|names| {
+            let id2label: serde_json::Map<String, serde_json::Value> =
+                names.iter().enumerate().map(|(i, n)| (i.to_string(), n.clone().into())).collect();
+            let label2id: serde_json::Map<String, serde_json::Value> =
+                names.iter().enumerate().map(|(i, n)| (n.clone(), i.into())).collect();
+            let v =
+                serde_json::json!({ "num_labels": names.len(), "id2label": id2label, "label2id": label2id });
+            serde_json::to_string_pretty(&v).expect("JSON values serialise")
+        });
         // The directory appears whole or not at all, even if the process is killed half-way.
         mlae_formats::write_dir_atomic(dir, |staging| {
+            if let Some(labels) = &labels {
+                std::fs::write(staging.join(PEFT_LABELS_FILE), format!("{labels}\n"))?;
+            }
             std::fs::write(staging.join("adapter_config.json"), text + "\n")?;
             write_safetensors(&staging.join("adapter_model.safetensors"), &tensors, meta)
                 .map_err(|e| std::io::Error::other(e.to_string()))

@@ -30,6 +30,10 @@ pub struct EvalArgs {
     /// Evaluate an exported merged model (`export --format merged`) with no adapter.
     #[arg(long, value_name = "FILE")]
     pub merged: Option<PathBuf>,
+    /// Do not write the per-class accuracy and confusion matrix (CSV and PNG) into the run's
+    /// `results/<split>/`.
+    #[arg(long)]
+    pub no_per_class: bool,
     /// Write the logits as float32 [N, C] in the split's order (.npy).
     #[arg(long, value_name = "FILE.npy")]
     pub dump_logits: Option<PathBuf>,
@@ -54,5 +58,12 @@ pub fn run(args: &EvalArgs) -> Result<ExitCode> {
     }
     println!("{}: {} images, loss {:.4}", out.split, result.n, result.loss);
     println!("accuracy: {:.4}", result.acc);
+    if !args.no_per_class {
+        let layout = mlae_train::rundir::RunLayout::new(&args.run);
+        let names = run.class_names()?;
+        let matrix = mlae_train::per_class::write_per_class(&layout, &out.split, &names, out.confusion)?;
+        println!("weakest classes: {}", mlae_train::per_class::weakest(&matrix, 3));
+        println!("per-class accuracy and confusion matrix: {}", layout.results_dir(&out.split).display());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -8,3 +8,4 @@ pub mod doctor;
 pub mod eval;
 pub mod export;
 pub mod finetune;
+pub mod predict;

@@ -10,6 +10,9 @@
 //! <run>/tb/                TensorBoard event files (one per process that trained the run)
 //! <run>/rungs.jsonl       the validation score at each pause (RungScore; halving reads it)
 //! <run>/status.json        running | finished | failed | interrupted | paused (Status)
+//! <run>/data/classes.txt   the class names, one a line in label order (what `predict` prints)
+//! <run>/data/<split>.txt   for image-folder tasks, the files of each split (`path label`)
+//! <run>/results/<split>/   per_class.csv, confusion.csv, confusion.png of the reported weights
 //! <run>/.lock              held by the process writing the run
 //! ```
 
@@ -39,6 +42,9 @@ impl RunLayout {
     pub const LAST_CHECKPOINT: &'static str = "last.safetensors";
     pub const BEST_CHECKPOINT: &'static str = "best.safetensors";
     pub const LOCK: &'static str = ".lock";
+    pub const DATA: &'static str = "data";
+    pub const CLASSES: &'static str = "classes.txt";
+    pub const RESULTS: &'static str = "results";
 
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
@@ -77,6 +83,28 @@ impl RunLayout {
     }
     pub fn lock(&self) -> PathBuf {
         self.root.join(Self::LOCK)
+    }
+    /// What the run knows of its data: the class names and, for image folders, the split files.
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join(Self::DATA)
+    }
+    pub fn classes(&self) -> PathBuf {
+        self.data_dir().join(Self::CLASSES)
+    }
+    /// Per-class accuracy and the confusion matrix of one split.
+    pub fn results_dir(&self, split: &str) -> PathBuf {
+        self.root.join(Self::RESULTS).join(split)
+    }
+
+    /// The class names in `data/classes.txt`, one a line; `None` for a run written before the
+    /// file existed.
+    pub fn read_classes(&self) -> Result<Option<Vec<String>>> {
+        let path = self.classes();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
     }
     pub fn checkpoint(&self, which: WhichCheckpoint) -> PathBuf {
         self.checkpoints_dir().join(match which {

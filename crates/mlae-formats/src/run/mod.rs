@@ -3,8 +3,10 @@
 
 mod dir;
 mod layout;
+mod per_class;
 mod records;
 
 pub use dir::{RunDir, config_hash, write_file};
 pub use layout::{RunLayout, RunPhase, read_jsonl};
+pub use per_class::{ClassResult, Confusion};
 pub use records::{EpochMetrics, EvalResult, RunState, RungScore, Status, Summary, WhichCheckpoint};

@@ -63,6 +63,11 @@ pub(super) struct Session {
     pub(super) check_training: bool,
     /// TensorBoard logging, opened when the loop starts.
     pub(super) tb: Option<super::tensorboard::TbLog>,
+    /// The class names in label order (`data/classes.txt`), for the per-class results.
+    pub(super) classes: Vec<String>,
+    /// The confusion matrix of the test split at the epoch it was last evaluated, so the end
+    /// of the run writes per-class results without evaluating again.
+    pub(super) test_confusion: Option<(u64, Vec<u64>)>,
 }
 
 impl Session {
@@ -159,6 +164,7 @@ impl Session {
             steps_per_epoch
         );
         let (run, config_hash) = open_run(&cfg)?;
+        let classes = crate::setup::write_run_data(&task, run.layout())?;
         let state = LoopState { config_hash, ..LoopState::default() };
         Ok(Self {
             cfg,
@@ -178,6 +184,8 @@ impl Session {
             last_saved_step: std::cell::Cell::new(None),
             check_training: false,
             tb: None,
+            classes,
+            test_confusion: None,
         })
     }
 

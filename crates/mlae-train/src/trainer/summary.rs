@@ -38,10 +38,17 @@ impl Session {
         // A `max_steps` stop inside an epoch logged that epoch, numbered one past those done.
         let partial_epoch = (self.state.batch_in_epoch > 0).then_some(self.state.epoch + 1);
         let last_epoch = partial_epoch.unwrap_or(self.state.epoch);
+        // The final weights' test confusion: kept from the last epoch's evaluation when that
+        // epoch evaluated (not after a resume at the end), else measured now.
+        let final_confusion = match self.test_confusion.take() {
+            Some((epoch, counts)) if epoch == last_epoch => counts,
+            _ => self.evaluator.evaluate_counted(&self.model, test_set, None).confusion,
+        };
         let final_test = match rows.last().and_then(|m| m.eval.get(&test_split)) {
             Some(r) if rows.last().is_some_and(|m| m.epoch == last_epoch) => r.acc,
-            _ => self.evaluator.evaluate(&self.model, test_set, None).acc,
+            _ => diagonal_fraction(&final_confusion),
         };
+        let mut reported_confusion = final_confusion;
         let best_test = rows
             .iter()
             .filter_map(|m| m.eval.get(&test_split).map(|r| (r.acc, m.epoch)))
@@ -58,9 +65,10 @@ impl Session {
                 let selected_acc = if best.is_file() {
                     let current = snapshot(&self.model);
                     load_params(&self.model, &best)?;
-                    let acc = self.evaluator.evaluate(&self.model, test_set, None).acc;
+                    let out = self.evaluator.evaluate_counted(&self.model, test_set, None);
                     restore_params(&self.model, current);
-                    acc
+                    reported_confusion = out.confusion;
+                    out.result.acc
                 } else {
                     final_test
                 };
@@ -113,6 +121,8 @@ impl Session {
                 self.state.step,
             ),
         };
+        // Per-class results of the weights test_acc reports (the selected epoch's under `val`).
+        crate::per_class::write_per_class(self.run.layout(), &test_split, &self.classes, reported_confusion)?;
         self.run.write_json(&self.run.summary_path(), &summary)?;
         self.write_plot();
         self.run.write_status(&Status {
@@ -123,4 +133,11 @@ impl Session {
         })?;
         Ok(summary)
     }
+}
+
+/// The accuracy a confusion matrix (row-major, square) gives: its diagonal over its total.
+fn diagonal_fraction(counts: &[u64]) -> f64 {
+    let c = (counts.len() as f64).sqrt().round() as usize;
+    let correct: u64 = (0..c).map(|i| counts[i * c + i]).sum();
+    correct as f64 / counts.iter().sum::<u64>().max(1) as f64
 }

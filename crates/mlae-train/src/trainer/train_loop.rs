@@ -246,6 +246,21 @@ impl Session {
         self.fail(step, self.state.epoch, TrainError::NotTraining(message))
     }
 
+    /// Evaluates every evaluation split, keeping the test split's confusion matrix (for the
+    /// per-class results the end of the run writes) with `epoch`, the epoch it belongs to.
+    fn evaluate_all(&mut self, epoch: u64) -> BTreeMap<String, mlae_formats::EvalResult> {
+        let test = self.cfg.test_split();
+        let mut eval = BTreeMap::new();
+        for (split, set) in &self.evals {
+            let out = self.evaluator.evaluate_counted(&self.model, set, None);
+            if *split == test {
+                self.test_confusion = Some((epoch, out.confusion));
+            }
+            eval.insert(split.clone(), out.result);
+        }
+        eval
+    }
+
     /// The metrics line of the epoch that ends now (completed or cut short by `max_steps`).
     fn epoch_metrics(
         &mut self,
@@ -275,10 +290,7 @@ impl Session {
     /// continues it.
     fn finish_partial_epoch(&mut self, epoch_start: Instant, progress: &Progress, wall: f64) -> Result<()> {
         self.check_adapter_trained()?;
-        let mut eval = BTreeMap::new();
-        for (split, set) in &self.evals {
-            eval.insert(split.clone(), self.evaluator.evaluate(&self.model, set, None));
-        }
+        let eval = self.evaluate_all(self.state.epoch + 1);
         let metrics = self.epoch_metrics(self.state.epoch + 1, eval, epoch_start);
         self.run.append_metrics(&metrics)?;
         if let Some(tb) = &mut self.tb {
@@ -300,9 +312,7 @@ impl Session {
         let last = epoch == t.epochs;
         let mut eval = BTreeMap::new();
         if epoch.is_multiple_of(t.eval_every) || last {
-            for (split, set) in &self.evals {
-                eval.insert(split.clone(), self.evaluator.evaluate(&self.model, set, None));
-            }
+            eval = self.evaluate_all(epoch);
         }
         let selection = match self.cfg.data.protocol {
             Protocol::Paper => self.cfg.test_split(),

@@ -46,6 +46,8 @@ pub struct AdaptedVit {
     pub(crate) pos_resize: Option<PosResize>,
     /// The convention of the checkpoint loaded last (timm's until one is loaded).
     pub(crate) checkpoint_pos_resize: PosResize,
+    /// What the head's outputs mean ([`AdaptedVit::set_class_names`]), carried by exports.
+    pub(crate) class_names: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for AdaptedVit {
@@ -94,6 +96,7 @@ impl AdaptedVit {
             adapted: Vec::new(),
             pos_resize: None,
             checkpoint_pos_resize: PosResize::Antialias,
+            class_names: None,
         };
         model.build_adapters(&plan)?;
         Ok(model)
