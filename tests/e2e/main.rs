@@ -9,4 +9,5 @@ mod dmlora;
 mod doctor;
 mod faults;
 mod finetune;
+mod predict;
 mod support;
