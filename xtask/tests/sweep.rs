@@ -93,6 +93,10 @@ fn dry_runs_of_the_other_grids_plan_valid_configs() {
         // Results on real data (docs/results.md): 7 methods x 3 seeds; the shrunk search, 3 x 3 x 3 seeds.
         ("demo", "demo-methods", 3 * 7 * 3),
         ("demo", "demo-search", 3 * 9 * 3 + 3 * 3),
+        // The same search budget for the other adapter methods: lr x each method's regulariser.
+        ("demo", "demo-search-lora", 3 * 9 * 3 + 3 * 3),
+        ("demo", "demo-search-lora-dropout", 3 * 9 * 3 + 3 * 3),
+        ("demo", "demo-search-dora", 3 * 9 * 3 + 3 * 3),
         ("demo", "lora-dropout-readings", 3 * 2),
         ("demo", "lora-placement", 3 * 2),
     ];
