@@ -40,7 +40,9 @@ fn predictions_name_classes_agree_merged_and_survive_a_bad_file() {
     for (path, ranked) in &preds {
         assert_eq!(ranked.len(), 3, "{path}");
         assert!(ranked.windows(2).all(|w| w[0].1 >= w[1].1), "most probable first: {ranked:?}");
-        assert!(ranked.iter().all(|(c, p)| ["0", "1", "2", "3"].contains(&c.as_str()) && (0.0..=1.0).contains(p)));
+        assert!(
+            ranked.iter().all(|(c, p)| ["0", "1", "2", "3"].contains(&c.as_str()) && (0.0..=1.0).contains(p))
+        );
     }
 
     // The predictions' accuracy on the test images is eval's (same preprocessing, same weights).
@@ -60,7 +62,8 @@ fn predictions_name_classes_agree_merged_and_survive_a_bad_file() {
     // A merged export predicts the same classes with the same probabilities (fp32 rounding).
     let merged = tmp.path().join("merged.safetensors");
     run_ok(&["export", "--run", s(&run), "--format", "merged", "--out", s(&merged)]);
-    let out = run_ok(&["predict", "--run", s(&run), "--merged", s(&merged), "--top-k", "3", "--json", s(&images)]);
+    let out =
+        run_ok(&["predict", "--run", s(&run), "--merged", s(&merged), "--top-k", "3", "--json", s(&images)]);
     for ((p1, r1), (p2, r2)) in preds.iter().zip(parse(&out)) {
         assert_eq!(*p1, p2);
         assert_eq!(r1[0].0, r2[0].0, "{p1}: merged predicts another class");
@@ -89,4 +92,46 @@ fn predictions_name_classes_agree_merged_and_survive_a_bad_file() {
     let (code, _, stderr) = cli_run(&["predict", "--run", s(&run), s(&tmp.path().join("nope"))]);
     assert_ne!(code, 0);
     assert!(stderr.contains("nope"), "{stderr}");
+}
+
+/// Every other adapter kind: the run and its merged export predict the same classes with the
+/// same probabilities (one epoch each; LoRA is the test above).
+#[test]
+fn every_kind_predicts_the_same_merged_or_not() {
+    let kinds = [
+        "kind = \"mlae\"\n[adapter.mlae]\nexperts = 4\nexpert_dropout = 0.5\ncoeff_init = 1.0",
+        "kind = \"lora-dropout\"\n[adapter.lora]\nrank = 2\nupdate_dropout = 0.3",
+        "kind = \"dora\"\n[adapter.lora]\nrank = 2",
+        "kind = \"dmlora\"\n[adapter.dmlora]\nbranches = 2\nbranch_rank = 2",
+        "kind = \"full\"",
+        "kind = \"linear-probe\"",
+    ];
+    for adapter in kinds {
+        let (tmp, cfg) = setup(adapter, 1);
+        run_ok(&["finetune", "--config", s(&cfg), "--no-progress"]);
+        let run = tmp.path().join("runs/run");
+        let images = tmp.path().join("data/kitti/images/test");
+        let merged = tmp.path().join("merged.safetensors");
+        run_ok(&["export", "--run", s(&run), "--format", "merged", "--out", s(&merged)]);
+        let plain = parse(&run_ok(&["predict", "--run", s(&run), "--top-k", "4", "--json", s(&images)]));
+        let out = run_ok(&[
+            "predict",
+            "--run",
+            s(&run),
+            "--merged",
+            s(&merged),
+            "--top-k",
+            "4",
+            "--json",
+            s(&images),
+        ]);
+        let merged = parse(&out);
+        assert_eq!(plain.len(), 24, "{adapter}");
+        for ((p, a), (_, b)) in plain.iter().zip(&merged) {
+            let prob = |r: &Vec<(String, f64)>, c: &str| r.iter().find(|x| x.0 == c).unwrap().1;
+            for (class, pa) in a {
+                assert!((pa - prob(b, class)).abs() < 1e-4, "{adapter}: {p}: {a:?} against {b:?}");
+            }
+        }
+    }
 }
