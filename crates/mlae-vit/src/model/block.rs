@@ -39,9 +39,12 @@ pub(crate) struct Norm {
 }
 
 impl Norm {
-    pub(crate) fn forward(&self, x: &Tensor, eps: f64, kind: Kind) -> Tensor {
+    /// LayerNorm in fp32 whatever the compute kind, as autocast runs it: the residual stream
+    /// it reads is fp32, and so is its output until a matrix product casts it.
+    pub(crate) fn forward(&self, x: &Tensor, eps: f64) -> Tensor {
         let d = self.weight.size()[0];
-        x.layer_norm([d], Some(cast(&self.weight, kind)), Some(cast(&self.bias, kind)), eps, true)
+        let f = Kind::Float;
+        cast(x, f).layer_norm([d], Some(cast(&self.weight, f)), Some(cast(&self.bias, f)), eps, true)
     }
 }
 
@@ -113,12 +116,22 @@ impl Block {
         hook: &mut LayerHook<'_>,
     ) -> ControlFlow<(), Tensor> {
         hook(LayerSite { block: self.index, target }, x)?;
-        ControlFlow::Continue(self.linear(target).forward(x, pass.kind, pass.ctx, pass.sampler, pass.weights))
+        // The matrix product is where autocast casts to the compute kind.
+        let x = cast(x, pass.kind);
+        ControlFlow::Continue(self.linear(target).forward(
+            &x,
+            pass.kind,
+            pass.ctx,
+            pass.sampler,
+            pass.weights,
+        ))
     }
 
     /// The block on tokens `x: (batch, tokens, dim)`. With [`Rows::ClassToken`] it returns
     /// `(batch, 1, dim)`: the class token's output, exactly as in the full block (attention
-    /// still reads every token's keys and values).
+    /// still reads every token's keys and values). In bf16 it does what autocast does: the
+    /// linear layers and attention compute in bf16, the norms, the layer scales and the
+    /// residual adds in fp32, so the residual stream `x` stays fp32.
     pub(crate) fn forward(
         &self,
         x: Tensor,
@@ -126,12 +139,12 @@ impl Block {
         rows: Rows,
         hook: &mut LayerHook<'_>,
     ) -> ControlFlow<(), Tensor> {
-        let (kind, eps, train) = (pass.kind, pass.cfg.eps, pass.ctx.train);
+        let (eps, train) = (pass.cfg.eps, pass.ctx.train);
         let rate = pass.cfg.drop_path_at(self.index);
         let (b, n, d) = x.size3().expect("tokens are (batch, tokens, dim)");
         let heads = pass.cfg.heads;
 
-        let y = self.norm1.forward(&x, eps, kind);
+        let y = self.norm1.forward(&x, eps);
         let qkv = self.apply(TargetLayer::Qkv, &y, pass, hook)?;
         let qkv = qkv.view([b, n, 3, heads, d / heads]).permute([2, 0, 3, 1, 4]);
         // `unbind`, not three `select`s: its backward stacks the three gradients into one
@@ -146,17 +159,17 @@ impl Block {
         let o = o.transpose(1, 2).reshape([b, n, d]);
         let mut o = self.apply(TargetLayer::Proj, &o, pass, hook)?;
         if let Some(g) = &self.ls1 {
-            o = o.g_mul(&cast(g, kind));
+            o = o.g_mul(&cast(g, Kind::Float));
         }
-        let x = x + drop_path(o, rate, train);
+        let x = x + drop_path(cast(&o, Kind::Float), rate, train);
 
-        let y = self.norm2.forward(&x, eps, kind);
+        let y = self.norm2.forward(&x, eps);
         let hdn = self.apply(TargetLayer::Fc1, &y, pass, hook)?.gelu("none");
         let mut o = self.apply(TargetLayer::Fc2, &hdn, pass, hook)?;
         if let Some(g) = &self.ls2 {
-            o = o.g_mul(&cast(g, kind));
+            o = o.g_mul(&cast(g, Kind::Float));
         }
-        ControlFlow::Continue(x + drop_path(o, rate, train))
+        ControlFlow::Continue(x + drop_path(cast(&o, Kind::Float), rate, train))
     }
 }
 

@@ -273,13 +273,16 @@ impl AdaptedVit {
         ParamCount { adapter, head, backbone, trainable, total: backbone + head + adapter }
     }
 
-    /// Casts the frozen backbone to `kind` (e.g. `Kind::BFloat16`) and computes in it; the
-    /// trainable tensors stay f32 master weights and are cast in the forward. Casting back to
-    /// f32 later does not restore the precision the cast lost.
+    /// Computes the matrix products (patch embedding, linear layers, attention, head) in
+    /// `kind` (e.g. `Kind::BFloat16`), as autocast does: their frozen weights are stored in
+    /// `kind` (autocast's cast, made once), while the norms, the class token, the position
+    /// table, the layer scales and the residual stream stay fp32, and the trainable tensors
+    /// stay f32 master weights cast in the forward. Casting back to f32 later does not restore
+    /// the precision the cast lost.
     pub fn set_compute_kind(&mut self, kind: Kind) {
         if !self.backbone_trainable() {
-            for (_, t) in self.backbone.tensors_mut() {
-                if t.kind() != kind {
+            for (name, t) in self.backbone.tensors_mut() {
+                if t.kind() != kind && is_matmul_weight(&name) {
                     *t = t.to_kind(kind);
                 }
             }
@@ -341,8 +344,8 @@ impl AdaptedVit {
             };
         }
         // The final norm is per token, so normalising only the class token is timm's result.
-        let cls = self.backbone.norm.forward(&h.select(1, 0), self.cfg.eps, kind);
-        Ok(ControlFlow::Continue(self.head.forward(&cls, kind).to_kind(Kind::Float)))
+        let cls = self.backbone.norm.forward(&h.select(1, 0), self.cfg.eps);
+        Ok(ControlFlow::Continue(self.head.forward(&cast(&cls, kind), kind).to_kind(Kind::Float)))
     }
 
     /// Every adapter's host-drawn weights for the forward `ctx`, in one upload.
@@ -401,24 +404,38 @@ impl AdaptedVit {
             1,
         );
         let (gh, gw) = (size[2] / p, size[3] / p);
-        let t = t.flatten(2, 3).transpose(1, 2);
-        let cls = cast(&bb.cls_token, kind).expand([size[0], -1, -1], false);
+        // The residual stream starts in fp32 in any compute kind (autocast promotes the
+        // concatenation with the fp32 class token, and the sum with the position table).
+        let f = Kind::Float;
+        let t = cast(&t, f).flatten(2, 3).transpose(1, 2);
+        let cls = cast(&bb.cls_token, f).expand([size[0], -1, -1], false);
         let g = self.cfg.grid();
         let pos = if (gh, gw) == (g, g) {
-            cast(&bb.pos_embed, kind)
+            cast(&bb.pos_embed, f)
         } else {
-            resample_pos_embed(&cast(&bb.pos_embed, kind), (gh, gw), 1, self.pos_resize())?
+            resample_pos_embed(&cast(&bb.pos_embed, f), (gh, gw), 1, self.pos_resize())?
         };
         Ok(Tensor::cat(&[cls, t], 1) + pos)
     }
 
     /// Folds every adapter into its frozen weight (`W += dW`, per layer), so the forward is the
-    /// base model's (no adapter path at all, base-model speed). Computed in f32; a bf16 weight
-    /// is rounded once. A merged model is for inference and export: its adapters get no
+    /// base model's (no adapter path at all, base-model speed). Computed and stored in f32; a
+    /// model whose frozen weights are stored in bf16 is refused. A merged model is for inference and export: its adapters get no
     /// gradient. Models without adapters (`linear-probe`, `full`) have nothing to merge.
     pub fn merge(&mut self) -> Result<()> {
         if self.is_merged() {
             return Err(VitError::Config("the adapters are already merged".into()));
+        }
+        // A bf16 weight would round most of a small update away (and unmerge could not undo it).
+        if let Some(id) =
+            self.adapted_linears().into_iter().find(|id| self.layer(*id).base.weight.kind() != Kind::Float)
+        {
+            return Err(VitError::Config(format!(
+                "cannot merge into {}: its frozen weight is stored in {:?}, which would round the update; \
+                 merge a model loaded in fp32 (mlae-cli export does)",
+                id.name(),
+                self.layer(id).base.weight.kind()
+            )));
         }
         for id in self.adapted_linears() {
             self.layer_mut(id).merge()?;
@@ -440,6 +457,15 @@ impl AdaptedVit {
         }
         Ok(())
     }
+}
+
+/// Whether a backbone tensor (timm name) feeds a matrix product: what autocast casts to the
+/// compute kind. Norms, the class token, the position table and layer scales stay fp32.
+fn is_matmul_weight(name: &str) -> bool {
+    ["patch_embed.proj.", ".attn.qkv.", ".attn.proj.", ".mlp.fc1.", ".mlp.fc2."]
+        .iter()
+        .any(|p| name.contains(p))
+        && (name.ends_with(".weight") || name.ends_with(".bias"))
 }
 
 #[cfg(test)]
@@ -514,6 +540,34 @@ mod tests {
             ["blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"]
         );
         assert_eq!(order[11], "blocks.2.mlp.fc2");
+    }
+
+    /// In bf16 the residual stream between blocks is fp32, as under autocast; the matrix
+    /// products compute in bf16.
+    #[test]
+    fn the_residual_stream_stays_fp32_in_bf16() {
+        let spec = AdapterSpec { targets: vec![TargetLayer::Qkv, TargetLayer::Fc2], ..Default::default() };
+        let mut model = AdaptedVit::new(&tiny_cfg(), &spec, 3, Device::Cpu).unwrap();
+        model.set_compute_kind(Kind::BFloat16);
+        let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let ctx = ForwardCtx::train(0, 10);
+        let mut h = model.embed(&x).unwrap();
+        assert_eq!(h.kind(), Kind::Float);
+        let pass =
+            Pass { cfg: &model.cfg, ctx: &ctx, kind: Kind::BFloat16, sampler: &model.sampler, weights: None };
+        for blk in &model.backbone.blocks {
+            let mut kinds = Vec::new();
+            let mut hook = |id: LayerSite, t: &Tensor| {
+                kinds.push((id.target, t.kind()));
+                ControlFlow::Continue(())
+            };
+            h = blk.forward(h, &pass, Rows::All, &mut hook).continue_value().unwrap();
+            assert_eq!(h.kind(), Kind::Float, "block {} output", blk.index);
+            // the norms hand fp32 to qkv and fc1; attention and GELU hand bf16 to proj and fc2
+            let want = [Kind::Float, Kind::BFloat16, Kind::Float, Kind::BFloat16];
+            assert_eq!(kinds.iter().map(|k| k.1).collect::<Vec<_>>(), want, "block {}", blk.index);
+        }
+        assert_eq!(model.forward_t(&x, &ctx).kind(), Kind::Float);
     }
 
     #[test]
