@@ -1,6 +1,7 @@
 //! End-to-end tests: the `mlae-cli` binaries driven as a user would.
 
 mod analyze;
+mod augmented;
 mod bench;
 mod check;
 mod cli;

@@ -14,6 +14,7 @@
 //! `export` and `analyze`.
 
 mod checkpointing;
+mod prefetch;
 mod session;
 mod stage;
 mod state;

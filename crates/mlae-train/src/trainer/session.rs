@@ -22,8 +22,18 @@ use tch::{Device, Kind, Tensor};
 /// Training images, resident on the device (deterministic transforms) or produced per batch
 /// on the CPU (augmentation).
 pub(super) enum TrainData {
-    Resident { images: Tensor, labels: Tensor, len: usize },
-    Augmented { set: mlae_data::AugmentedSet, labels: Tensor, size: usize },
+    Resident {
+        images: Tensor,
+        labels: Tensor,
+        len: usize,
+    },
+    Augmented {
+        set: std::sync::Arc<mlae_data::AugmentedSet>,
+        labels: Tensor,
+        size: usize,
+        /// Builds the next batch while a step runs (see [`super::prefetch`]).
+        prefetch: std::cell::RefCell<super::prefetch::Prefetcher>,
+    },
 }
 
 impl TrainData {
@@ -96,7 +106,9 @@ impl Session {
                 let set =
                     mlae_data::AugmentedSet::new(&train_list, &train_tf, num_classes, cache.as_deref())?;
                 let labels = Tensor::from_slice(set.labels()).to_device(device);
-                TrainData::Augmented { set, labels, size: size as usize }
+                let set = std::sync::Arc::new(set);
+                let prefetch = super::prefetch::Prefetcher::new(std::sync::Arc::clone(&set), cfg.train.seed);
+                TrainData::Augmented { set, labels, size: size as usize, prefetch: prefetch.into() }
             }
             _ => {
                 let set = mlae_data::load_images(

@@ -17,18 +17,30 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 impl Session {
-    /// The preprocessed images and the labels of one training batch.
-    fn train_batch(&self, idx: &[i64], epoch: u64) -> (Tensor, Tensor) {
-        let index = Tensor::from_slice(idx).to_device(self.device);
+    /// The preprocessed images and the labels of batch `b` of the epoch, whose indices are
+    /// `idx` on the host and `order` (the epoch's whole order, uploaded once) on the device.
+    /// An augmented batch comes from the prefetcher, which then starts on `next`.
+    fn train_batch(
+        &self,
+        order: &Tensor,
+        b: usize,
+        idx: &[i64],
+        next: Option<&[i64]>,
+        epoch: u64,
+    ) -> (Tensor, Tensor) {
+        let index = order.narrow(0, (b * self.cfg.train.batch_size) as i64, idx.len() as i64);
         match &self.train {
             TrainData::Resident { images, labels, .. } => (
                 self.evaluator.preprocess().apply(&images.index_select(0, &index)),
                 labels.index_select(0, &index),
             ),
-            TrainData::Augmented { set, labels, size } => {
-                let idx_usize: Vec<usize> = idx.iter().map(|&i| i as usize).collect();
-                let mut buf = vec![0u8; idx.len() * size * size * 3];
-                set.fill_batch(&idx_usize, epoch, self.cfg.train.seed, &mut buf);
+            TrainData::Augmented { labels, size, prefetch, .. } => {
+                let as_usize = |v: &[i64]| v.iter().map(|&i| i as usize).collect::<Vec<_>>();
+                let mut prefetch = prefetch.borrow_mut();
+                let buf = prefetch.take(epoch, &as_usize(idx));
+                if let Some(next) = next {
+                    prefetch.request(epoch, &as_usize(next));
+                }
                 let x = Tensor::from_data_size(
                     &buf,
                     &[idx.len() as i64, *size as i64, *size as i64, 3],
@@ -74,6 +86,8 @@ impl Session {
             let epoch = self.state.epoch;
             let epoch_start = Instant::now();
             let order = permutation(n, mix(t.seed, 0x5eed_0000 + epoch));
+            // The epoch's order goes to the device once; each step takes a slice of it.
+            let order_t = Tensor::from_slice(&order).to_device(self.device);
             let batches: Vec<&[i64]> = order.chunks(t.batch_size).collect();
             for (b, idx) in batches.iter().enumerate().skip(self.state.batch_in_epoch) {
                 if self.state.step >= max_steps {
@@ -82,7 +96,7 @@ impl Session {
                 let step = self.state.step;
                 stages.sync(&self.model, &mut self.optim, step, self.total_steps);
                 let step_start = Instant::now();
-                let (x, y) = self.train_batch(idx, epoch);
+                let (x, y) = self.train_batch(&order_t, b, idx, batches.get(b + 1).copied(), epoch);
                 let lrs =
                     group_lrs(self.model.plan().schedule(), &self.optim.group_roles, &self.schedule, step);
                 let ctx = ForwardCtx::train(step, self.total_steps);
