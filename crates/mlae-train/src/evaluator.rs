@@ -15,7 +15,7 @@ use crate::metrics::EvalResult;
 use crate::setup::{build_model, load_eval_split, open_task, setup_device, warn_if_random_backbone};
 use mlae_core::AdapterKind;
 use mlae_data::{ImageSet, Normalization};
-use mlae_vit::{AdaptedVit, ForwardCtx};
+use mlae_vit::{AdaptedVit, ForwardCtx, transfer};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -115,24 +115,53 @@ impl Evaluator {
         &self,
         model: &AdaptedVit,
         set: &ImageSet,
+        dump: Option<&mut Vec<f32>>,
+    ) -> Evaluation {
+        self.run(model, set, None, dump)
+    }
+
+    /// [`Evaluator::evaluate_counted`] on a split that may be resident on the device, which
+    /// then uploads nothing.
+    pub fn evaluate_split(
+        &self,
+        model: &AdaptedVit,
+        split: &EvalSplit,
+        dump: Option<&mut Vec<f32>>,
+    ) -> Evaluation {
+        self.run(model, &split.set, split.resident.as_ref(), dump)
+    }
+
+    fn run(
+        &self,
+        model: &AdaptedVit,
+        set: &ImageSet,
+        resident: Option<&(Tensor, Tensor)>,
         mut dump: Option<&mut Vec<f32>>,
     ) -> Evaluation {
         let bs = self.batch_size;
         let ctx = ForwardCtx::eval();
         let (mut loss_sum, mut counts, mut classes) = (None::<Tensor>, None::<Tensor>, 0i64);
+        let (h, w) = (set.height as i64, set.width as i64);
         tch::no_grad(|| {
-            let labels = Tensor::from_slice(&set.labels).to_device(self.device);
+            let labels = match resident {
+                Some((_, labels)) => labels.shallow_clone(),
+                None => transfer::upload_i64(&set.labels, self.device),
+            };
             for start in (0..set.len).step_by(bs) {
                 let end = (start + bs).min(set.len);
-                let pixels =
-                    &set.pixels()[start * set.height * set.width * 3..end * set.height * set.width * 3];
-                let x = Tensor::from_data_size(
-                    pixels,
-                    &[(end - start) as i64, set.height as i64, set.width as i64, 3],
-                    Kind::Uint8,
-                )
-                .to_device(self.device);
-                let y = labels.narrow(0, start as i64, (end - start) as i64);
+                let n = (end - start) as i64;
+                let x = match resident {
+                    Some((images, _)) => images.narrow(0, start as i64, n),
+                    None => {
+                        let stride = set.height * set.width * 3;
+                        transfer::upload_u8(
+                            &set.pixels()[start * stride..end * stride],
+                            &[n, h, w, 3],
+                            self.device,
+                        )
+                    }
+                };
+                let y = labels.narrow(0, start as i64, n);
                 let logits = model.forward_t(&self.preprocess.apply(&x), &ctx).to_kind(Kind::Float);
                 classes = logits.size()[1];
                 let batch_loss = logits
@@ -156,14 +185,14 @@ impl Evaluator {
                 }
             }
         });
-        let loss_sum = loss_sum.map_or(0.0, |t| t.double_value(&[]));
-        let confusion: Vec<u64> = counts.map_or_else(Vec::new, |t| {
-            Vec::<i64>::try_from(t.to_device(Device::Cpu))
-                .expect("i64 counts")
-                .into_iter()
-                .map(|n| n as u64)
-                .collect()
-        });
+        // One read for the loss sum and the matrix together (counts are exact in f64).
+        let (loss_sum, confusion) = match (loss_sum, counts) {
+            (Some(loss), Some(c)) => {
+                let both = transfer::read_f64(&Tensor::cat(&[loss.view([1]), c.to_kind(Kind::Double)], 0));
+                (both[0], both[1..].iter().map(|&v| v as u64).collect::<Vec<u64>>())
+            }
+            _ => (0.0, Vec::new()),
+        };
         let correct: u64 = (0..classes as usize).map(|i| confusion[i * classes as usize + i]).sum();
         let n = set.len.max(1) as f64;
         Evaluation {
@@ -171,6 +200,37 @@ impl Evaluator {
             confusion,
             classes: classes as usize,
         }
+    }
+}
+
+/// An evaluation split of a training run, its pixels and labels kept on the device when they
+/// fit there ([`EvalSplit::keep_on`]), so each epoch's evaluation uploads nothing.
+pub struct EvalSplit {
+    pub set: ImageSet,
+    resident: Option<(Tensor, Tensor)>,
+}
+
+impl EvalSplit {
+    pub fn new(set: ImageSet) -> Self {
+        Self { set, resident: None }
+    }
+
+    /// Copies the split to `device` once (two uploads: images and labels).
+    pub fn keep_on(&mut self, device: Device) {
+        let s = &self.set;
+        let images =
+            transfer::upload_u8(s.pixels(), &[s.len as i64, s.height as i64, s.width as i64, 3], device);
+        self.resident = Some((images, transfer::upload_i64(&s.labels, device)));
+    }
+
+    /// Whether the split lives on the device.
+    pub fn is_resident(&self) -> bool {
+        self.resident.is_some()
+    }
+
+    /// The split's size in bytes (pixels and labels).
+    pub fn bytes(&self) -> usize {
+        self.set.len * (self.set.height * self.set.width * 3 + 8)
     }
 }
 
@@ -326,6 +386,73 @@ mod tests {
         assert_eq!(checkpoint_path(dir.path(), WhichCheckpoint::Best), run.best_checkpoint());
         assert_eq!(WhichCheckpoint::reported(Protocol::Paper), WhichCheckpoint::Last);
         assert_eq!(WhichCheckpoint::reported(Protocol::Val), WhichCheckpoint::Best);
+    }
+
+    /// A list task of `n` 8 px PNGs in 3 classes, decoded.
+    fn image_set(n: usize) -> (tempfile::TempDir, ImageSet) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut list = String::new();
+        for i in 0..n {
+            let img = image::RgbImage::from_fn(8, 8, |x, y| {
+                image::Rgb([(x * 30) as u8, (y * 30) as u8, (i * 20) as u8])
+            });
+            img.save(dir.join(format!("{i}.png"))).unwrap();
+            list.push_str(&format!("{i}.png {}\n", i % 3));
+        }
+        std::fs::write(dir.join("test.txt"), list).unwrap();
+        let src = mlae_data::DataSource {
+            benchmark: mlae_data::Benchmark::List,
+            task: "t".into(),
+            root: tmp.path().into(),
+        };
+        let split = mlae_data::open_task(&src).unwrap().split("test").unwrap();
+        let set = mlae_data::load_images(&split, &mlae_data::Transform::vtab(8), 3, None, 0).unwrap();
+        (tmp, set)
+    }
+
+    /// An evaluation reads the device once; a resident split uploads nothing, one on the host
+    /// uploads its labels once and each batch's pixels; the results are the same.
+    #[test]
+    fn an_evaluation_reads_once_and_a_resident_split_uploads_nothing() {
+        let (_tmp, set) = image_set(10);
+        let vit = mlae_vit::VitConfig {
+            preset: None,
+            patch_size: 4,
+            dim: 16,
+            depth: 1,
+            heads: 2,
+            mlp_dim: 32,
+            in_chans: 3,
+            image_size: 8,
+            num_classes: 3,
+            qkv_bias: true,
+            layer_scale: false,
+            layer_scale_init: 1.0,
+            drop_path: 0.0,
+            eps: 1e-6,
+        };
+        let model = AdaptedVit::new(&vit, &mlae_core::AdapterSpec::default(), 0, Device::Cpu).unwrap();
+        let ev = Evaluator {
+            preprocess: Preprocess::new(Normalization::Imagenet, Precision::Fp32, Device::Cpu),
+            batch_size: 4,
+            device: Device::Cpu,
+        };
+        let mut split = EvalSplit::new(set);
+        let t0 = transfer::Transfers::now();
+        let host = ev.evaluate_split(&model, &split, None);
+        let t1 = transfer::Transfers::now();
+        assert_eq!(t1.since(t0), transfer::Transfers { reads: 1, uploads: 1 + 3 }, "labels + 3 batches");
+        split.keep_on(Device::Cpu);
+        let t2 = transfer::Transfers::now();
+        let resident = ev.evaluate_split(&model, &split, None);
+        assert_eq!(transfer::Transfers::now().since(t2), transfer::Transfers { reads: 1, uploads: 0 });
+        assert_eq!(
+            (host.result.acc, host.result.loss, &host.confusion),
+            (resident.result.acc, resident.result.loss, &resident.confusion)
+        );
+        assert_eq!(host.confusion.iter().sum::<u64>(), 10);
     }
 
     #[test]

@@ -247,6 +247,11 @@ fn cgroup_files(proc_cgroup: &str, root: &Path) -> Vec<(PathBuf, PathBuf, PathBu
 
 /// Free memory of CUDA device `index` through the driver (the primary context, which
 /// libtorch uses), or `None` when the driver cannot say.
+/// Free memory on CUDA device `index` as the driver reports it (`None` when it cannot be asked).
+pub fn gpu_free_bytes(index: usize) -> Option<usize> {
+    gpu_room(index).map(|r| r.bytes as usize)
+}
+
 fn gpu_room(index: usize) -> Option<Room> {
     use std::ffi::c_void;
     type Init = unsafe extern "C" fn(u32) -> i32;

@@ -39,6 +39,18 @@ pub fn upload_f32(values: &[f32], device: Device) -> Tensor {
     Tensor::from_slice(values).to_device(device)
 }
 
+/// `bytes` (uint8, row-major `shape`) on `device`: one upload (images).
+pub fn upload_u8(bytes: &[u8], shape: &[i64], device: Device) -> Tensor {
+    COUNTS.with(|c| c.set(Transfers { uploads: c.get().uploads + 1, ..c.get() }));
+    Tensor::from_data_size(bytes, shape, Kind::Uint8).to_device(device)
+}
+
+/// `values` as a 1-d i64 tensor on `device`: one upload (labels, indices).
+pub fn upload_i64(values: &[i64], device: Device) -> Tensor {
+    COUNTS.with(|c| c.set(Transfers { uploads: c.get().uploads + 1, ..c.get() }));
+    Tensor::from_slice(values).to_device(device)
+}
+
 /// The values of `t` (any shape, any numeric kind) as f64 on the host: one read.
 pub fn read_f64(t: &Tensor) -> Vec<f64> {
     COUNTS.with(|c| c.set(Transfers { reads: c.get().reads + 1, ..c.get() }));

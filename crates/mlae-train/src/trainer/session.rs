@@ -6,7 +6,7 @@ use super::checkpointing;
 use super::state::LoopState;
 use crate::config::{ExperimentConfig, Protocol};
 use crate::error::{Result, TrainError};
-use crate::evaluator::Evaluator;
+use crate::evaluator::{EvalSplit, Evaluator};
 use crate::lr_schedule::LrSchedule;
 use crate::metrics::GpuMemProbe;
 use crate::rundir::RunDir;
@@ -14,7 +14,7 @@ use crate::setup::{
     build_model, load_eval_split, open_task, setup_device, transforms, warn_if_random_backbone,
 };
 use crate::step::{Optimizer, TrainStep, param_groups};
-use mlae_data::{ImageSet, Transform};
+use mlae_data::Transform;
 use mlae_vit::AdaptedVit;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
@@ -58,7 +58,7 @@ pub(super) struct Session {
     pub(super) step: TrainStep,
     pub(super) schedule: LrSchedule,
     pub(super) train: TrainData,
-    pub(super) evals: Vec<(String, ImageSet)>,
+    pub(super) evals: Vec<(String, EvalSplit)>,
     /// Evaluates the model and preprocesses every batch, training batches included.
     pub(super) evaluator: Evaluator,
     pub(super) total_steps: u64,
@@ -134,8 +134,15 @@ impl Session {
         }
         let mut evals = Vec::new();
         for split in eval_splits {
-            let set = load_eval_split(&cfg, &task, &split)?;
-            evals.push((split, set));
+            let mut eval = EvalSplit::new(load_eval_split(&cfg, &task, &split)?);
+            // On a GPU the split stays there when it fits (with room to spare for training),
+            // so each epoch's evaluation uploads nothing.
+            if let Device::Cuda(i) = device
+                && crate::memcheck::gpu_free_bytes(i).is_some_and(|free| eval.bytes() * 4 < free)
+            {
+                eval.keep_on(device);
+            }
+            evals.push((split, eval));
         }
 
         let evaluator = Evaluator::new(&cfg, device);

@@ -42,7 +42,7 @@ impl Session {
         // epoch evaluated (not after a resume at the end), else measured now.
         let final_confusion = match self.test_confusion.take() {
             Some((epoch, counts)) if epoch == last_epoch => counts,
-            _ => self.evaluator.evaluate_counted(&self.model, test_set, None).confusion,
+            _ => self.evaluator.evaluate_split(&self.model, test_set, None).confusion,
         };
         let final_test = match rows.last().and_then(|m| m.eval.get(&test_split)) {
             Some(r) if rows.last().is_some_and(|m| m.epoch == last_epoch) => r.acc,
@@ -65,7 +65,7 @@ impl Session {
                 let selected_acc = if best.is_file() {
                     let current = snapshot(&self.model);
                     load_params(&self.model, &best)?;
-                    let out = self.evaluator.evaluate_counted(&self.model, test_set, None);
+                    let out = self.evaluator.evaluate_split(&self.model, test_set, None);
                     restore_params(&self.model, current);
                     reported_confusion = out.confusion;
                     out.result.acc

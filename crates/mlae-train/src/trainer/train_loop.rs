@@ -189,7 +189,7 @@ impl Session {
         let split = self.cfg.val_split();
         let mut score = None;
         if let Some((_, set)) = self.evals.iter().find(|(name, _)| *name == split) {
-            let r = self.evaluator.evaluate(&self.model, set, None);
+            let r = self.evaluator.evaluate_split(&self.model, set, None).result;
             self.run.append_rung(&mlae_formats::RungScore {
                 epoch,
                 step,
@@ -266,7 +266,7 @@ impl Session {
         let test = self.cfg.test_split();
         let mut eval = BTreeMap::new();
         for (split, set) in &self.evals {
-            let out = self.evaluator.evaluate_counted(&self.model, set, None);
+            let out = self.evaluator.evaluate_split(&self.model, set, None);
             if *split == test {
                 self.test_confusion = Some((epoch, out.confusion));
             }
