@@ -266,6 +266,17 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
         "| method | protocol | params (M) | wall (min/run) | {} | Mean |",
         tasks.join(" | ")
     )));
+    // One task's per-class results: the finals' test confusion matrices summed over the two
+    // seeds (equal test sets, so the overall accuracy is the mean of the two), and a PNG.
+    let out = tmp.path().join("report-confusion");
+    let md = stdout(&run_ok(
+        xtask().args(["report", "--confusion", "mnist5k", "--out"]).arg(&out).arg("--sweep").arg(&sweep),
+    ));
+    assert!(md.contains("## Per-class test accuracy on `mnist5k` (summed over seeds)"), "{md}");
+    let overall = (acc("mnist5k", 0) + acc("mnist5k", 1)) / 2.0;
+    let line = md.lines().find(|l| l.starts_with("| mlae | 2 | ")).unwrap_or_else(|| panic!("{md}"));
+    assert!(line.starts_with(&format!("| mlae | 2 | {overall:.1} |")), "{line}");
+    assert!(out.join("confusion-mnist5k-mlae.png").is_file());
     for fin in &finals {
         let c = &selection[fin];
         let line = format!(
