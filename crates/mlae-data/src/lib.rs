@@ -9,7 +9,8 @@
 //!   parallel and deterministically, through an on-disk cache that later runs memory-map;
 //!   [`AugmentedSet`] does the same for per-epoch random crops.
 //! - [`check`] validates a dataset tree and reports every problem; [`demo`] builds the demo
-//!   tasks from the csv.gz files that PyPI packages carry and the IDX files of Debian packages.
+//!   tasks from the csv.gz files that PyPI packages carry and the IDX files of Debian packages;
+//!   [`structured`] draws the demo's structured tasks (position, orientation, counting).
 
 mod alloc;
 mod catalogue;
@@ -24,6 +25,7 @@ mod paths;
 mod resample;
 mod rng;
 mod split_file;
+pub mod structured;
 mod task;
 mod transform;
 
