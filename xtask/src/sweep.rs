@@ -35,7 +35,8 @@ pub struct SweepArgs {
     /// A grid under configs/grids (paper, search, ablation-masking, baselines) or a path to one.
     #[arg(long, default_value = "paper")]
     pub grid: String,
-    /// Only these tasks, comma-separated (default: every task of the benchmark).
+    /// Only these tasks, comma-separated (default: every task of the benchmark but the demo's opt-in
+    /// ones, which run only when named here).
     #[arg(long, value_delimiter = ',')]
     pub tasks: Vec<String>,
     /// Seeds, comma-separated (default: the grid's for the benchmark).

@@ -2,7 +2,8 @@
 //! wheels, IDX files in Debian packages), turned into VTAB-layout task folders (PNG images plus
 //! the four list files) so that the quickstart and the tests run the real loaders on real
 //! images. The download lives in `cargo xtask fetch-demo`; the conversion lives here, where it
-//! can be tested without a network.
+//! can be tested without a network. The generated tasks (`crate::structured`) are written by
+//! the same code.
 
 use crate::catalogue::TaskSpec;
 use crate::check::{CheckOptions, check_spec};
@@ -217,7 +218,7 @@ pub fn pooled_splits(
     Ok(DemoSplits { train800: trainval.train800, val200: trainval.val200, test: test.test })
 }
 
-fn split_sizes(sizes: &BTreeMap<String, usize>) -> Result<(usize, usize, usize)> {
+pub(crate) fn split_sizes(sizes: &BTreeMap<String, usize>) -> Result<(usize, usize, usize)> {
     let size = |name: &str| {
         sizes.get(name).copied().ok_or_else(|| DataError::Invalid(format!("demo task sizes lack `{name}`")))
     };
@@ -302,7 +303,7 @@ pub enum TaskState {
 
 /// `SOURCE.txt`: what the task was built from and how. `sha256` is the value of the last line
 /// (the digest of what was read), which the staleness check ignores.
-fn stamp_text(task: &DemoTask, sha256: &str) -> String {
+pub(crate) fn stamp_text(task: &DemoTask, sha256: &str) -> String {
     let mut text = format!("source = \"{}\"\n", task.source.describe());
     if let DemoSource::Debian(src) = &task.source {
         text += &format!("archive = \"{}\"\nurl = \"{}\"\n", src.archive, src.url);
@@ -389,7 +390,7 @@ pub fn build_deb_task(members: &IdxMembers, task: &DemoTask, demo_root: &Path) -
 
 /// Writes the task folder: train800 and val200 are rows of `trainval`, test rows of `test`
 /// (the same rows for a single-pool source); each image is named by its row.
-fn write_task(
+pub(crate) fn write_task(
     trainval: &DemoRows,
     test: &DemoRows,
     splits: &DemoSplits,
@@ -467,7 +468,7 @@ fn write_task(
     Ok(BuiltTask { dir: dest, splits, bytes: total })
 }
 
-fn sha2_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha2_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -10,7 +10,8 @@
 //!   [`AugmentedSet`] does the same for per-epoch random crops; [`load_image`] one file on
 //!   its own (prediction).
 //! - [`check`] validates a dataset tree and reports every problem; [`demo`] builds the demo
-//!   tasks from the csv.gz files that PyPI packages carry and the IDX files of Debian packages.
+//!   tasks from the csv.gz files that PyPI packages carry and the IDX files of Debian packages;
+//!   [`structured`] draws the demo's structured tasks (position, orientation, counting).
 
 mod alloc;
 mod catalogue;
@@ -26,6 +27,7 @@ mod resample;
 mod rng;
 mod single;
 mod split_file;
+pub mod structured;
 mod task;
 mod transform;
 

@@ -90,7 +90,7 @@ pub struct DemoManifest {
     pub models: Vec<DemoModel>,
 }
 
-/// A demo task built from real images that a package registry carries.
+/// A demo task: real images that a package registry carries, or images the toolkit generates.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoTask {
@@ -98,6 +98,12 @@ pub struct DemoTask {
     pub title: String,
     pub folder: String,
     pub classes: usize,
+    /// Which of the demo's groups a report puts the task in.
+    pub group: DemoGroup,
+    /// Whether a sweep leaves the task out unless `--tasks` names it (tasks added to the demo
+    /// benchmark after its published runs, so that the default sweeps stay as they were).
+    #[serde(default)]
+    pub opt_in: bool,
     /// Exact line counts of all four list files.
     pub sizes: BTreeMap<String, usize>,
     /// Seed of the stratified shuffle that makes the splits.
@@ -109,7 +115,29 @@ pub struct DemoTask {
     pub source: DemoSource,
 }
 
-/// Where a demo task's images come from: `from = "pypi"` or `from = "debian"`.
+/// The demo's task groups, the counterpart of VTAB-1k's domains: recognising what an image
+/// shows, or reading its geometry (where, how turned, how many), where the MLAE paper reports
+/// its largest gain (VTAB-1k's structured group, section 4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DemoGroup {
+    /// Classifying real images (digits, clothes).
+    Image,
+    /// Generated scenes whose label is a geometric property (`from = "generated"`).
+    Structured,
+}
+
+impl DemoGroup {
+    /// The group's title in tables.
+    pub fn title(self) -> &'static str {
+        match self {
+            DemoGroup::Image => "Image tasks",
+            DemoGroup::Structured => "Structured tasks",
+        }
+    }
+}
+
+/// Where a demo task's images come from: `from = "pypi"`, `"debian"` or `"generated"`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "from", rename_all = "lowercase")]
 pub enum DemoSource {
@@ -118,6 +146,9 @@ pub enum DemoSource {
     /// IDX files (MNIST's format) inside a Debian package; train800val200 is drawn from its
     /// training images, test from its test images.
     Debian(DebSource),
+    /// Scenes drawn by the toolkit itself (`crate::structured`), seeded by the task's `seed`;
+    /// nothing is downloaded.
+    Generated(GenSource),
 }
 
 impl DemoSource {
@@ -126,6 +157,7 @@ impl DemoSource {
         match self {
             DemoSource::Pypi(s) => s.describe(),
             DemoSource::Debian(s) => s.describe(),
+            DemoSource::Generated(s) => s.describe(),
         }
     }
 
@@ -134,6 +166,59 @@ impl DemoSource {
         match self {
             DemoSource::Pypi(s) => s.side,
             DemoSource::Debian(s) => s.side,
+            DemoSource::Generated(s) => s.side,
+        }
+    }
+
+    /// Whether building the task downloads something (a generated task does not).
+    pub fn needs_network(&self) -> bool {
+        !matches!(self, DemoSource::Generated(_))
+    }
+}
+
+/// A generated task: which scenes, at which size. The number of classes is the task's
+/// `classes` (bins of position or angle, or the largest count).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenSource {
+    pub generator: Generator,
+    /// Images are `side` x `side` grey.
+    pub side: u32,
+}
+
+impl GenSource {
+    /// `generated:<generator>:v<version>:side=<side>`, recorded next to the built task; the
+    /// version changes with the drawing code, so that old builds are redone.
+    pub fn describe(&self) -> String {
+        format!(
+            "generated:{}:v{}:side={}",
+            self.generator.name(),
+            crate::structured::GENERATOR_VERSION,
+            self.side
+        )
+    }
+}
+
+/// The scene generators of `crate::structured`. The numbers pick each generator's random
+/// streams: a generator keeps its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Generator {
+    /// One sprite; label: its horizontal position, binned.
+    DspritesLoc = 1,
+    /// One sprite without rotational symmetry; label: its orientation, binned.
+    DspritesOri = 2,
+    /// 1..=classes separate objects; label: their number minus one.
+    Count = 3,
+}
+
+impl Generator {
+    /// The manifest's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Generator::DspritesLoc => "dsprites_loc",
+            Generator::DspritesOri => "dsprites_ori",
+            Generator::Count => "count",
         }
     }
 }
@@ -307,6 +392,10 @@ fn check_demo(m: &DemoManifest) -> Result<(), String> {
                     ));
                 }
             }
+            DemoSource::Generated(src) => {
+                crate::structured::check_source(src, t.classes)
+                    .map_err(|e| format!("task {}: {e}", t.name))?;
+            }
         }
     }
     Ok(())
@@ -385,12 +474,34 @@ mod tests {
     }
 
     #[test]
-    fn demo_manifest_lists_three_tasks_from_pypi_and_debian() {
+    fn demo_manifest_lists_three_image_tasks_from_pypi_and_debian_and_three_generated_ones() {
         let m = demo().unwrap();
         let names: Vec<&str> = m.tasks.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["mnist5k", "digits", "fashion_mnist"]);
-        assert!(m.tasks.iter().all(|t| t.classes == 10 && t.sizes["train800val200"] == 1000));
+        assert_eq!(names, ["mnist5k", "digits", "fashion_mnist", "dsprites_loc", "dsprites_ori", "count"]);
+        let (images, structured) = m.tasks.split_at(3);
+        assert!(images.iter().all(|t| t.classes == 10 && t.group == DemoGroup::Image && !t.opt_in));
+        assert!(images.iter().all(|t| t.source.needs_network()));
+        assert!(m.tasks.iter().all(|t| t.sizes["train800val200"] == 1000));
         let task = |name: &str| m.tasks.iter().find(|t| t.name == name).unwrap();
+        for t in structured {
+            let DemoSource::Generated(src) = &t.source else { panic!("{}: not generated", t.name) };
+            assert_eq!(src.generator.name(), t.name, "each generated task is named after its generator");
+            assert_eq!(
+                (t.group, t.opt_in, t.source.needs_network(), src.side),
+                (DemoGroup::Structured, true, false, 64)
+            );
+            let expected: BTreeMap<String, usize> =
+                [("train800", 800), ("val200", 200), ("train800val200", 1000), ("test", 1000)]
+                    .map(|(k, v)| (k.to_string(), v))
+                    .into();
+            assert_eq!(t.sizes, expected);
+        }
+        let classes: Vec<usize> = structured.iter().map(|t| t.classes).collect();
+        assert_eq!(classes, [8, 8, 10], "8 position bins, 8 angle bins, 1 to 10 objects");
+        assert_eq!(
+            task("count").source.describe(),
+            format!("generated:count:v{}:side=64", crate::structured::GENERATOR_VERSION)
+        );
         let DemoSource::Pypi(mnist) = &task("mnist5k").source else { panic!("mnist5k: not from PyPI") };
         assert_eq!((mnist.rows, mnist.side, task("mnist5k").sizes["test"]), (5000, 28, 1000));
         let digits = task("digits");
@@ -427,6 +538,7 @@ name = "t"
 title = "T"
 folder = "t"
 classes = 10
+group = "image"
 sizes = { train800 = 8, val200 = 2, train800val200 = 10, test = 5 }
 seed = 0
 licence = "MIT"
@@ -453,6 +565,35 @@ side = 28
         t.sizes.insert("test".into(), 6);
         let err = check_demo(&m).unwrap_err();
         assert!(err.contains("test 6 of the 5 test images"), "{err}");
+    }
+
+    #[test]
+    fn generated_sources_name_a_known_generator_and_drawable_classes() {
+        let with = |from: &str, to: &str| {
+            assert!(DEMO_TOML.contains(from), "{from}");
+            parse::<DemoManifest>("demo.toml", &DEMO_TOML.replacen(from, to, 1))
+        };
+        let err = with("generator = \"count\"", "generator = \"clevr\"").unwrap_err();
+        assert!(err.contains("clevr") && err.contains("count"), "{err}");
+        let err = with("generator = \"count\", side = 64", "generator = \"count\", side = 64, seed = 1")
+            .unwrap_err();
+        assert!(err.contains("seed"), "{err}");
+        let err =
+            with("classes = 10\ngroup = \"structured\"", "classes = 10\ngroup = \"natural\"").unwrap_err();
+        assert!(err.contains("natural") && err.contains("structured"), "{err}");
+        let m = with("classes = 10\ngroup = \"structured\"", "classes = 12\ngroup = \"structured\"").unwrap();
+        let err = check_demo(&m).unwrap_err();
+        assert!(err.starts_with("task count: ") && err.contains("at most 10 objects"), "{err}");
+        let m = with("generator = \"dsprites_loc\", side = 64", "generator = \"dsprites_loc\", side = 8")
+            .unwrap();
+        assert!(check_demo(&m).unwrap_err().contains("side 8 is not in"));
+        // A task without a group is an error, not silently an image task.
+        let err = with(
+            "folder = \"digits\"\nclasses = 10\ngroup = \"image\"\n",
+            "folder = \"digits\"\nclasses = 10\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("group"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use mlae_data::demo::{
     IdxMembers, STAMP_FILE, TaskState, build_deb_task, build_task, parse_csv_gz, parse_idx_gz, pooled_splits,
     stratified_splits, task_state,
 };
-use mlae_data::manifest::{CsvSource, DebSource, DemoSource, DemoTask, IdxFiles};
+use mlae_data::manifest::{CsvSource, DebSource, DemoGroup, DemoSource, DemoTask, IdxFiles};
 use mlae_data::{Benchmark, DataError, DataSource, Transform, load_images, open_task};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -35,6 +35,8 @@ fn task(rows: usize, train: usize, val: usize, test: usize) -> DemoTask {
         title: "tiny".into(),
         folder: "mnist5k".into(),
         classes: 4,
+        group: DemoGroup::Image,
+        opt_in: false,
         sizes,
         seed: 0,
         licence: None,

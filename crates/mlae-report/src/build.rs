@@ -8,7 +8,7 @@ use crate::halving::{halving_tables, read_halving};
 use crate::published::Published;
 use crate::results::{RunResult, Table, collect};
 use crate::vtab::vtab_tables;
-use mlae_data::Benchmark;
+use mlae_data::{Benchmark, TaskGroup};
 use mlae_plot::BarChart;
 use mlae_sweep::SweepDir;
 use mlae_sweep::select::Selection;
@@ -63,7 +63,6 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
     let Some(first) = sweeps.first() else { bail!("no sweep directory given") };
     let record = first.read_record()?;
     let bench: Benchmark = record.benchmark.parse().map_err(ReportError::Invalid)?;
-    let groups = bench.task_groups()?;
     let mut notes = Vec::new();
     let mut results = collect(first, &mut notes)?;
     // each sweep's name in headings; a halving search's rows keep apart from a full search's
@@ -87,6 +86,7 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
     if !opts.timings {
         results.iter_mut().for_each(|r| r.wall_seconds = None);
     }
+    let groups = report_groups(bench, &results)?;
     if results.is_empty() {
         let dirs: Vec<String> = sweeps.iter().map(|s| s.root.display().to_string()).collect();
         bail!("{}: no finished runs yet (see cargo xtask sweep --status {})", dirs.join(", "), dirs[0]);
@@ -145,6 +145,21 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
         }
     }
     Ok(Report { markdown: md, csv, chart, confusions })
+}
+
+/// The benchmark's task groups as the report's columns. An opt-in task (the demo's generated
+/// ones) is a column only where the sweeps ran it, so that the reports of the default sweeps
+/// stay as they were.
+pub(crate) fn report_groups(bench: Benchmark, results: &[RunResult]) -> Result<Vec<TaskGroup>> {
+    let default = bench.default_tasks()?;
+    Ok(bench
+        .task_groups()?
+        .into_iter()
+        .filter_map(|mut g| {
+            g.tasks.retain(|t| default.contains(t) || results.iter().any(|r| &r.task == t));
+            (!g.tasks.is_empty()).then_some(g)
+        })
+        .collect())
 }
 
 /// A sweep's name in the report: its grid, and `, halving` for a `--search halving` sweep.

@@ -299,3 +299,19 @@ fn a_second_sweeps_rows_keep_apart_from_the_firsts_of_the_same_name() {
     assert_eq!(t.cell("dora", "a"), Some(92.0), "a name only one grid has stays as it is");
     assert_eq!(t.cell("lora", "a"), Some(91.0));
 }
+
+#[test]
+fn the_demos_opt_in_tasks_are_columns_only_where_a_sweep_ran_them() {
+    let names = |groups: Vec<TaskGroup>| -> Vec<(String, Vec<String>)> {
+        groups.into_iter().map(|g| (g.name, g.tasks)).collect()
+    };
+    let image = ["mnist5k", "digits", "fashion_mnist"].map(String::from).to_vec();
+    let default = vec![r("mnist5k", "mlae", 0, 90.0)];
+    let got = names(crate::build::report_groups(Benchmark::Demo, &default).unwrap());
+    assert_eq!(got, [("Image tasks".to_string(), image.clone())]);
+    let with_count = vec![r("mnist5k", "mlae", 0, 90.0), r("count", "mlae", 0, 50.0)];
+    let got = names(crate::build::report_groups(Benchmark::Demo, &with_count).unwrap());
+    assert_eq!(got, [("Image tasks".to_string(), image), ("Structured tasks".into(), vec!["count".into()])]);
+    let vtab = crate::build::report_groups(Benchmark::Vtab, &[]).unwrap();
+    assert_eq!(vtab, Benchmark::Vtab.task_groups().unwrap(), "VTAB-1k has no opt-in tasks");
+}

