@@ -17,9 +17,9 @@ pub struct TaskGroup {
 }
 
 impl Benchmark {
-    /// The benchmarks with a task manifest, which a sweep can run (`list` has none).
+    /// The benchmarks with a task manifest, which a sweep can run (`list` and `folder` have none).
     pub fn with_manifest() -> Vec<Benchmark> {
-        Benchmark::ALL.into_iter().filter(|b| *b != Benchmark::List).collect()
+        Benchmark::ALL.into_iter().filter(|b| !matches!(b, Benchmark::List | Benchmark::Folder)).collect()
     }
 
     /// Whether results are reported as group means plus their mean, as the paper does for
@@ -90,5 +90,6 @@ mod tests {
         assert!(!Benchmark::Fgvc.has_domain_groups());
         assert_eq!(Benchmark::with_manifest(), [Benchmark::Vtab, Benchmark::Fgvc, Benchmark::Demo]);
         assert!(Benchmark::List.task_groups().unwrap().is_empty());
+        assert!(Benchmark::Folder.task_groups().unwrap().is_empty());
     }
 }

@@ -236,6 +236,7 @@ impl ExperimentConfig {
             benchmark: self.data.benchmark,
             task: self.data.task.clone(),
             root: self.data.root.clone(),
+            split: None,
         }
     }
 
