@@ -187,7 +187,7 @@ pub enum DataError {
         class: String,
         /// The split it is in.
         split: String,
-        /// The train split's class names, comma-separated.
+        /// The train split's class names, comma-separated (the first ten).
         known: String,
     },
     /// An image directly in a folder task's split folder, which belongs to no class.

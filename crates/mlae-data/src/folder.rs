@@ -154,7 +154,7 @@ fn scan_split(name: String, dir: PathBuf, classes: &[String]) -> ScannedSplit {
                 dir: e.path,
                 class: e.name,
                 split: s.name.clone(),
-                known: classes.join(", "),
+                known: known_classes(classes),
             });
             continue;
         };
@@ -179,6 +179,16 @@ fn scan_split(name: String, dir: PathBuf, classes: &[String]) -> ScannedSplit {
         .map(|(i, (label, path))| Item { path, label: label as i64, line: i + 1 })
         .collect();
     s
+}
+
+/// The train split's class names for a message: the first ten, and the count of the rest.
+fn known_classes(classes: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let shown = classes.iter().take(SHOWN).map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+    match classes.len().saturating_sub(SHOWN) {
+        0 => shown,
+        rest => format!("{shown} and {rest} more"),
+    }
 }
 
 /// Collects the images under `dir` (a class folder or one of its subfolders).
