@@ -20,11 +20,16 @@ pub enum Benchmark {
     Demo,
     /// A user's own data: `<root>/<task>/<split>.txt` list files, any split names.
     List,
+    /// A user's own photos in torchvision's ImageFolder layout:
+    /// `<root>/<task>/<split>/<class>/<image>` (images at any depth under the class folder);
+    /// the classes are the sorted folder names of the `train` split.
+    Folder,
 }
 
 impl Benchmark {
     /// Every benchmark, in documentation order.
-    pub const ALL: [Benchmark; 4] = [Benchmark::Vtab, Benchmark::Fgvc, Benchmark::Demo, Benchmark::List];
+    pub const ALL: [Benchmark; 5] =
+        [Benchmark::Vtab, Benchmark::Fgvc, Benchmark::Demo, Benchmark::List, Benchmark::Folder];
 
     /// The lowercase name used in configs and on the command line.
     pub fn name(self) -> &'static str {
@@ -33,10 +38,11 @@ impl Benchmark {
             Benchmark::Fgvc => "fgvc",
             Benchmark::Demo => "demo",
             Benchmark::List => "list",
+            Benchmark::Folder => "folder",
         }
     }
 
-    /// The tasks the manifest lists (empty for `List`, which has no manifest).
+    /// The tasks the manifest lists (empty for `List` and `Folder`, which have no manifest).
     pub fn tasks(self) -> Result<Vec<TaskSpec>> {
         Ok(match self {
             Benchmark::Vtab => {
@@ -79,7 +85,7 @@ impl Benchmark {
                     image_dir: Some(d.image_dir.clone()),
                 })
                 .collect(),
-            Benchmark::List => Vec::new(),
+            Benchmark::List | Benchmark::Folder => Vec::new(),
         })
     }
 
@@ -108,7 +114,7 @@ impl FromStr for Benchmark {
         Benchmark::ALL
             .into_iter()
             .find(|b| b.name() == s)
-            .ok_or_else(|| format!("unknown benchmark `{s}`; expected one of vtab, fgvc, demo, list"))
+            .ok_or_else(|| format!("unknown benchmark `{s}`; expected one of vtab, fgvc, demo, list, folder"))
     }
 }
 
@@ -158,7 +164,7 @@ mod tests {
             assert_eq!(b.name().parse::<Benchmark>().unwrap(), b);
             assert_eq!(serde_json::to_string(&b).unwrap(), format!("\"{b}\""));
         }
-        assert!("imagenet".parse::<Benchmark>().unwrap_err().contains("vtab, fgvc, demo, list"));
+        assert!("imagenet".parse::<Benchmark>().unwrap_err().contains("vtab, fgvc, demo, list, folder"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use crate::catalogue::{Benchmark, TaskSpec};
 use crate::error::{DataError, Location, Result};
-use crate::split_file::SplitList;
+use crate::split_file::{SplitList, imbalance_note};
 use crate::task::{
     DataSource, Task, json_class_ids, list_split_files, open_task, resolve_task_dir, task_from_spec,
 };
@@ -50,6 +50,12 @@ pub enum Problem {
     WrongSize { file: PathBuf, expected: usize, found: usize },
     /// A split file with no entries.
     EmptySplit { file: PathBuf },
+    /// A class folder of a folder task's `train` split holding no image.
+    EmptyClass { dir: PathBuf },
+    /// A class folder of a folder task's split that `train` does not have.
+    UnknownClass { dir: PathBuf, split: String },
+    /// An image directly in a folder task's split folder, outside any class folder.
+    LooseFile { path: PathBuf },
     /// Anything else that stops a task from being opened, explained.
     Other { message: String },
 }
@@ -65,12 +71,14 @@ impl Problem {
             Problem::BadEntry { .. } => "bad entry",
             Problem::LabelOutOfRange { .. } | Problem::ClassCount { .. } => "out of range",
             Problem::WrongSize { .. } => "wrong size",
-            Problem::EmptySplit { .. } => "empty",
+            Problem::EmptySplit { .. } | Problem::EmptyClass { .. } => "empty",
+            Problem::UnknownClass { .. } => "unknown class",
+            Problem::LooseFile { .. } => "loose file",
             Problem::Other { .. } => "invalid",
         }
     }
 
-    fn from_error(e: DataError) -> Problem {
+    pub(crate) fn from_error(e: DataError) -> Problem {
         match e {
             DataError::BadEntry { at, message } => Problem::BadEntry { at, message },
             DataError::LabelOutOfRange { at, label, classes, .. } => {
@@ -86,6 +94,8 @@ impl Problem {
             DataError::ClassCount { dir, expected, found, .. } => {
                 Problem::ClassCount { dir, expected, found }
             }
+            DataError::UnknownClass { dir, split, .. } => Problem::UnknownClass { dir, split },
+            DataError::LooseImage { path, .. } => Problem::LooseFile { path },
             other => Problem::Other { message: other.to_string() },
         }
     }
@@ -118,6 +128,25 @@ impl fmt::Display for Problem {
                 write!(f, "{}: {found} entries, the manifest expects {expected}", file.display())
             }
             Problem::EmptySplit { file } => write!(f, "{}: no entries", file.display()),
+            Problem::EmptyClass { dir } => {
+                write!(
+                    f,
+                    "{}: class folder without images (the class has nothing to train on)",
+                    dir.display()
+                )
+            }
+            Problem::UnknownClass { dir, split } => write!(
+                f,
+                "{}: class folder of split `{split}` that the train split does not have",
+                dir.display()
+            ),
+            Problem::LooseFile { path } => {
+                write!(
+                    f,
+                    "{}: image outside any class folder (expected <split>/<class>/<image>)",
+                    path.display()
+                )
+            }
             Problem::Other { message } => f.write_str(message),
         }
     }
@@ -133,6 +162,8 @@ pub struct SplitReport {
     /// The manifest's exact size, if it has one.
     pub expected: Option<usize>,
     pub problems: Vec<Problem>,
+    /// Worth knowing but not wrong (class imbalance, skipped files); do not fail the check.
+    pub notes: Vec<String>,
 }
 
 /// The result of checking one task.
@@ -208,8 +239,11 @@ impl fmt::Display for CheckReport {
             for p in &t.problems {
                 writeln!(f, "       - {p}")?;
             }
-            for s in t.splits.iter().filter(|s| !s.problems.is_empty()) {
+            for s in t.splits.iter().filter(|s| !s.problems.is_empty() || !s.notes.is_empty()) {
                 writeln!(f, "     {}:", s.split)?;
+                for note in &s.notes {
+                    writeln!(f, "       - note: {note}")?;
+                }
                 for p in s.problems.iter().take(SHOWN_PER_SPLIT) {
                     writeln!(f, "       - [{}] {p}", p.kind())?;
                 }
@@ -227,8 +261,10 @@ impl fmt::Display for CheckReport {
 }
 
 /// Checks one task (`task`) or every task of a benchmark under `root`. For `list` without a
-/// task, every folder of `root` holding a `.txt` file is a task. Errors only for an unknown
-/// task name or an unreadable root; everything wrong inside the tree is in the report.
+/// task, every folder of `root` holding a `.txt` file is a task; for `folder`, every folder of
+/// `root` not starting with `.`. Errors only for an unknown task name, an unreadable root or
+/// (`folder`) a root that is itself a task folder; everything wrong inside the tree is in the
+/// report.
 pub fn check(
     benchmark: Benchmark,
     root: &Path,
@@ -250,6 +286,8 @@ pub fn check(
             names.sort();
             names
         }
+        (Benchmark::Folder, Some(t)) => vec![t.to_string()],
+        (Benchmark::Folder, None) => crate::folder::task_names(root)?,
         (b, Some(t)) => vec![b.task(t)?.name],
         (b, None) => b.tasks()?.into_iter().map(|t| t.name).collect(),
     };
@@ -258,6 +296,9 @@ pub fn check(
 }
 
 fn check_task(benchmark: Benchmark, root: &Path, name: &str, opts: &CheckOptions) -> Result<TaskReport> {
+    if benchmark == Benchmark::Folder {
+        return Ok(crate::folder::check_folder_task(root, name, opts));
+    }
     if benchmark != Benchmark::List {
         return Ok(check_spec(&benchmark.task(name)?, root, opts));
     }
@@ -268,7 +309,7 @@ fn check_task(benchmark: Benchmark, root: &Path, name: &str, opts: &CheckOptions
         problems: Vec::new(),
         splits: Vec::new(),
     };
-    match open_task(&DataSource { benchmark, task: name.into(), root: root.into() }) {
+    match open_task(&DataSource { benchmark, task: name.into(), root: root.into(), split: None }) {
         Ok(task) => check_splits(&task, Vec::new(), &mut report, opts),
         Err(e) => report.problems.push(Problem::from_error(e)),
     }
@@ -295,7 +336,7 @@ pub(crate) fn check_spec(spec: &TaskSpec, root: &Path, opts: &CheckOptions) -> T
 }
 
 /// Reads every split of an opened task and checks its entries and images.
-fn check_splits(
+pub(crate) fn check_splits(
     task: &Task,
     file_failures: Vec<(PathBuf, Problem)>,
     report: &mut TaskReport,
@@ -312,6 +353,7 @@ fn check_splits(
             entries: 0,
             expected,
             problems: Vec::new(),
+            notes: Vec::new(),
         };
         if let Some((_, p)) = file_failures.iter().find(|(f, _)| f == file) {
             sr.problems.push(p.clone());
@@ -343,6 +385,12 @@ fn check_splits(
         }
     }
     check_images(&mut lists, opts);
+    let names = task.class_names();
+    for (sr, list) in &mut lists {
+        if let Some(list) = list {
+            sr.notes.extend(imbalance_note(list, &names));
+        }
+    }
     report.splits = lists.into_iter().map(|(sr, _)| sr).collect();
 }
 

@@ -186,6 +186,35 @@ pub enum DataError {
         /// What went wrong.
         message: String,
     },
+    /// A class folder of a folder task's split other than `train` that `train` does not have.
+    #[error("{}: class folder `{class}` of split `{split}` is not a class of the train split (whose class folders are {known})", dir.display())]
+    UnknownClass {
+        /// The class folder.
+        dir: PathBuf,
+        /// Its name.
+        class: String,
+        /// The split it is in.
+        split: String,
+        /// The train split's class names, comma-separated (the first ten).
+        known: String,
+    },
+    /// An image directly in a folder task's split folder, which belongs to no class.
+    #[error("{}: an image directly in split folder `{split}/`; images go in class folders, `{split}/<class>/<image>`", path.display())]
+    LooseImage {
+        /// The image.
+        path: PathBuf,
+        /// The split.
+        split: String,
+    },
+    /// A file or folder name that a list file or `classes.txt` cannot hold (not UTF-8, a line
+    /// break, whitespace the format trims).
+    #[error("{}: {message}; rename it", path.display())]
+    BadName {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong with the name.
+        message: String,
+    },
     /// Any other invalid argument, explained in the message.
     #[error("{0}")]
     Invalid(String),

@@ -19,9 +19,9 @@ pub struct TaskGroup {
 }
 
 impl Benchmark {
-    /// The benchmarks with a task manifest, which a sweep can run (`list` has none).
+    /// The benchmarks with a task manifest, which a sweep can run (`list` and `folder` have none).
     pub fn with_manifest() -> Vec<Benchmark> {
-        Benchmark::ALL.into_iter().filter(|b| *b != Benchmark::List).collect()
+        Benchmark::ALL.into_iter().filter(|b| !matches!(b, Benchmark::List | Benchmark::Folder)).collect()
     }
 
     /// Whether results are reported as group means plus their mean, as the paper does for
@@ -127,5 +127,6 @@ mod tests {
         );
         assert!(!Benchmark::Demo.has_domain_groups(), "the demo's report stays one flat table");
         assert_eq!(Benchmark::Demo.default_tasks().unwrap(), ["mnist5k", "digits", "fashion_mnist"]);
+        assert!(Benchmark::Folder.task_groups().unwrap().is_empty());
     }
 }

@@ -4,7 +4,8 @@
 //! - [`Benchmark`] and [`TaskSpec`] are the task catalogue of the manifests in
 //!   `data-manifests/` (VTAB-1k in the NOAH/SPT layout, FGVC in the VPT layout, the demo
 //!   tasks); [`open_task`] resolves a (benchmark, task, root) triple against it (or a user's
-//!   own list files) and [`Task::split`] reads a split's list file into a [`SplitList`].
+//!   own list files or image folders, with [`HoldoutSplit`]s drawn from `train`) and
+//!   [`Task::split`] reads a split's list file into a [`SplitList`].
 //! - [`load_images`] decodes a split with a [`Transform`] into one uint8 NHWC block, in
 //!   parallel and deterministically, through an on-disk cache that later runs memory-map;
 //!   [`AugmentedSet`] does the same for per-epoch random crops; [`load_image`] one file on
@@ -19,12 +20,15 @@ pub mod check;
 mod decoded;
 pub mod demo;
 mod error;
+mod folder;
 mod groups;
+mod holdout;
 mod imageset;
 pub mod manifest;
 mod paths;
 mod resample;
 mod rng;
+mod run_files;
 mod single;
 mod split_file;
 pub mod structured;
@@ -36,6 +40,7 @@ pub use check::{CheckOptions, CheckReport, Problem, SplitReport, TaskReport, che
 pub use decoded::CacheStatus;
 pub use error::{DataError, Location, Result};
 pub use groups::TaskGroup;
+pub use holdout::HoldoutSplit;
 pub use imageset::{AugmentedSet, ImageSet, load_images};
 pub use manifest::Domain;
 pub use resample::{Filter, resize_rgb};

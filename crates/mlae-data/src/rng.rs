@@ -9,6 +9,7 @@ pub(crate) use mlae_core::rng::SplitMix64 as Rng;
 pub(crate) const DOMAIN_CROP: u64 = 0x6d6c_6165_6372_6f70; // "mlaecrop"
 pub(crate) const DOMAIN_DEMO_SPLIT: u64 = 0x6d6c_6165_6465_6d6f; // "mlaedemo"
 pub(crate) const DOMAIN_GENERATED: u64 = 0x6d6c_6165_6765_6e65; // "mlaegene"
+pub(crate) const DOMAIN_HOLDOUT: u64 = 0x6d6c_6165_686f_6c64; // "mlaehold"
 
 #[cfg(test)]
 mod tests {

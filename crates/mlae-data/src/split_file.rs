@@ -3,6 +3,7 @@
 
 use crate::error::{DataError, Location, Result, io_err};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -116,6 +117,29 @@ pub(crate) fn read_json_entries(path: &Path) -> Result<Vec<(String, serde_json::
     serde_json::from_slice::<Entries>(&text)
         .map(|e| e.0)
         .map_err(|e| DataError::Json { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// A split whose largest class has more than this many times the images of its smallest gets
+/// a note: accuracy then says little about the small classes.
+const IMBALANCE_RATIO: usize = 3;
+
+/// The note on a split's class imbalance, among the classes it has images of.
+pub(crate) fn imbalance_note(list: &SplitList, names: &[String]) -> Option<String> {
+    let mut counts = BTreeMap::<i64, usize>::new();
+    for item in &list.items {
+        *counts.entry(item.label).or_default() += 1;
+    }
+    let (&big, &most) = counts.iter().max_by_key(|(l, n)| (**n, std::cmp::Reverse(**l)))?;
+    let (&small, &least) = counts.iter().min_by_key(|(l, n)| (**n, **l))?;
+    let name = |l: i64| names.get(l as usize).cloned().unwrap_or_else(|| l.to_string());
+    (most > IMBALANCE_RATIO * least).then(|| {
+        format!(
+            "class imbalance: the largest class, `{}`, has {most} images, {:.1}x the smallest, `{}`, with {least}",
+            name(big),
+            most as f64 / least as f64,
+            name(small)
+        )
+    })
 }
 
 #[cfg(test)]

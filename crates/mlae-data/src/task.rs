@@ -4,18 +4,21 @@
 
 use crate::catalogue::{Benchmark, TaskSpec};
 use crate::error::{DataError, Location, Result, io_err};
+use crate::holdout::HoldoutSplit;
 use crate::manifest::Domain;
 use crate::split_file::{Item, SplitList, parse_list, read_json_entries};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Where a task's data is: the trainer's `[data]` section.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DataSource {
     pub benchmark: Benchmark,
     pub task: String,
     /// The benchmark root: the folder that holds the task folders.
     pub root: PathBuf,
+    /// Held-out splits carved from `train` (`data.split`; folder tasks only).
+    pub split: Option<HoldoutSplit>,
 }
 
 /// An opened task: its manifest entry resolved against a root folder.
@@ -34,6 +37,8 @@ pub struct Task {
     pub(crate) format: SplitFormat,
     /// Whether split files may name images outside the task folder (`data.allow_outside_paths`).
     pub allow_outside_paths: bool,
+    /// Class names by label, where the data names them (folder names, `classes.txt`).
+    pub(crate) class_names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -42,13 +47,25 @@ pub(crate) enum SplitFormat {
     ListFile,
     /// JSON objects path -> class id, paths relative to `image_dir`; `class_ids` sorted.
     Json { image_dir: PathBuf, class_ids: Vec<i64> },
+    /// Image folders, listed (and held-out splits drawn) when the task was opened: split
+    /// name -> items, labelled and sorted.
+    Folder { items: BTreeMap<String, Vec<Item>> },
 }
 
 /// Opens a task: checks that its folder exists and, for FGVC, builds the class-id mapping
-/// from the split files. List files are read by [`Task::split`].
+/// from the split files; lists a folder task's images. List files are read by [`Task::split`].
 pub fn open_task(src: &DataSource) -> Result<Task> {
-    if src.benchmark == Benchmark::List {
-        return open_list_task(src);
+    if src.split.is_some() && src.benchmark != Benchmark::Folder {
+        return Err(DataError::Invalid(format!(
+            "data.split: held-out splits are drawn from folder tasks only, not from {} (whose splits \
+             are files); remove data.split",
+            src.benchmark
+        )));
+    }
+    match src.benchmark {
+        Benchmark::List => return open_list_task(src),
+        Benchmark::Folder => return crate::folder::open_folder_task(src),
+        _ => {}
     }
     let spec = src.benchmark.task(&src.task)?;
     let dir = resolve_task_dir(&src.root, &spec)?;
@@ -100,6 +117,7 @@ pub(crate) fn task_from_spec(spec: TaskSpec, dir: PathBuf, class_ids: Option<Vec
         splits,
         format,
         allow_outside_paths: false,
+        class_names: None,
     }
 }
 
@@ -163,7 +181,7 @@ fn open_list_task(src: &DataSource) -> Result<Task> {
             dir.display()
         )));
     }
-    let num_classes = list_num_classes(&dir, &splits)?;
+    let (num_classes, class_names) = list_num_classes(&dir, &splits)?;
     Ok(Task {
         benchmark: Benchmark::List,
         name: src.task.clone(),
@@ -174,24 +192,32 @@ fn open_list_task(src: &DataSource) -> Result<Task> {
         splits,
         format: SplitFormat::ListFile,
         allow_outside_paths: false,
+        class_names,
     })
 }
 
-/// The class count of a list task: the non-empty lines of `classes.txt`, else the largest
-/// parseable label of the split files plus one (bad lines are left to [`Task::split`]).
-pub(crate) fn list_num_classes(dir: &Path, splits: &[(String, PathBuf)]) -> Result<usize> {
+/// The class count of a list task and its class names: the non-empty lines of `classes.txt`,
+/// else the largest parseable label of the split files plus one and no names (bad lines are
+/// left to [`Task::split`]).
+fn list_num_classes(dir: &Path, splits: &[(String, PathBuf)]) -> Result<(usize, Option<Vec<String>>)> {
     let classes_file = dir.join(CLASSES_FILE);
     if classes_file.is_file() {
-        // Only counted: a class name need not be UTF-8.
+        // A class name need not be UTF-8: names are only shown, so they are read lossily.
         let bytes = std::fs::read(&classes_file).map_err(io_err(&classes_file))?;
-        let n = bytes.split(|&b| b == b'\n').filter(|l| !l.trim_ascii().is_empty()).count();
+        let names: Vec<String> = bytes
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .filter(|l| !l.is_empty())
+            .map(|l| String::from_utf8_lossy(l).trim().to_string())
+            .collect();
+        let n = names.len();
         if n < 2 {
             return Err(DataError::Invalid(format!(
                 "{}: lists {n} class names; a task needs at least 2",
                 classes_file.display()
             )));
         }
-        return Ok(n);
+        return Ok((n, Some(names)));
     }
     let mut max = -1i64;
     for (_, path) in splits {
@@ -209,7 +235,7 @@ pub(crate) fn list_num_classes(dir: &Path, splits: &[(String, PathBuf)]) -> Resu
         "{}: no {CLASSES_FILE}; {n} classes inferred from the largest label in the split files",
         dir.display()
     );
-    Ok(n)
+    Ok((n, None))
 }
 
 /// The `*.txt` files of a list task folder other than `classes.txt`, sorted by name.
@@ -230,12 +256,27 @@ pub(crate) fn list_split_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 }
 
 impl Task {
-    /// The split names, in manifest order (sorted file names for `list`).
+    /// The class names by label: the folder names of a folder task, the lines of a list
+    /// task's `classes.txt`, otherwise the labels as decimal numbers (`"0"`, `"1"`, ...).
+    pub fn class_names(&self) -> Vec<String> {
+        match &self.class_names {
+            Some(names) => names.clone(),
+            None => (0..self.num_classes).map(|i| i.to_string()).collect(),
+        }
+    }
+
+    /// Whether [`Self::class_names`] comes from the data rather than the label numbers.
+    pub fn has_class_names(&self) -> bool {
+        self.class_names.is_some()
+    }
+
+    /// The split names, in manifest order (sorted file names for `list`, sorted folder and
+    /// held-out split names for `folder`).
     pub fn split_names(&self) -> Vec<String> {
         self.splits.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    /// The file of a split.
+    /// The file of a split (a folder task's split folder; for a held-out split, `train/`).
     pub fn split_file(&self, name: &str) -> Result<&Path> {
         self.splits.iter().find(|(n, _)| n == name).map(|(_, p)| p.as_path()).ok_or_else(|| {
             DataError::UnknownSplit {
@@ -263,11 +304,18 @@ impl Task {
     /// only when the file itself is missing or unreadable.
     pub(crate) fn read_split(&self, name: &str) -> Result<(SplitList, Vec<DataError>)> {
         let path = self.split_file(name)?.to_path_buf();
-        if !path.is_file() {
+        let folder = matches!(self.format, SplitFormat::Folder { .. });
+        if !folder && !path.is_file() {
             return Err(DataError::MissingSplitFile { path, split: name.into(), task: self.name.clone() });
         }
         let mut problems = Vec::new();
         let (items, json) = match &self.format {
+            // Listed under the task folder and labelled from it when opened: nothing to parse,
+            // no path outside, no label out of range.
+            SplitFormat::Folder { items } => {
+                let items = items.get(name).cloned().unwrap_or_default();
+                return Ok((SplitList { name: name.into(), source: path, items, json: false }, problems));
+            }
             SplitFormat::ListFile => {
                 let bytes = std::fs::read(&path).map_err(io_err(&path))?;
                 let (items, bad) = parse_list(&bytes, &path, &self.dir);
@@ -327,7 +375,12 @@ mod tests {
         let task = tmp.path().join("mine");
         std::fs::create_dir_all(&task).unwrap();
         std::fs::write(task.join("train.txt"), b"a.png 0\nb.png 1\nimages/caf\xe9.png 1\n").unwrap();
-        let src = DataSource { benchmark: Benchmark::List, task: "mine".into(), root: tmp.path().into() };
+        let src = DataSource {
+            benchmark: Benchmark::List,
+            task: "mine".into(),
+            root: tmp.path().into(),
+            split: None,
+        };
         let err = open_task(&src).and_then(|t| t.split("train")).unwrap_err().to_string();
         let at = format!("{}:3", task.join("train.txt").display());
         assert!(err.starts_with(&at) && err.contains("not UTF-8"), "{err}");

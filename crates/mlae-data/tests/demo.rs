@@ -154,6 +154,7 @@ fn a_built_task_loads_like_a_vtab_task_and_is_recognised_as_current() {
         benchmark: Benchmark::Demo,
         task: "mnist5k".into(),
         root: tmp.path().into(),
+        split: None,
     })
     .unwrap();
     let test = task.split("test").unwrap();
@@ -176,6 +177,7 @@ fn a_built_task_loads_like_a_vtab_task_and_is_recognised_as_current() {
         benchmark: Benchmark::Demo,
         task: "mnist5k".into(),
         root: tmp.path().into(),
+        split: None,
     })
     .unwrap();
     std::fs::remove_file(&rebuilt.split("val200").unwrap().items[1].path).unwrap();
@@ -361,6 +363,7 @@ fn a_deb_task_builds_loads_and_records_its_source_licence_and_subsampling() {
         benchmark: Benchmark::List,
         task: "tiny_deb".into(),
         root: tmp.path().into(),
+        split: None,
     })
     .unwrap();
     let pools = [("train800val200", &train_labels, 0usize), ("test", &test_labels, 100)];

@@ -9,7 +9,7 @@ use mlae_data::{
 use std::path::Path;
 
 fn src(benchmark: Benchmark, task: &str, root: &Path) -> DataSource {
-    DataSource { benchmark, task: task.into(), root: root.to_path_buf() }
+    DataSource { benchmark, task: task.into(), root: root.to_path_buf(), split: None }
 }
 
 #[test]

@@ -80,9 +80,13 @@ fn loader_transforms_match_torchvision_exactly() {
     common::write_png_rgb(&tmp.path().join("t/img.png"), &img);
     common::write_text(&tmp.path().join("t/all.txt"), "img.png 0\n");
     common::write_text(&tmp.path().join("t/classes.txt"), "a\nb\n");
-    let task =
-        open_task(&DataSource { benchmark: Benchmark::List, task: "t".into(), root: tmp.path().into() })
-            .unwrap();
+    let task = open_task(&DataSource {
+        benchmark: Benchmark::List,
+        task: "t".into(),
+        root: tmp.path().into(),
+        split: None,
+    })
+    .unwrap();
     let list = task.split("all").unwrap();
     for case in f["resize_center_crop"].as_array().unwrap() {
         let tf = Transform::ResizeCenterCrop {

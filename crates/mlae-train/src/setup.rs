@@ -9,10 +9,12 @@ use mlae_vit::AdaptedVit;
 use tch::{Device, Kind};
 
 /// The transforms for a benchmark: (train, eval). FGVC trains on random resized crops with
-/// flips and evaluates on a centre crop (VPT); everything else is VTAB's direct resize.
+/// flips and evaluates on a centre crop (VPT); so does an image folder, since photos come in
+/// any aspect ratio and that is what timm and torchvision fine-tune them with. Everything
+/// else is VTAB's direct resize.
 pub fn transforms(benchmark: Benchmark, size: u32) -> (Transform, Transform) {
     match benchmark {
-        Benchmark::Fgvc => (Transform::fgvc_train(size), Transform::fgvc_eval(size)),
+        Benchmark::Fgvc | Benchmark::Folder => (Transform::fgvc_train(size), Transform::fgvc_eval(size)),
         _ => (Transform::vtab(size), Transform::vtab(size)),
     }
 }
@@ -44,18 +46,18 @@ pub fn open_task(cfg: &ExperimentConfig) -> Result<mlae_data::Task> {
     Ok(task)
 }
 
-/// The task's class names in label order (the label numbers where the data names none).
+/// The task's class names in label order (folder names, a list task's `classes.txt`, else
+/// the label numbers).
 pub fn class_names(task: &mlae_data::Task) -> Vec<String> {
-    (0..task.num_classes).map(|i| i.to_string()).collect()
+    task.class_names()
 }
 
-/// Writes what a run keeps of its data into `<run>/data/` (the class names), so that
-/// `predict` and exports name classes without the dataset, and returns the class names.
+/// Writes what a run keeps of its data into `<run>/data/`: the class names and, for an image
+/// folder, the files of each split (a held-out split can then be audited and reused), so that
+/// `predict` and exports name classes without the dataset. Returns the class names.
 pub fn write_run_data(task: &mlae_data::Task, layout: &mlae_formats::RunLayout) -> Result<Vec<String>> {
-    let names = class_names(task);
-    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
-    crate::rundir::write_file(&layout.classes(), text.as_bytes())?;
-    Ok(names)
+    task.write_run_files(&layout.data_dir())?;
+    Ok(task.class_names())
 }
 
 /// One split of a task through the config's evaluation transform, via the decoded cache.

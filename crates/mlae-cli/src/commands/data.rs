@@ -14,20 +14,21 @@ pub struct DataArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
-    /// Validate a dataset tree against its manifest (data-manifests/*.toml): list what is
-    /// missing, unreadable, out of range or the wrong size, per task; exit 1 on any problem.
+    /// Validate a dataset tree against its manifest (data-manifests/*.toml) or layout: list what
+    /// is missing, unreadable, out of range or the wrong size, per task (for folder: empty or
+    /// unknown class folders, loose images), with notes on class imbalance; exit 1 on any problem.
     Check(CheckArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// vtab, fgvc, demo or list.
+    /// vtab, fgvc, demo, list or folder (<root>/<task>/<split>/<class>/<image>).
     #[arg(long)]
     pub benchmark: Benchmark,
     /// Benchmark root, the folder holding the task folders (default for demo: <cache>/demo).
     #[arg(long)]
     pub root: Option<PathBuf>,
-    /// Only this task (default: every task of the manifest; for list, every task folder).
+    /// Only this task (default: every task of the manifest; for list and folder, every task folder).
     #[arg(long)]
     pub task: Option<String>,
     /// Read image headers only instead of decoding every image (faster; misses truncated files).

@@ -227,6 +227,16 @@ impl ExperimentConfig {
             return Err(Invalid(format!("train.grad_clip: must be positive, got {c}")));
         }
         t.device.parse::<DeviceSpec>()?;
+        if let Some(split) = &self.data.split {
+            if self.data.benchmark != Benchmark::Folder {
+                return Err(Invalid(format!(
+                    "data.split: held-out splits are drawn from folder tasks only; benchmark {} has \
+                     its splits in files (remove data.split)",
+                    self.data.benchmark
+                )));
+            }
+            split.validate().map_err(|e| Invalid(e.to_string()))?;
+        }
         Ok(())
     }
 
@@ -236,6 +246,7 @@ impl ExperimentConfig {
             benchmark: self.data.benchmark,
             task: self.data.task.clone(),
             root: self.data.root.clone(),
+            split: self.data.split.clone(),
         }
     }
 
@@ -250,7 +261,7 @@ impl ExperimentConfig {
             return s.clone();
         }
         match (self.data.benchmark, self.data.protocol) {
-            (Benchmark::Fgvc, _) => "train".into(),
+            (Benchmark::Fgvc | Benchmark::Folder, _) => "train".into(),
             (_, Protocol::Paper) => "train800val200".into(),
             (_, Protocol::Val) => "train800".into(),
         }
@@ -259,7 +270,7 @@ impl ExperimentConfig {
     /// The split selection is made on under the `val` protocol.
     pub fn val_split(&self) -> String {
         match self.data.benchmark {
-            Benchmark::Fgvc => "val".into(),
+            Benchmark::Fgvc | Benchmark::Folder => "val".into(),
             _ => "val200".into(),
         }
     }

@@ -2,7 +2,7 @@
 //! `[adapter]` section is mlae-core's `AdapterSpec`). Every section denies unknown keys.
 
 use crate::preset::{CheckpointFormat, PosResize, Preset};
-use mlae_data::{Benchmark, Normalization};
+use mlae_data::{Benchmark, HoldoutSplit, Normalization};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -91,7 +91,7 @@ pub struct DataConfig {
     #[serde(default)]
     pub protocol: Protocol,
     /// Override the training split (default: train800val200 for `paper`, train800 for `val`;
-    /// `train` for FGVC).
+    /// `train` for FGVC and folder tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_split: Option<String>,
     /// Override the evaluation split (default: test).
@@ -106,6 +106,10 @@ pub struct DataConfig {
     /// out). Off by default, so a list file cannot make a run read arbitrary files.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_outside_paths: bool,
+    /// Held-out splits drawn from a folder task's `train/`, for trees without val/ or test/:
+    /// `{ val = 0.1, test = 0.1, seed = 0 }` (stratified by class, the same on every machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<HoldoutSplit>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -354,3 +354,43 @@ fn image_sizes_must_be_whole_patches() {
     ExperimentConfig::load(&[&p], &["model.preset=dinov2-s14".into(), "model.image_size=56".into()]).unwrap();
     ExperimentConfig::load(&[&p], &["model.arch.patch_size=8".into()]).unwrap();
 }
+
+#[test]
+fn a_held_out_split_parses_round_trips_and_names_a_bad_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = BASE.replace("benchmark = \"vtab\"", "benchmark = \"folder\"");
+    let with = |split: &str| folder.replace("normalization", &format!("split = {split}\nnormalization"));
+    let p = write(tmp.path(), "c.toml", &with("{ val = 0.1, test = 0.2, seed = 3 }"));
+    let cfg = ExperimentConfig::load(&[&p], &[]).unwrap();
+    let split = cfg.data.split.clone().unwrap();
+    assert_eq!(split.seed, 3);
+    assert_eq!(split.fractions, [("test".to_string(), 0.2), ("val".to_string(), 0.1)].into());
+    assert_eq!(cfg.data_source().split, Some(split));
+    assert_eq!([cfg.train_split(), cfg.val_split(), cfg.test_split()], ["train", "val", "test"]);
+    let again = ExperimentConfig::from_table(cfg.to_toml().parse().unwrap(), &p).unwrap();
+    assert_eq!(again, cfg);
+    // no split: nothing written
+    let p = write(tmp.path(), "plain.toml", &folder);
+    let plain = ExperimentConfig::load(&[&p], &[]).unwrap();
+    assert!(plain.data.split.is_none() && !plain.to_toml().contains("data.split"), "{}", plain.to_toml());
+
+    for (split, key, want) in [
+        ("{ val = 0.1, train = 0.2 }", "data.split.train", "`train` is where"),
+        ("{ val = \"a tenth\" }", "data.split.val", "a fraction in (0, 1)"),
+        ("{ val = 1.5 }", "data.split.val", "in (0, 1), got 1.5"),
+        ("{ val = 0.1, seed = -2 }", "data.split.seed", "non-negative"),
+        ("{ val = 0.5, test = 0.5 }", "data.split", "sum to 1"),
+    ] {
+        let p = write(tmp.path(), "bad.toml", &with(split));
+        let err = ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains(key) && err.contains(want), "{split}: {err}");
+    }
+    // other benchmarks have their splits in files
+    let p = write(
+        tmp.path(),
+        "vtab.toml",
+        &BASE.replace("normalization", "split = { val = 0.1 }\nnormalization"),
+    );
+    let err = ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string();
+    assert!(err.contains("data.split") && err.contains("folder tasks only"), "{err}");
+}
