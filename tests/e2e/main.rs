@@ -10,5 +10,6 @@ mod dmlora;
 mod doctor;
 mod faults;
 mod finetune;
+mod own_images;
 mod predict;
 mod support;
