@@ -433,10 +433,8 @@ impl Param {
 fn norm_plan(flat: &Flat, included: Vec<bool>, device: tch::Device) -> NormPlan {
     let runs = flat.runs(|i| included[i].then(|| flat.slot(i).numel));
     let mut position = vec![0usize; included.len()];
-    let mut next = 0;
-    for &i in runs.iter().flat_map(|r| &r.members) {
-        position[i] = next;
-        next += 1;
+    for (k, &i) in runs.iter().flat_map(|r| &r.members).enumerate() {
+        position[i] = k;
     }
     let perm: Vec<usize> = (0..included.len()).filter(|&i| included[i]).map(|i| position[i]).collect();
     let identity = perm.iter().enumerate().all(|(k, &p)| k == p);
