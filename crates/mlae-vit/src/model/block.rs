@@ -178,13 +178,14 @@ impl Block {
 /// Scaled dot-product attention of `(batch, heads, tokens, head_dim)` queries, keys and values:
 /// libtorch's fused kernel, or with `explicit` written out as timm's non-fused path does
 /// (scaled queries, matmul, softmax, matmul; see [`crate::AdaptedVit::set_explicit_attention`]).
+/// The softmax runs in f32 whatever the compute kind, as autocast runs timm's.
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, explicit: bool) -> Tensor {
     if !explicit {
         return Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false);
     }
     let head_dim = q.size()[3] as f64;
     let scores = (q * head_dim.powf(-0.5)).matmul(&k.transpose(-2, -1));
-    scores.softmax(-1, q.kind()).matmul(v)
+    scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(v)
 }
 
 /// Per-sample stochastic depth (timm's `drop_path`, scaled by 1/keep).
