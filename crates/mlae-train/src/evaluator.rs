@@ -406,6 +406,7 @@ mod tests {
             benchmark: mlae_data::Benchmark::List,
             task: "t".into(),
             root: tmp.path().into(),
+            split: None,
         };
         let split = mlae_data::open_task(&src).unwrap().split("test").unwrap();
         let set = mlae_data::load_images(&split, &mlae_data::Transform::vtab(8), 3, None, 0).unwrap();

@@ -180,6 +180,66 @@ mod tests {
         }
     }
 
+    /// The trainer's step with the flat optimizer against the same step with the per-tensor
+    /// optimizer it replaced, on a small model with three groups (adapter, coefficient, head) at
+    /// different rates, clipping that bites and the adapters frozen for the last steps (as
+    /// DMLoRA's stage 2 does): the same losses and the same tensors, exactly.
+    #[test]
+    fn the_step_trains_exactly_as_with_the_per_tensor_optimizer() {
+        use crate::optim::reference::PerTensorAdamW;
+        use mlae_core::{AdapterKind, AdapterSpec, MlaeSpec, TargetLayer};
+        use mlae_vit::{Preset, VitConfig};
+        use tch::Device;
+        let mut vit = VitConfig::from_preset(Preset::VitTi16, 16, 5);
+        (vit.patch_size, vit.dim, vit.depth, vit.heads, vit.mlp_dim) = (8, 32, 2, 2, 64);
+        let spec = AdapterSpec {
+            kind: AdapterKind::Mlae,
+            targets: vec![TargetLayer::Qkv, TargetLayer::Fc1],
+            mlae: MlaeSpec { experts: 4, expert_dropout: 0.5, ..Default::default() },
+            ..Default::default()
+        };
+        let model = AdaptedVit::new(&vit, &spec, 3, Device::Cpu).unwrap();
+        let twin = AdaptedVit::new(&vit, &spec, 3, Device::Cpu).unwrap();
+        let mut optim = param_groups(&model, 0.05);
+        assert!(optim.group_roles.len() >= 3, "{:?}", optim.group_roles);
+        let groups = optim.opt.groups().to_vec();
+        let params = twin
+            .trainable()
+            .into_iter()
+            .map(|(n, t, role)| (n, t, optim.group_roles.iter().position(|&r| r == role).unwrap()))
+            .collect();
+        let mut reference = PerTensorAdamW::new(AdamWConfig::default(), groups, params);
+        let step = TrainStep { seed: 5, label_smoothing: 0.1, grad_clip: Some(0.05) };
+        tch::manual_seed(1);
+        let x = Tensor::randn([4, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1, 2, 3]);
+        let lrs: Vec<f64> = (0..optim.group_roles.len()).map(|g| 1e-3 * (g + 1) as f64).collect();
+        let total = 6;
+        let mut clipped = 0;
+        for s in 0..total {
+            if s == 4 {
+                let adapter = |n: &str| optim.roles[n] == ParamRole::Adapter;
+                optim.opt.set_frozen(true, adapter);
+                reference.set_frozen(true, adapter);
+            }
+            let out = step.run(&model, &mut optim.opt, (&x, &y), ForwardCtx::train(s, total), &lrs).unwrap();
+            // the same step, written out with the per-tensor optimizer
+            tch::manual_seed(step_seed(step.seed, s));
+            let logits = twin.forward_t(&x, &ForwardCtx::train(s, total)).to_kind(Kind::Float);
+            let loss = logits.cross_entropy_loss::<Tensor>(&y, None, tch::Reduction::Mean, -100, 0.1);
+            reference.zero_grad();
+            loss.backward();
+            let norm = reference.clip_grad_norm_(0.05).unwrap().double_value(&[]);
+            clipped += usize::from(norm > 0.05);
+            reference.step(&lrs);
+            assert_eq!(out.loss, loss.double_value(&[]), "step {s}: loss");
+            for ((n, a, _), (_, b, _)) in model.trainable().into_iter().zip(twin.trainable()) {
+                assert!(a.equal(&b), "step {s}: {n}");
+            }
+        }
+        assert!(clipped > 0, "the test should clip");
+    }
+
     /// A NaN is still caught and named, now from the one read.
     #[test]
     fn a_non_finite_step_still_names_what_went_non_finite() {

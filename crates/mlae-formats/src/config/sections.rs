@@ -196,6 +196,13 @@ pub struct TrainConfig {
     /// CPU threads for libtorch (None: all cores).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
+    /// Repeatable runs on CUDA: cuDNN deterministic without autotuning, cuBLAS with a fixed
+    /// workspace and attention written out instead of the fused kernel (mlae-train's
+    /// `setup_device` and `build_model`). Slower; the CPU path is repeatable already and
+    /// ignores it. Off by default, and left out of the written config when off so that the
+    /// config hash of earlier runs stays the same.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deterministic: bool,
     /// Stop after this many optimizer steps (smoke tests); None runs all epochs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_steps: Option<u64>,
@@ -222,6 +229,7 @@ impl Default for TrainConfig {
             device: "auto".into(),
             precision: Precision::Fp32,
             threads: None,
+            deterministic: false,
             max_steps: None,
         }
     }

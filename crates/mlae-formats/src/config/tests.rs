@@ -65,6 +65,25 @@ fn unknown_keys_and_bad_values_name_the_file_and_key() {
     assert!(err.contains("no config file"), "{err}");
 }
 
+/// `train.deterministic` is off unless written, written back only when on, and reads back.
+#[test]
+fn deterministic_defaults_off_and_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "c.toml", BASE);
+    let cfg = ExperimentConfig::load(&[&p], &[]).unwrap();
+    assert!(!cfg.train.deterministic);
+    assert!(!cfg.to_toml().contains("deterministic"), "off is not written (earlier hashes hold)");
+    let on = ExperimentConfig::load(&[&p], &["train.deterministic=true".into()]).unwrap();
+    assert!(on.train.deterministic);
+    let text = on.to_toml();
+    assert!(text.contains("deterministic = true"), "{text}");
+    let again = ExperimentConfig::from_table(text.parse().unwrap(), &p).unwrap();
+    assert_eq!(again, on);
+    let p = write(tmp.path(), "d.toml", &format!("{BASE}deterministic = \"yes\"\n"));
+    let err = ExperimentConfig::load(&[&p], &[]).unwrap_err().to_string();
+    assert!(err.contains("train.deterministic"), "{err}");
+}
+
 /// A change that breaks one rule.
 type Spoil = fn(&mut ExperimentConfig);
 

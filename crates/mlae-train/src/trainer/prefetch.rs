@@ -109,7 +109,8 @@ mod tests {
             list.push_str(&format!("{i}.png {}\n", i % 2));
         }
         std::fs::write(dir.join("train.txt"), list).unwrap();
-        let src = DataSource { benchmark: Benchmark::List, task: "t".into(), root: tmp.path().into() };
+        let src =
+            DataSource { benchmark: Benchmark::List, task: "t".into(), root: tmp.path().into(), split: None };
         let split = open_task(&src).unwrap().split("train").unwrap();
         let set = AugmentedSet::new(&split, &Transform::fgvc_train(8), 2, None).unwrap();
         (tmp, set)

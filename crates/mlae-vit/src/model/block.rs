@@ -31,6 +31,8 @@ pub(crate) struct Pass<'a> {
     pub sampler: &'a MaskSampler,
     /// The forward's host-drawn adapter weights, uploaded once.
     pub weights: Option<&'a StepWeights>,
+    /// Attention written out instead of the fused kernel ([`attention`]).
+    pub explicit_attention: bool,
 }
 
 pub(crate) struct Norm {
@@ -155,7 +157,7 @@ impl Block {
             Rows::All => (qkv[0].shallow_clone(), x, n),
             Rows::ClassToken => (qkv[0].narrow(2, 0, 1), x.narrow(1, 0, 1), 1),
         };
-        let o = Tensor::scaled_dot_product_attention(&q, k, v, None::<Tensor>, 0.0, false, None, false);
+        let o = attention(&q, k, v, pass.explicit_attention);
         let o = o.transpose(1, 2).reshape([b, n, d]);
         let mut o = self.apply(TargetLayer::Proj, &o, pass, hook)?;
         if let Some(g) = &self.ls1 {
@@ -171,6 +173,19 @@ impl Block {
         }
         ControlFlow::Continue(x + drop_path(cast(&o, Kind::Float), rate, train))
     }
+}
+
+/// Scaled dot-product attention of `(batch, heads, tokens, head_dim)` queries, keys and values:
+/// libtorch's fused kernel, or with `explicit` written out as timm's non-fused path does
+/// (scaled queries, matmul, softmax, matmul; see [`crate::AdaptedVit::set_explicit_attention`]).
+/// The softmax runs in f32 whatever the compute kind, as autocast runs timm's.
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, explicit: bool) -> Tensor {
+    if !explicit {
+        return Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, None, false);
+    }
+    let head_dim = q.size()[3] as f64;
+    let scores = (q * head_dim.powf(-0.5)).matmul(&k.transpose(-2, -1));
+    scores.softmax(-1, Kind::Float).to_kind(q.kind()).matmul(v)
 }
 
 /// Per-sample stochastic depth (timm's `drop_path`, scaled by 1/keep).

@@ -48,6 +48,8 @@ pub struct AdaptedVit {
     pub(crate) checkpoint_pos_resize: PosResize,
     /// What the head's outputs mean ([`AdaptedVit::set_class_names`]), carried by exports.
     pub(crate) class_names: Option<Vec<String>>,
+    /// See [`AdaptedVit::set_explicit_attention`].
+    explicit_attention: bool,
 }
 
 impl std::fmt::Debug for AdaptedVit {
@@ -97,6 +99,7 @@ impl AdaptedVit {
             pos_resize: None,
             checkpoint_pos_resize: PosResize::Antialias,
             class_names: None,
+            explicit_attention: false,
         };
         model.build_adapters(&plan)?;
         Ok(model)
@@ -290,6 +293,21 @@ impl AdaptedVit {
         self.compute_kind = kind;
     }
 
+    /// Computes attention written out, `softmax(q k^T / sqrt(d)) v` with plain matmuls (timm's
+    /// non-fused path), instead of libtorch's fused `scaled_dot_product_attention`. Why: on
+    /// CUDA the fused kernels' backward accumulates with atomics, so two runs differ in their
+    /// last bits; written out, attention is matmuls and a softmax, repeatable once cuBLAS is
+    /// (`train.deterministic`). It costs memory (the score matrix is kept for the backward)
+    /// and time. Off by default.
+    pub fn set_explicit_attention(&mut self, on: bool) {
+        self.explicit_attention = on;
+    }
+
+    /// Whether attention is written out (see [`AdaptedVit::set_explicit_attention`]).
+    pub fn explicit_attention(&self) -> bool {
+        self.explicit_attention
+    }
+
     /// Logits `(batch, classes)`, f32, for images `(batch, channels, h, w)` (f32 or the
     /// compute kind). Any image size works: when the patch grid differs from the configured
     /// one, the position table is resampled on the fly (in the convention of the loaded
@@ -332,7 +350,14 @@ impl AdaptedVit {
         let mut h = self.embed(x)?;
         let kind = self.compute_kind;
         let weights = self.step_weights(ctx);
-        let pass = Pass { cfg: &self.cfg, ctx, kind, sampler: &self.sampler, weights: weights.as_ref() };
+        let pass = Pass {
+            cfg: &self.cfg,
+            ctx,
+            kind,
+            sampler: &self.sampler,
+            weights: weights.as_ref(),
+            explicit_attention: self.explicit_attention,
+        };
         let depth = self.backbone.blocks.len();
         for blk in &self.backbone.blocks {
             // Only the class token leaves the last block: there, the other tokens serve as
@@ -496,6 +521,44 @@ mod tests {
         }
     }
 
+    /// Attention written out gives the fused kernel's logits and adapter gradients (to float
+    /// rounding), and switching it off again gives the default path's exact logits.
+    #[test]
+    fn written_out_attention_matches_the_fused_kernel() {
+        tch::manual_seed(3);
+        let cfg = tiny_cfg();
+        let mlae = mlae_core::MlaeSpec { experts: 2, ..Default::default() };
+        let spec = AdapterSpec { mlae, targets: vec![TargetLayer::Qkv], ..Default::default() };
+        let mut model = AdaptedVit::new(&cfg, &spec, 7, Device::Cpu).unwrap();
+        // a trained-looking adapter, so that its gradient is not trivial
+        tch::no_grad(|| {
+            for (_, mut t, _) in model.trainable() {
+                let noise = Tensor::randn_like(&t) * 0.1;
+                let _ = t.g_add_(&noise);
+            }
+        });
+        let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let run = |model: &AdaptedVit| {
+            let logits = model.forward_t(&x, &ForwardCtx::eval());
+            let grads = tch::Tensor::run_backward(
+                &[logits.square().sum(Kind::Float)],
+                &model.trainable().into_iter().map(|(_, t, _)| t).collect::<Vec<_>>(),
+                false,
+                false,
+            );
+            (logits.detach(), grads)
+        };
+        let (fused, fused_grads) = run(&model);
+        model.set_explicit_attention(true);
+        let (explicit, explicit_grads) = run(&model);
+        assert!(max_diff(&fused, &explicit) < 1e-5, "{}", max_diff(&fused, &explicit));
+        for (a, b) in fused_grads.iter().zip(&explicit_grads) {
+            assert!(max_diff(a, b) < 1e-5, "{}", max_diff(a, b));
+        }
+        model.set_explicit_attention(false);
+        assert!(run(&model).0.equal(&fused), "off again, the default path");
+    }
+
     /// The model's forward (class token only in the last block) against every block computed
     /// on every token, for logits and for the adapters' gradients.
     #[test]
@@ -553,8 +616,14 @@ mod tests {
         let ctx = ForwardCtx::train(0, 10);
         let mut h = model.embed(&x).unwrap();
         assert_eq!(h.kind(), Kind::Float);
-        let pass =
-            Pass { cfg: &model.cfg, ctx: &ctx, kind: Kind::BFloat16, sampler: &model.sampler, weights: None };
+        let pass = Pass {
+            cfg: &model.cfg,
+            ctx: &ctx,
+            kind: Kind::BFloat16,
+            sampler: &model.sampler,
+            weights: None,
+            explicit_attention: false,
+        };
         for blk in &model.backbone.blocks {
             let mut kinds = Vec::new();
             let mut hook = |id: LayerSite, t: &Tensor| {
