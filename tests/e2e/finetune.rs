@@ -191,16 +191,7 @@ fn an_interrupted_run_resumes_to_the_same_result() {
     }
     assert!((printed_accuracy(&stdout) - b["test_acc"].as_f64().unwrap()).abs() < 5e-5);
     // Same weights at the end, bit for bit.
-    let (wa, wb) = (
-        tch::Tensor::read_safetensors(run.join("checkpoints/last.safetensors")).unwrap(),
-        tch::Tensor::read_safetensors(reference.join("checkpoints/last.safetensors")).unwrap(),
-    );
-    let wb: std::collections::HashMap<String, tch::Tensor> = wb.into_iter().collect();
-    for (k, t) in &wa {
-        if k.starts_with("model.") {
-            assert!(t.equal(&wb[k]), "{k} differs after resume");
-        }
-    }
+    assert_same_model_weights(&run, &reference);
 }
 
 #[test]

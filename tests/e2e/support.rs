@@ -166,3 +166,14 @@ pub fn printed_accuracy(stdout: &str) -> f64 {
     assert_eq!(value.len(), 6, "expected four decimals: `{last}`");
     value.parse().unwrap()
 }
+
+/// Asserts that two runs ended with the same model tensors in `checkpoints/last`, bit for bit.
+pub fn assert_same_model_weights(run: &Path, reference: &Path) {
+    let read = |dir: &Path| tch::Tensor::read_safetensors(dir.join("checkpoints/last.safetensors")).unwrap();
+    let wb: std::collections::HashMap<String, tch::Tensor> = read(reference).into_iter().collect();
+    for (k, t) in &read(run) {
+        if k.starts_with("model.") {
+            assert!(t.equal(&wb[k]), "{k} differs after resume");
+        }
+    }
+}

@@ -295,6 +295,13 @@ pub fn check(
     Ok(CheckReport { benchmark, root: root.to_path_buf(), tasks })
 }
 
+impl TaskReport {
+    /// The report of task `name` in `dir` before anything is checked.
+    pub(crate) fn empty(name: &str, dir: PathBuf) -> Self {
+        TaskReport { task: name.into(), dir, classes: 0, problems: Vec::new(), splits: Vec::new() }
+    }
+}
+
 fn check_task(benchmark: Benchmark, root: &Path, name: &str, opts: &CheckOptions) -> Result<TaskReport> {
     if benchmark == Benchmark::Folder {
         return Ok(crate::folder::check_folder_task(root, name, opts));
@@ -302,13 +309,7 @@ fn check_task(benchmark: Benchmark, root: &Path, name: &str, opts: &CheckOptions
     if benchmark != Benchmark::List {
         return Ok(check_spec(&benchmark.task(name)?, root, opts));
     }
-    let mut report = TaskReport {
-        task: name.into(),
-        dir: root.join(name),
-        classes: 0,
-        problems: Vec::new(),
-        splits: Vec::new(),
-    };
+    let mut report = TaskReport::empty(name, root.join(name));
     match open_task(&DataSource { benchmark, task: name.into(), root: root.into(), split: None }) {
         Ok(task) => check_splits(&task, Vec::new(), &mut report, opts),
         Err(e) => report.problems.push(Problem::from_error(e)),

@@ -326,13 +326,7 @@ fn hold_out(task: &mut Task, h: &HoldoutSplit) -> Result<()> {
 /// `data check` of one folder task: the listing's problems, the images, notes on empty class
 /// folders outside `train`, skipped files and a task with `train` alone.
 pub(crate) fn check_folder_task(root: &Path, name: &str, opts: &CheckOptions) -> TaskReport {
-    let mut report = TaskReport {
-        task: name.into(),
-        dir: root.join(name),
-        classes: 0,
-        problems: Vec::new(),
-        splits: Vec::new(),
-    };
+    let mut report = TaskReport::empty(name, root.join(name));
     let scan = match scan(root, name) {
         Ok(scan) => scan,
         Err(e) => {

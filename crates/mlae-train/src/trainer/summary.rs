@@ -40,13 +40,14 @@ impl Session {
         let last_epoch = partial_epoch.unwrap_or(self.state.epoch);
         // The final weights' test confusion: kept from the last epoch's evaluation when that
         // epoch evaluated (not after a resume at the end), else measured now.
-        let final_confusion = match self.test_confusion.take() {
-            Some((epoch, counts)) if epoch == last_epoch => counts,
-            _ => self.evaluator.evaluate_split(&self.model, test_set, None).confusion,
-        };
-        let final_test = match rows.last().and_then(|m| m.eval.get(&test_split)) {
-            Some(r) if rows.last().is_some_and(|m| m.epoch == last_epoch) => r.acc,
-            _ => diagonal_fraction(&final_confusion),
+        let logged = rows.last().filter(|m| m.epoch == last_epoch).and_then(|m| m.eval.get(&test_split));
+        let kept = self.test_confusion.take().filter(|(epoch, _)| *epoch == last_epoch).map(|(_, c)| c);
+        let (final_test, final_confusion) = match (logged, kept) {
+            (Some(r), Some(counts)) => (r.acc, counts),
+            (logged, _) => {
+                let out = self.evaluator.evaluate_split(&self.model, test_set, None);
+                (logged.map_or(out.result.acc, |r| r.acc), out.confusion)
+            }
         };
         let mut reported_confusion = final_confusion;
         let best_test = rows
@@ -133,11 +134,4 @@ impl Session {
         })?;
         Ok(summary)
     }
-}
-
-/// The accuracy a confusion matrix (row-major, square) gives: its diagonal over its total.
-fn diagonal_fraction(counts: &[u64]) -> f64 {
-    let c = (counts.len() as f64).sqrt().round() as usize;
-    let correct: u64 = (0..c).map(|i| counts[i * c + i]).sum();
-    correct as f64 / counts.iter().sum::<u64>().max(1) as f64
 }
