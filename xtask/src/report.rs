@@ -23,6 +23,11 @@ pub struct ReportArgs {
     /// Also show this task's per-class test accuracy and confusion matrices (one PNG per row).
     #[arg(long, value_name = "TASK")]
     pub confusion: Option<String>,
+    /// The sweeps are one grid run at several training lengths (`cargo xtask sweep ... --set
+    /// train.epochs=N`, one directory each): write curve.md, curve.csv and curve.png, test
+    /// accuracy against epochs per task and method, instead of the report.
+    #[arg(long, conflicts_with = "confusion")]
+    pub curve: bool,
 }
 
 pub fn run(args: &ReportArgs) -> Result<()> {
@@ -30,6 +35,16 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         args.sweep.iter().map(|d| mlae_sweep::SweepDir { root: util::absolute(d) }).collect();
     if sweeps.len() > 1 && args.out.is_none() {
         anyhow::bail!("a report of {} sweeps needs --out DIR (it belongs to none of them)", sweeps.len());
+    }
+    if args.curve {
+        let curve = mlae_report::curve::Curve::collect(&sweeps)?;
+        let out = args.out.as_deref().map(util::absolute).unwrap_or_else(|| sweeps[0].root.join("curve"));
+        std::fs::create_dir_all(&out)?;
+        curve.write(&out)?;
+        print!("{}", curve.markdown());
+        std::io::stdout().flush()?;
+        eprintln!("wrote {}, curve.csv and curve.png", out.join("curve.md").display());
+        return Ok(());
     }
     let published = mlae_report::load_published(&util::root().join("configs/published/mlae-paper.toml"))?;
     let opts = mlae_report::BuildOptions { timings: !args.no_timings, confusion: args.confusion.clone() };

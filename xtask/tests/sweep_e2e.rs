@@ -297,6 +297,19 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
         assert!(csv.contains(&line), "{line}\n{csv}");
     }
     assert_eq!(&std::fs::read(sweep.join("report/domains.png")).unwrap()[..4], b"\x89PNG");
+    // The epoch curve of this one-length sweep: per task, the finals' mean at their length.
+    let out = tmp.path().join("curve");
+    let md =
+        stdout(&run_ok(xtask().args(["report", "--curve", "--out"]).arg(&out).arg("--sweep").arg(&sweep)));
+    let epochs = summary(&sweep, "final.mnist5k.mlae.s0")["epochs"].as_u64().unwrap();
+    assert!(md.contains(&format!("| method | {epochs} epochs |")), "{md}");
+    for t in &tasks {
+        let (m, sd) = mean_std(&[acc(t, 0), acc(t, 1)]);
+        let section = md.split(&format!("## {t}\n")).nth(1).unwrap_or_else(|| panic!("no {t} in\n{md}"));
+        assert!(section.contains(&format!("| mlae | {m:.2} ± {sd:.2} (n=2) |")), "{t}: {md}");
+    }
+    assert_eq!(&std::fs::read(out.join("curve.png")).unwrap()[..4], b"\x89PNG");
+    assert!(std::fs::read_to_string(out.join("curve.csv")).unwrap().starts_with("task,method,epochs,"));
     eprintln!("demo sweep end to end: {:?}", started.elapsed());
 }
 

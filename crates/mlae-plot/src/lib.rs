@@ -1,11 +1,13 @@
 //! Every chart MLAE draws into PNG files, in one place for the trainer (run curves), its
 //! analysis (expert similarity heatmaps and bars, expert feature-map grids) and the report
-//! (domain means) and the per-class results (confusion matrices): line panels, grouped bars, heatmaps, image grids, and the system font their
+//! (domain means, accuracy against training length) and the per-class results (confusion matrices):
+//! line panels, error-bar panels, grouped bars, heatmaps, image grids, and the system font their
 //! labels use. Callers hand over plain data; without a font the charts are drawn unlabelled
 //! rather than not at all.
 
 mod bars;
 mod confusion;
+mod errorbars;
 mod expert_grid;
 mod font;
 mod heatmap;
@@ -13,6 +15,7 @@ mod lines;
 
 pub use bars::{BarChart, grouped_bars};
 pub use confusion::{confusion_matrix, confusion_size};
+pub use errorbars::{ErrorPanel, ErrorSeries, error_panels};
 pub use expert_grid::{EXPERT_HEADER, ExpertGrid, MapScale, expert_grid, expert_grid_size};
 pub use font::register_plot_font;
 pub use heatmap::{HEATMAP_COLORBAR, HEATMAP_COLUMNS, HEATMAP_PANEL, heatmap_size, similarity_heatmaps};

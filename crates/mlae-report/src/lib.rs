@@ -9,11 +9,13 @@
 //! runs are read through mlae-formats' `Summary`. A sweep run with `--search halving` adds its
 //! rungs, the training it took, and, beside a full search of the same grid, both selections.
 //! On request ([`BuildOptions::confusion`]) it shows one task's per-class accuracy and
-//! confusion matrices.
+//! confusion matrices. Sweeps of one grid at several training lengths give an epoch curve
+//! ([`curve::Curve`]).
 
 mod build;
 mod cells;
 pub mod confusion;
+pub mod curve;
 pub mod error;
 pub mod extra;
 pub mod flat;

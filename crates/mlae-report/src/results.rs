@@ -27,6 +27,10 @@ pub struct RunResult {
     /// Trainable parameters outside the head (the paper's "# param").
     pub backbone_params: Option<f64>,
     pub wall_seconds: Option<f64>,
+    /// Epochs the run trained (the training length an epoch curve is drawn along).
+    pub epochs: u64,
+    /// The training loss of its last epoch (masks on for MLAE), from `metrics.jsonl`.
+    pub final_train_loss: Option<f64>,
 }
 
 /// Rows by label, cells by task, each cell the runs (seeds) of that row and task.
@@ -171,6 +175,14 @@ pub fn collect(sweep: &SweepDir, notes: &mut Vec<String>) -> Result<Vec<RunResul
             val_acc: summary.best_val_acc.map(|v| 100.0 * v),
             backbone_params: Some(summary.backbone_params() as f64),
             wall_seconds: Some(summary.wall_seconds),
+            epochs: summary.epochs,
+            final_train_loss: match layout.read_metrics() {
+                Ok(m) => m.last().map(|m| m.train_loss),
+                Err(e) => {
+                    notes.push(format!("{name}: no final training loss ({e})"));
+                    None
+                }
+            },
         });
     }
     Ok(out)

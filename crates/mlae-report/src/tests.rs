@@ -13,7 +13,7 @@ fn published_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/published/mlae-paper.toml")
 }
 
-fn r(task: &str, row: &str, seed: u64, acc: f64) -> RunResult {
+pub(crate) fn r(task: &str, row: &str, seed: u64, acc: f64) -> RunResult {
     RunResult {
         task: task.into(),
         row: row.into(),
@@ -25,6 +25,8 @@ fn r(task: &str, row: &str, seed: u64, acc: f64) -> RunResult {
         val_acc: None,
         backbone_params: Some(3e5),
         wall_seconds: Some(60.0),
+        epochs: 10,
+        final_train_loss: None,
     }
 }
 
@@ -314,4 +316,42 @@ fn the_demos_opt_in_tasks_are_columns_only_where_a_sweep_ran_them() {
     assert_eq!(got, [("Image tasks".to_string(), image), ("Structured tasks".into(), vec!["count".into()])]);
     let vtab = crate::build::report_groups(Benchmark::Vtab, &[]).unwrap();
     assert_eq!(vtab, Benchmark::Vtab.task_groups().unwrap(), "VTAB-1k has no opt-in tasks");
+}
+
+/// Tasks in several groups (the demo's image and structured tasks): each group's mean after
+/// its tasks, and the Mean as the mean of the group means with its spread over seeds.
+#[test]
+fn grouped_flat_tables_show_group_means_and_their_mean() {
+    let group = |name: &str, tasks: &[&str]| TaskGroup {
+        name: name.into(),
+        tasks: tasks.iter().map(|t| t.to_string()).collect(),
+    };
+    let groups = vec![group("Image tasks", &["a", "b"]), group("Structured tasks", &["c"])];
+    // seed 0: image (90 + 80) / 2 = 85, structured 50 -> 67.5; seed 1: image (92 + 82) / 2 = 87,
+    // structured 60 -> 73.5. Group means 86 and 55, Mean 70.5 ± std(67.5, 73.5) = 4.24.
+    let results = vec![
+        r("a", "lora", 0, 90.0),
+        r("b", "lora", 0, 80.0),
+        r("c", "lora", 0, 50.0),
+        r("a", "lora", 1, 92.0),
+        r("b", "lora", 1, 82.0),
+        r("c", "lora", 1, 60.0),
+        r("a", "part", 0, 70.0),
+        r("b", "part", 0, 70.0),
+    ];
+    let (mut md, mut csv) = (String::new(), String::new());
+    flat_tables(&Table::new(&results), ("demo", &groups), None, &mut md, &mut csv);
+    assert!(
+        md.contains("| a | b | Image tasks (mean) | c | Structured tasks (mean) | Mean |"),
+        "group columns after their tasks: {md}"
+    );
+    let lora = md.lines().find(|l| l.starts_with("| lora |")).unwrap();
+    assert!(lora.contains("| 86.00 ± 1.41 (n=2) |"), "image group mean: {lora}");
+    assert!(lora.contains("| 55.00 ± 7.07 (n=2) |"), "structured group mean: {lora}");
+    assert!(lora.ends_with("| 70.50 ± 4.24 (n=2) |"), "mean of the group means: {lora}");
+    let part = md.lines().find(|l| l.starts_with("| part |")).unwrap();
+    assert!(part.ends_with("| 70.00 | - | - | - |"), "a missing group has no mean, nor has the Mean: {part}");
+    assert!(csv.contains("ours,lora,paper,Image tasks,group,,86.0000,,,,,\n"), "{csv}");
+    assert!(csv.contains("ours,lora,paper,mean,mean,,70.5000,,,,,\n"), "{csv}");
+    assert!(md.contains("mean of the group means"), "the footnote says how the Mean is made");
 }

@@ -1,0 +1,151 @@
+//! Mean ± spread against a numeric x, one panel per quantity (the report's accuracy against
+//! the training length). The x axis is logarithmic when it spans a decade or more, so that
+//! 10, 30 and 100 epochs sit evenly apart.
+
+use crate::{PlotError, fail, font::register_plot_font};
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::prelude::*;
+use std::path::Path;
+
+/// A line of means with error bars: (x, mean, half-width) points; a half-width of 0 draws none.
+#[derive(Debug, Clone)]
+pub struct ErrorSeries {
+    pub label: String,
+    pub points: Vec<(f64, f64, f64)>,
+}
+
+/// One panel of [`error_panels`].
+#[derive(Debug, Clone)]
+pub struct ErrorPanel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<ErrorSeries>,
+}
+
+/// Draws the panels side by side into a PNG of `size` pixels; non-finite points are left out.
+pub fn error_panels(path: &Path, size: (u32, u32), panels: &[ErrorPanel]) -> Result<(), PlotError> {
+    let finite = |p: &&(f64, f64, f64)| p.0.is_finite() && p.1.is_finite() && p.2.is_finite();
+    if panels.iter().all(|p| p.series.iter().all(|s| s.points.iter().filter(finite).count() == 0)) {
+        return Err(fail(path, "nothing to draw"));
+    }
+    let labels = register_plot_font();
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(path, e))?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (panel, area) in panels.iter().zip(areas.iter()) {
+        let pts: Vec<&(f64, f64, f64)> =
+            panel.series.iter().flat_map(|s| s.points.iter()).filter(finite).collect();
+        if pts.is_empty() {
+            continue;
+        }
+        let x_min = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
+        let x_max = pts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+        let y_min = pts.iter().map(|p| p.1 - p.2).fold(f64::INFINITY, f64::min);
+        let y_max = pts.iter().map(|p| p.1 + p.2).fold(f64::NEG_INFINITY, f64::max);
+        let pad = ((y_max - y_min) * 0.08).max(0.1);
+        let y_range = (y_min - pad)..(y_max + pad);
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(14);
+        if labels {
+            builder.caption(&panel.title, ("sans-serif", 20)).x_label_area_size(40).y_label_area_size(60);
+        }
+        let log = x_min > 0.0 && x_max / x_min >= 10.0;
+        if log {
+            let x_range = (x_min / 1.2..x_max * 1.2).log_scale();
+            let chart = builder.build_cartesian_2d(x_range, y_range).map_err(|e| fail(path, e))?;
+            draw(path, chart, panel, labels)?;
+        } else {
+            let w = ((x_max - x_min) * 0.08).max(0.5);
+            let chart =
+                builder.build_cartesian_2d((x_min - w)..(x_max + w), y_range).map_err(|e| fail(path, e))?;
+            draw(path, chart, panel, labels)?;
+        }
+    }
+    root.present().map_err(|e| fail(path, e))
+}
+
+/// The mesh, the lines, the error bars and the legend of one panel.
+fn draw<'a, X>(
+    path: &Path,
+    mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, plotters::coord::types::RangedCoordf64>>,
+    panel: &ErrorPanel,
+    labels: bool,
+) -> Result<(), PlotError>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut mesh = chart.configure_mesh();
+    if labels {
+        mesh.x_desc(&panel.x_label).y_desc(&panel.y_label).x_label_formatter(&|x| format!("{x:.0}"));
+    } else {
+        mesh.disable_x_axis().disable_y_axis();
+    }
+    mesh.draw().map_err(|e| fail(path, e))?;
+    for (i, s) in panel.series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts: Vec<(f64, f64, f64)> = s
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.0.is_finite() && p.1.is_finite() && p.2.is_finite())
+            .collect();
+        let drawn = chart
+            .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
+            .map_err(|e| fail(path, e))?;
+        if labels {
+            drawn
+                .label(s.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        }
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 3, color.filled())))
+            .map_err(|e| fail(path, e))?;
+        chart
+            .draw_series(
+                pts.iter().filter(|p| p.2 > 0.0).map(|p| {
+                    ErrorBar::new_vertical(p.0, p.1 - p.2, p.1, p.1 + p.2, color.stroke_width(2), 8)
+                }),
+            )
+            .map_err(|e| fail(path, e))?;
+    }
+    if labels {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| fail(path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_log_and_linear_panels_with_and_without_error_bars() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("curve.png");
+        let series =
+            |label: &str, pts: &[(f64, f64, f64)]| ErrorSeries { label: label.into(), points: pts.to_vec() };
+        let panel = |title: &str, s: Vec<ErrorSeries>| ErrorPanel {
+            title: title.into(),
+            x_label: "epochs".into(),
+            y_label: "test accuracy (%)".into(),
+            series: s,
+        };
+        let panels = [
+            panel("log x", vec![series("a", &[(10.0, 90.0, 0.5), (30.0, 92.0, 0.0), (100.0, 93.0, 0.4)])]),
+            panel("linear x", vec![series("b", &[(1.0, 50.0, 1.0), (3.0, f64::NAN, 0.0), (5.0, 60.0, 2.0)])]),
+        ];
+        error_panels(&path, (900, 400), &panels).unwrap();
+        assert_eq!(crate::png_size(&path), (900, 400));
+        let empty = [panel("empty", vec![series("c", &[(1.0, f64::NAN, 0.0)])])];
+        let err = error_panels(&tmp.path().join("none.png"), (400, 300), &empty).unwrap_err();
+        assert!(err.to_string().contains("nothing to draw"), "{err}");
+    }
+}
