@@ -42,6 +42,10 @@ pub struct SweepArgs {
     /// Seeds, comma-separated (default: the grid's for the benchmark).
     #[arg(long, value_delimiter = ',')]
     pub seeds: Vec<u64>,
+    /// Only these variants of the grid, comma-separated (default: every one), e.g. one method on
+    /// more tasks or seeds without running the others again.
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<String>,
     /// Benchmark root: sets data.root for every run.
     #[arg(long, value_name = "DIR")]
     pub data_root: Option<PathBuf>,
@@ -107,6 +111,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         grid,
         tasks: args.tasks.clone(),
         seeds: args.seeds.clone(),
+        variants: args.variants.clone(),
         data_root: args.data_root.as_deref().map(util::absolute),
         checkpoint: args.checkpoint.as_deref().map(util::absolute),
         set: args.set.clone(),

@@ -50,6 +50,9 @@ pub struct SweepRequest {
     pub tasks: Vec<String>,
     /// Seeds (empty: the grid's for the benchmark).
     pub seeds: Vec<u64>,
+    /// Only these variants of the grid (empty: every one): part of a grid, such as one method
+    /// on more tasks, without running the others again.
+    pub variants: Vec<String>,
     /// Sets `data.root` for every run.
     pub data_root: Option<PathBuf>,
     /// Sets `model.checkpoint` for every run.
@@ -151,7 +154,17 @@ pub fn plan(req: SweepRequest) -> Result<PlannedSweep> {
             bail!("--devices and --jobs are for the local executor; with Slurm use --gres and --array-limit");
         }
     }
-    let specs = grid.expand(&req.root, bench.name(), &tasks, &seeds)?;
+    let mut specs = grid.expand(&req.root, bench.name(), &tasks, &seeds)?;
+    if !req.variants.is_empty() {
+        let mut known: Vec<&str> = specs.iter().map(|s| s.variant.as_str()).collect();
+        known.dedup();
+        for v in &req.variants {
+            if !known.contains(&v.as_str()) {
+                bail!("--variants: grid {grid_name} has no variant `{v}` (it has {})", known.join(", "));
+            }
+        }
+        specs.retain(|s| req.variants.contains(&s.variant));
+    }
     let prepared = prepare(&sweep, &grid_name, &extra, &specs)?;
     let (selection, halving) = match (&grid.select, req.search) {
         (Some(sel), SearchMode::Full) => (Some(select(&sweep, &grid_name, &extra, &prepared, sel)?), None),
@@ -316,6 +329,7 @@ mod tests {
             grid: "paper".into(),
             tasks: Vec::new(),
             seeds: Vec::new(),
+            variants: Vec::new(),
             data_root: None,
             checkpoint: None,
             set: set.iter().map(|s| s.to_string()).collect(),
@@ -366,6 +380,29 @@ mod tests {
         let runs: Vec<&str> = planned.prepared.iter().map(|p| p.spec.name.as_str()).collect();
         assert_eq!(runs, ["count.mlae.s0", "dsprites_ori.mlae.s0"]);
         assert!(planned.prepared[0].spec.extends.iter().any(|p| p.ends_with("configs/demo/count.toml")));
+    }
+
+    #[test]
+    fn variants_pick_part_of_a_grid_and_an_unknown_one_is_named() {
+        let part = SweepRequest {
+            grid: "demo-methods".into(),
+            tasks: vec!["mnist5k".into()],
+            variants: vec!["mlae".into(), "lora".into()],
+            ..request("demo", &[])
+        };
+        let planned = plan(part).unwrap();
+        let mut runs: Vec<&str> = planned.prepared.iter().map(|p| p.spec.name.as_str()).collect();
+        runs.sort_unstable();
+        let want = ["lora.s0", "lora.s1", "lora.s2", "mlae.s0", "mlae.s1", "mlae.s2"]
+            .map(|r| format!("mnist5k.{r}"));
+        assert_eq!(runs, want);
+        let unknown = SweepRequest {
+            grid: "demo-methods".into(),
+            variants: vec!["lorra".into()],
+            ..request("demo", &[])
+        };
+        let err = plan(unknown).unwrap_err().to_string();
+        assert!(err.contains("no variant `lorra`") && err.contains("lora-dropout"), "{err}");
     }
 
     #[test]
