@@ -217,6 +217,38 @@ fn a_real_interrupt_signal_writes_a_checkpoint_and_the_run_resumes() {
     assert_eq!((summary["epochs"].as_u64(), summary["steps"].as_u64()), (Some(60), Some(360)));
 }
 
+/// Ctrl-C twice: the run stops at once with exit code 130 (not a crash), says so in its status,
+/// and resumes from the last checkpoint on disk.
+#[test]
+fn a_second_interrupt_exits_at_once_and_the_run_still_resumes() {
+    let (tmp, cfg) = setup(MLAE, 60);
+    let run = tmp.path().join("runs/run");
+    let child = cli()
+        .args(["finetune", "--config", s(&cfg), "--no-progress"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !run.join("checkpoints/last.safetensors").is_file() {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint in time");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = child.id().to_string();
+    let twice =
+        std::process::Command::new("sh").args(["-c", &format!("kill -INT {pid}; kill -INT {pid}")]).status();
+    assert!(twice.unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "exit code, not a signal: {:?}\n{stderr}", out.status);
+    if stderr.contains("second interrupt") {
+        let status = json(&run.join("status.json"));
+        assert!(status["message"].as_str().unwrap_or("").contains("second interrupt"), "{status}");
+    }
+    run_ok(&["finetune", "--resume", s(&run), "--no-progress"]);
+    let summary = json(&run.join("summary.json"));
+    assert_eq!(summary["epochs"].as_u64(), Some(60));
+}
+
 #[test]
 fn a_diverging_run_stops_at_the_step_and_keeps_its_checkpoint() {
     let (tmp, cfg) = setup("kind = \"full\"", 3);

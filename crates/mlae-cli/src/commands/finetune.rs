@@ -68,7 +68,10 @@ pub fn run(args: &FinetuneArgs) -> Result<ExitCode> {
                      from the last checkpoint on disk",
                 );
             }
-            std::process::exit(130);
+            // `_exit`, not `std::process::exit`: the training threads are still inside libtorch,
+            // and running its static destructors under them ended the process with SIGSEGV.
+            // SAFETY: `_exit` ends the process at once; nothing after it runs.
+            unsafe { libc::_exit(130) };
         }
         eprintln!("interrupt: finishing the step and writing a checkpoint (Ctrl-C again to abort)");
     })
