@@ -39,7 +39,6 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     if args.curve {
         let curve = mlae_report::curve::Curve::collect(&sweeps)?;
         let out = args.out.as_deref().map(util::absolute).unwrap_or_else(|| sweeps[0].root.join("curve"));
-        std::fs::create_dir_all(&out)?;
         curve.write(&out)?;
         print!("{}", curve.markdown());
         std::io::stdout().flush()?;

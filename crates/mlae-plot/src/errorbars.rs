@@ -25,8 +25,7 @@ pub struct ErrorPanel {
 
 /// Draws the panels side by side into a PNG of `size` pixels; non-finite points are left out.
 pub fn error_panels(path: &Path, size: (u32, u32), panels: &[ErrorPanel]) -> Result<(), PlotError> {
-    let finite = |p: &&(f64, f64, f64)| p.0.is_finite() && p.1.is_finite() && p.2.is_finite();
-    if panels.iter().all(|p| p.series.iter().all(|s| s.points.iter().filter(finite).count() == 0)) {
+    if panels.iter().all(|p| p.series.iter().all(|s| !s.points.iter().any(finite))) {
         return Err(fail(path, "nothing to draw"));
     }
     let labels = register_plot_font();
@@ -35,7 +34,7 @@ pub fn error_panels(path: &Path, size: (u32, u32), panels: &[ErrorPanel]) -> Res
     let areas = root.split_evenly((1, panels.len().max(1)));
     for (panel, area) in panels.iter().zip(areas.iter()) {
         let pts: Vec<&(f64, f64, f64)> =
-            panel.series.iter().flat_map(|s| s.points.iter()).filter(finite).collect();
+            panel.series.iter().flat_map(|s| s.points.iter()).filter(|p| finite(p)).collect();
         if pts.is_empty() {
             continue;
         }
@@ -65,6 +64,11 @@ pub fn error_panels(path: &Path, size: (u32, u32), panels: &[ErrorPanel]) -> Res
     root.present().map_err(|e| fail(path, e))
 }
 
+/// Whether a point can be drawn: x, mean and half-width all finite.
+fn finite(p: &(f64, f64, f64)) -> bool {
+    p.0.is_finite() && p.1.is_finite() && p.2.is_finite()
+}
+
 /// The mesh, the lines, the error bars and the legend of one panel.
 fn draw<'a, X>(
     path: &Path,
@@ -84,12 +88,7 @@ where
     mesh.draw().map_err(|e| fail(path, e))?;
     for (i, s) in panel.series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64, f64)> = s
-            .points
-            .iter()
-            .copied()
-            .filter(|p| p.0.is_finite() && p.1.is_finite() && p.2.is_finite())
-            .collect();
+        let pts: Vec<(f64, f64, f64)> = s.points.iter().copied().filter(finite).collect();
         let drawn = chart
             .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
             .map_err(|e| fail(path, e))?;

@@ -33,9 +33,16 @@ impl Curve {
     pub fn collect(sweeps: &[SweepDir]) -> Result<Curve> {
         let mut curve = Curve::default();
         for sweep in sweeps {
-            let runs = collect(sweep, &mut curve.notes)?;
-            for r in runs {
-                curve.add(r, sweep)?;
+            for r in collect(sweep, &mut curve.notes)? {
+                // Read here, not by `collect`: only the curve shows the final training loss.
+                let loss = match sweep.run_layout(&r.run).read_metrics() {
+                    Ok(m) => m.last().map(|m| m.train_loss),
+                    Err(e) => {
+                        curve.notes.push(format!("{}: no final training loss ({e})", r.run));
+                        None
+                    }
+                };
+                curve.add(r, loss, sweep)?;
             }
         }
         if curve.points.is_empty() {
@@ -47,7 +54,7 @@ impl Curve {
         Ok(curve)
     }
 
-    fn add(&mut self, r: RunResult, sweep: &SweepDir) -> Result<()> {
+    fn add(&mut self, r: RunResult, final_train_loss: Option<f64>, sweep: &SweepDir) -> Result<()> {
         let p = self.points.entry(r.task.clone()).or_default().entry(r.row.clone()).or_default();
         let p = p.entry(r.epochs).or_default();
         if p.seeds.contains(&r.seed) {
@@ -62,7 +69,7 @@ impl Curve {
         }
         p.seeds.push(r.seed);
         p.accs.push(r.acc);
-        if let Some(l) = r.final_train_loss {
+        if let Some(l) = final_train_loss {
             p.train_losses.push(l);
         }
         Ok(())
@@ -80,7 +87,6 @@ impl Curve {
     /// `curve.md`: per task, test accuracy and final training loss by method and length.
     pub fn markdown(&self) -> String {
         let lengths = self.lengths();
-        let head: Vec<String> = lengths.iter().map(|e| format!("{e} epochs")).collect();
         let mut md = String::from(
             "# Test accuracy against training length\n\n\
              Top-1 test accuracy (%), mean ± sample standard deviation over seeds (n = seeds; one seed: \
@@ -90,25 +96,9 @@ impl Curve {
         );
         for (task, methods) in &self.points {
             let _ = writeln!(md, "\n## {task}\n");
-            let _ = writeln!(md, "| method | {} |", head.join(" | "));
-            let _ = writeln!(md, "|---|{}", "---|".repeat(lengths.len()));
-            for (method, by_len) in methods {
-                let cells: Vec<String> = lengths
-                    .iter()
-                    .map(|e| by_len.get(e).map_or("-".into(), |p| mean_std_cell(&p.accs, 2)))
-                    .collect();
-                let _ = writeln!(md, "| {method} | {} |", cells.join(" | "));
-            }
+            table(&mut md, methods, &lengths, |p| mean_std_cell(&p.accs, 2));
             let _ = writeln!(md, "\nFinal training loss:\n");
-            let _ = writeln!(md, "| method | {} |", head.join(" | "));
-            let _ = writeln!(md, "|---|{}", "---|".repeat(lengths.len()));
-            for (method, by_len) in methods {
-                let cells: Vec<String> = lengths
-                    .iter()
-                    .map(|e| by_len.get(e).map_or("-".into(), |p| mean_std_cell(&p.train_losses, 4)))
-                    .collect();
-                let _ = writeln!(md, "| {method} | {} |", cells.join(" | "));
-            }
+            table(&mut md, methods, &lengths, |p| mean_std_cell(&p.train_losses, 4));
         }
         if !self.notes.is_empty() {
             md.push_str("\n## Left out\n\n");
@@ -184,6 +174,22 @@ impl Curve {
     }
 }
 
+/// One Markdown table: a line per method, a column per training length, `cell` of each point.
+fn table(
+    md: &mut String,
+    methods: &BTreeMap<String, BTreeMap<u64, CurvePoint>>,
+    lengths: &[u64],
+    cell: impl Fn(&CurvePoint) -> String,
+) {
+    let head: Vec<String> = lengths.iter().map(|e| format!("{e} epochs")).collect();
+    let _ = writeln!(md, "| method | {} |", head.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(lengths.len()));
+    for (method, by_len) in methods {
+        let cells: Vec<String> = lengths.iter().map(|e| by_len.get(e).map_or("-".into(), &cell)).collect();
+        let _ = writeln!(md, "| {method} | {} |", cells.join(" | "));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,11 +199,7 @@ mod tests {
         let sweep = SweepDir { root: "sweep".into() };
         let mut c = Curve::default();
         for &(task, row, epochs, seed, acc) in runs {
-            c.add(
-                RunResult { epochs, final_train_loss: Some(acc / 100.0), ..r(task, row, seed, acc) },
-                &sweep,
-            )
-            .unwrap();
+            c.add(RunResult { epochs, ..r(task, row, seed, acc) }, Some(acc / 100.0), &sweep).unwrap();
         }
         c
     }
@@ -231,7 +233,7 @@ mod tests {
     fn a_seed_counted_twice_is_an_error() {
         let mut c = curve(&[("mnist5k", "lora", 10, 0, 90.0)]);
         let twice = RunResult { epochs: 10, ..r("mnist5k", "lora", 0, 91.0) };
-        let err = c.add(twice, &SweepDir { root: "other".into() }).unwrap_err().to_string();
+        let err = c.add(twice, None, &SweepDir { root: "other".into() }).unwrap_err().to_string();
         assert!(err.contains("other") && err.contains("seed 0") && err.contains("10 epochs"), "{err}");
     }
 }

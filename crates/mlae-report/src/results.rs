@@ -29,8 +29,8 @@ pub struct RunResult {
     pub wall_seconds: Option<f64>,
     /// Epochs the run trained (the training length an epoch curve is drawn along).
     pub epochs: u64,
-    /// The training loss of its last epoch (masks on for MLAE), from `metrics.jsonl`.
-    pub final_train_loss: Option<f64>,
+    /// The run's name in its sweep (its directory under `runs/`).
+    pub run: String,
 }
 
 /// Rows by label, cells by task, each cell the runs (seeds) of that row and task.
@@ -176,13 +176,7 @@ pub fn collect(sweep: &SweepDir, notes: &mut Vec<String>) -> Result<Vec<RunResul
             backbone_params: Some(summary.backbone_params() as f64),
             wall_seconds: Some(summary.wall_seconds),
             epochs: summary.epochs,
-            final_train_loss: match layout.read_metrics() {
-                Ok(m) => m.last().map(|m| m.train_loss),
-                Err(e) => {
-                    notes.push(format!("{name}: no final training loss ({e})"));
-                    None
-                }
-            },
+            run: name.clone(),
         });
     }
     Ok(out)

@@ -26,7 +26,7 @@ pub(crate) fn r(task: &str, row: &str, seed: u64, acc: f64) -> RunResult {
         backbone_params: Some(3e5),
         wall_seconds: Some(60.0),
         epochs: 10,
-        final_train_loss: None,
+        run: format!("{task}.{row}.s{seed}"),
     }
 }
 

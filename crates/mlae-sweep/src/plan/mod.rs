@@ -156,10 +156,9 @@ pub fn plan(req: SweepRequest) -> Result<PlannedSweep> {
     }
     let mut specs = grid.expand(&req.root, bench.name(), &tasks, &seeds)?;
     if !req.variants.is_empty() {
-        let mut known: Vec<&str> = specs.iter().map(|s| s.variant.as_str()).collect();
-        known.dedup();
+        let known: Vec<String> = grid.variants().into_iter().map(|v| v.name).collect();
         for v in &req.variants {
-            if !known.contains(&v.as_str()) {
+            if !known.contains(v) {
                 bail!("--variants: grid {grid_name} has no variant `{v}` (it has {})", known.join(", "));
             }
         }
@@ -402,7 +401,11 @@ mod tests {
             ..request("demo", &[])
         };
         let err = plan(unknown).unwrap_err().to_string();
-        assert!(err.contains("no variant `lorra`") && err.contains("lora-dropout"), "{err}");
+        assert!(err.contains("no variant `lorra`"), "{err}");
+        assert!(
+            err.ends_with("(it has linear, full, lora, lora-dropout, dmlora, dora, mlae)"),
+            "each variant once, in the grid's order: {err}"
+        );
     }
 
     #[test]
