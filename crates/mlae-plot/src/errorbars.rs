@@ -1,6 +1,7 @@
 //! Mean ± spread against a numeric x, one panel per quantity (the report's accuracy against
-//! the training length). The x axis is logarithmic when it spans a decade or more, so that
-//! 10, 30 and 100 epochs sit evenly apart.
+//! the training length). Every panel shares one x axis, so that panels compare at a glance. It
+//! is logarithmic when it spans a decade or more, so that 10, 30 and 100 epochs sit evenly
+//! apart, and then ticked only at the x values drawn (the training lengths).
 
 use crate::{PlotError, fail, font::register_plot_font};
 use plotters::coord::ranged1d::ValueFormatter;
@@ -29,6 +30,7 @@ pub fn error_panels(path: &Path, size: (u32, u32), panels: &[ErrorPanel]) -> Res
         return Err(fail(path, "nothing to draw"));
     }
     let labels = register_plot_font();
+    let axis = XAxis::of(panels);
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(path, e))?;
     let areas = root.split_evenly((1, panels.len().max(1)));
@@ -38,8 +40,6 @@ pub fn error_panels(path: &Path, size: (u32, u32), panels: &[ErrorPanel]) -> Res
         if pts.is_empty() {
             continue;
         }
-        let x_min = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min);
-        let x_max = pts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
         let y_min = pts.iter().map(|p| p.1 - p.2).fold(f64::INFINITY, f64::min);
         let y_max = pts.iter().map(|p| p.1 + p.2).fold(f64::NEG_INFINITY, f64::max);
         let pad = ((y_max - y_min) * 0.08).max(0.1);
@@ -49,19 +49,44 @@ pub fn error_panels(path: &Path, size: (u32, u32), panels: &[ErrorPanel]) -> Res
         if labels {
             builder.caption(&panel.title, ("sans-serif", 20)).x_label_area_size(40).y_label_area_size(60);
         }
-        let log = x_min > 0.0 && x_max / x_min >= 10.0;
-        if log {
-            let x_range = (x_min / 1.2..x_max * 1.2).log_scale();
+        let (lo, hi) = (axis.ticks[0], axis.ticks[axis.ticks.len() - 1]);
+        if axis.log {
+            let x_range = (lo / 1.2..hi * 1.2).log_scale().with_key_points(axis.ticks.clone());
             let chart = builder.build_cartesian_2d(x_range, y_range).map_err(|e| fail(path, e))?;
             draw(path, chart, panel, labels)?;
         } else {
-            let w = ((x_max - x_min) * 0.08).max(0.5);
-            let chart =
-                builder.build_cartesian_2d((x_min - w)..(x_max + w), y_range).map_err(|e| fail(path, e))?;
+            let w = ((hi - lo) * 0.08).max(0.5);
+            let x_range = (lo - w)..(hi + w);
+            let chart = builder.build_cartesian_2d(x_range, y_range).map_err(|e| fail(path, e))?;
             draw(path, chart, panel, labels)?;
         }
     }
     root.present().map_err(|e| fail(path, e))
+}
+
+/// The x axis all panels share: every x value drawn in any panel, ascending (the log axis's
+/// ticks; the first and last bound the axis), and whether the axis is logarithmic (positive
+/// values spanning a decade or more).
+#[derive(Debug, PartialEq)]
+struct XAxis {
+    ticks: Vec<f64>,
+    log: bool,
+}
+
+impl XAxis {
+    /// Needs one finite point somewhere (the caller checks).
+    fn of(panels: &[ErrorPanel]) -> Self {
+        let mut ticks: Vec<f64> = panels
+            .iter()
+            .flat_map(|p| p.series.iter().flat_map(|s| s.points.iter()))
+            .filter(|p| finite(p))
+            .map(|p| p.0)
+            .collect();
+        ticks.sort_by(f64::total_cmp);
+        ticks.dedup();
+        let (lo, hi) = (ticks[0], ticks[ticks.len() - 1]);
+        Self { log: lo > 0.0 && hi / lo >= 10.0, ticks }
+    }
 }
 
 /// Whether a point can be drawn: x, mean and half-width all finite.
@@ -141,6 +166,9 @@ mod tests {
             panel("log x", vec![series("a", &[(10.0, 90.0, 0.5), (30.0, 92.0, 0.0), (100.0, 93.0, 0.4)])]),
             panel("linear x", vec![series("b", &[(1.0, 50.0, 1.0), (3.0, f64::NAN, 0.0), (5.0, 60.0, 2.0)])]),
         ];
+        // one axis for both panels, ticked where there are points; 1..100 spans two decades
+        assert_eq!(XAxis::of(&panels), XAxis { ticks: vec![1.0, 5.0, 10.0, 30.0, 100.0], log: true });
+        assert_eq!(XAxis::of(&panels[1..]), XAxis { ticks: vec![1.0, 5.0], log: false });
         error_panels(&path, (900, 400), &panels).unwrap();
         assert_eq!(crate::png_size(&path), (900, 400));
         let empty = [panel("empty", vec![series("c", &[(1.0, f64::NAN, 0.0)])])];
