@@ -17,8 +17,10 @@ pub(crate) fn csv_num(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| format!("{v:.4}"))
 }
 
+/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180; a lone
+/// carriage return counts, as spreadsheet readers split on it).
 pub(crate) fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 /// The paper's "# param": backbone parameters, averaged over group means (VTAB) or tasks.
@@ -79,4 +81,18 @@ pub(crate) fn csv_line(
         csv_field(protocol),
         csv_num(value)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn csv_fields_are_quoted_only_when_a_reader_would_split_them() {
+        assert_eq!(csv_field("mlae (demo-search)"), "mlae (demo-search)");
+        assert_eq!(csv_field("lr=0.001, p=0.5"), "\"lr=0.001, p=0.5\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(csv_field("a\rb"), "\"a\rb\"");
+        assert_eq!(csv_field("a\nb"), "\"a\nb\"");
+    }
 }
