@@ -26,11 +26,8 @@ pub struct ErrorPanel {
 
 /// Draws the panels side by side into a PNG of `size` pixels; non-finite points are left out.
 pub fn error_panels(path: &Path, size: (u32, u32), panels: &[ErrorPanel]) -> Result<(), PlotError> {
-    if panels.iter().all(|p| p.series.iter().all(|s| !s.points.iter().any(finite))) {
-        return Err(fail(path, "nothing to draw"));
-    }
+    let Some(axis) = XAxis::of(panels) else { return Err(fail(path, "nothing to draw")) };
     let labels = register_plot_font();
-    let axis = XAxis::of(panels);
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| fail(path, e))?;
     let areas = root.split_evenly((1, panels.len().max(1)));
@@ -49,7 +46,7 @@ pub fn error_panels(path: &Path, size: (u32, u32), panels: &[ErrorPanel]) -> Res
         if labels {
             builder.caption(&panel.title, ("sans-serif", 20)).x_label_area_size(40).y_label_area_size(60);
         }
-        let (lo, hi) = (axis.ticks[0], axis.ticks[axis.ticks.len() - 1]);
+        let (lo, hi) = (axis.lo(), axis.hi());
         if axis.log {
             let x_range = (lo / 1.2..hi * 1.2).log_scale().with_key_points(axis.ticks.clone());
             let chart = builder.build_cartesian_2d(x_range, y_range).map_err(|e| fail(path, e))?;
@@ -74,8 +71,8 @@ struct XAxis {
 }
 
 impl XAxis {
-    /// Needs one finite point somewhere (the caller checks).
-    fn of(panels: &[ErrorPanel]) -> Self {
+    /// `None` when no panel has a point that can be drawn.
+    fn of(panels: &[ErrorPanel]) -> Option<Self> {
         let mut ticks: Vec<f64> = panels
             .iter()
             .flat_map(|p| p.series.iter().flat_map(|s| s.points.iter()))
@@ -84,8 +81,16 @@ impl XAxis {
             .collect();
         ticks.sort_by(f64::total_cmp);
         ticks.dedup();
-        let (lo, hi) = (ticks[0], ticks[ticks.len() - 1]);
-        Self { log: lo > 0.0 && hi / lo >= 10.0, ticks }
+        let (&lo, &hi) = (ticks.first()?, ticks.last()?);
+        Some(Self { log: lo > 0.0 && hi / lo >= 10.0, ticks })
+    }
+
+    fn lo(&self) -> f64 {
+        self.ticks[0]
+    }
+
+    fn hi(&self) -> f64 {
+        self.ticks[self.ticks.len() - 1]
     }
 }
 
@@ -167,8 +172,8 @@ mod tests {
             panel("linear x", vec![series("b", &[(1.0, 50.0, 1.0), (3.0, f64::NAN, 0.0), (5.0, 60.0, 2.0)])]),
         ];
         // one axis for both panels, ticked where there are points; 1..100 spans two decades
-        assert_eq!(XAxis::of(&panels), XAxis { ticks: vec![1.0, 5.0, 10.0, 30.0, 100.0], log: true });
-        assert_eq!(XAxis::of(&panels[1..]), XAxis { ticks: vec![1.0, 5.0], log: false });
+        assert_eq!(XAxis::of(&panels), Some(XAxis { ticks: vec![1.0, 5.0, 10.0, 30.0, 100.0], log: true }));
+        assert_eq!(XAxis::of(&panels[1..]), Some(XAxis { ticks: vec![1.0, 5.0], log: false }));
         error_panels(&path, (900, 400), &panels).unwrap();
         assert_eq!(crate::png_size(&path), (900, 400));
         let empty = [panel("empty", vec![series("c", &[(1.0, f64::NAN, 0.0)])])];
