@@ -310,6 +310,32 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
     }
     assert_eq!(&std::fs::read(out.join("curve.png")).unwrap()[..4], b"\x89PNG");
     assert!(std::fs::read_to_string(out.join("curve.csv")).unwrap().starts_with("task,method,epochs,"));
+    // The same sweep split by seed into two directories (as when a user runs seed 1 into
+    // another `--out`): one report of both has the rows of the whole, and the same directory
+    // given twice is refused, as it would count each seed twice.
+    let halves: Vec<std::path::PathBuf> = [0u64, 1]
+        .map(|seed| {
+            let dir = tmp.path().join(format!("seed-{seed}"));
+            copy_dir(&sweep, &dir);
+            let plan_path = dir.join("plan.json");
+            let mut plan = json(&plan_path);
+            plan["runs"].as_object_mut().unwrap().retain(|_, r| r["seed"] == seed);
+            std::fs::write(&plan_path, serde_json::to_string(&plan).unwrap()).unwrap();
+            dir
+        })
+        .to_vec();
+    let joined = tmp.path().join("report-joined");
+    let report = |first: &Path, second: &Path| {
+        let mut cmd = xtask();
+        cmd.args(["report", "--out"]).arg(&joined).arg("--sweep").arg(first).arg("--sweep").arg(second);
+        cmd
+    };
+    let md = stdout(&run_ok(&mut report(&halves[0], &halves[1])));
+    assert!(md.lines().any(|l| l == row), "expected the row of the whole\n{row}\nin\n{md}");
+    assert!(!md.lines().any(|l| l.starts_with("| mlae (")), "the two halves' rows join: {md}");
+    let twice = report(&sweep, &halves[1]).output().unwrap();
+    let err = String::from_utf8_lossy(&twice.stderr);
+    assert!(!twice.status.success() && err.contains("each seed once"), "{err}");
     eprintln!("demo sweep end to end: {:?}", started.elapsed());
 }
 
@@ -472,4 +498,18 @@ fn halving_pauses_at_rungs_keeps_the_best_third_on_val_and_its_survivor_is_the_f
         summary(&halved, "final.mnist5k.mlae.s0")["test_acc"],
         summary(&full, "final.mnist5k.mlae.s0")["test_acc"]
     );
+}
+
+/// Copies a directory tree (a sweep directory, to split it in a test).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! The report of a sweep directory, assembled and written.
 
-use crate::confusion::{collect_confusions, confusion_section};
+use crate::confusion::{RowConfusion, collect_confusions, confusion_section};
 use crate::error::{ReportError, Result, bail};
 use crate::extra::{masking_table, selection_table};
 use crate::flat::flat_tables;
@@ -10,11 +10,11 @@ use crate::results::{RunResult, Table, collect};
 use crate::vtab::vtab_tables;
 use mlae_data::{Benchmark, TaskGroup};
 use mlae_plot::BarChart;
-use mlae_sweep::SweepDir;
 use mlae_sweep::select::Selection;
+use mlae_sweep::{SweepDir, SweepRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The report's outputs.
 #[derive(Debug)]
@@ -68,6 +68,9 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
     // each sweep's name in headings; a halving search's rows keep apart from a full search's
     // of the same grid
     let mut labels = vec![label(first, &record.grid)?];
+    let mut experiments = vec![Experiment::of(&labels[0], &record)];
+    // per sweep, whether its rows joined an earlier directory's (seeds run into another `--out`)
+    let mut joined = vec![false];
     for sweep in &sweeps[1..] {
         let other = sweep.read_record()?;
         if other.benchmark != record.benchmark {
@@ -80,7 +83,18 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
             );
         }
         let label = label(sweep, &other.grid)?;
-        merge_rows(&mut results, collect(sweep, &mut notes)?, &label);
+        let experiment = Experiment::of(&label, &other);
+        let more = collect(sweep, &mut notes)?;
+        if experiments.contains(&experiment) {
+            join_rows(&mut results, more, sweep)?;
+            joined.push(true);
+        } else {
+            // the same grid with other overrides (`--set train.epochs=30`, say) is another experiment
+            let suffix = if labels.contains(&label) { experiment.name() } else { label.clone() };
+            merge_rows(&mut results, more, &suffix);
+            joined.push(false);
+        }
+        experiments.push(experiment);
         labels.push(label);
     }
     if !opts.timings {
@@ -99,7 +113,7 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
          train800val200 (FGVC: train), accuracy after the last epoch; `val` = trained on train800, epoch \
          selected on val200; `selected on val` = the setting was chosen by validation accuracy in the search \
          stage. Rows marked **(published)** are figures printed in the MLAE paper, not measured here.\n\n",
-        labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(" + "),
+        heading_names(&labels, &experiments, &joined).join(" + "),
         record.benchmark,
         sweeps.iter().map(|s| format!("`{}`", s.root.display())).collect::<Vec<_>>().join(", ")
     );
@@ -129,11 +143,18 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
     halving_tables(sweeps, &mut md)?;
     let mut confusions = Vec::new();
     if let Some(task) = &opts.confusion {
-        let mut rows = BTreeMap::new();
-        for (sweep, label) in sweeps.iter().zip(&labels) {
+        let mut rows: BTreeMap<String, RowConfusion> = BTreeMap::new();
+        for ((sweep, experiment), joined) in sweeps.iter().zip(&experiments).zip(&joined) {
             for (row, r) in collect_confusions(sweep, task, &mut notes)? {
-                let row = if rows.contains_key(&row) { format!("{row} ({label})") } else { row };
-                rows.insert(row, r);
+                match rows.get_mut(&row) {
+                    Some(earlier) if *joined => earlier.add(r, &row, &mut notes),
+                    Some(_) => {
+                        rows.insert(format!("{row} ({})", experiment.name()), r);
+                    }
+                    None => {
+                        rows.insert(row, r);
+                    }
+                }
             }
         }
         confusions = confusion_section(task, &rows, &mut md);
@@ -145,6 +166,21 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
         }
     }
     Ok(Report { markdown: md, csv, chart, confusions })
+}
+
+/// The sweeps' names in the report's heading: a directory that joined an earlier one adds
+/// none, and a grid run again with other overrides is named with them.
+fn heading_names(labels: &[String], experiments: &[Experiment], joined: &[bool]) -> Vec<String> {
+    (0..labels.len())
+        .filter(|&i| !joined[i])
+        .map(|i| {
+            if labels[..i].contains(&labels[i]) {
+                format!("`{}`", experiments[i].name())
+            } else {
+                format!("`{}`", labels[i])
+            }
+        })
+        .collect()
 }
 
 /// The benchmark's task groups as the report's columns. An opt-in task (the demo's generated
@@ -168,6 +204,58 @@ fn label(sweep: &SweepDir, grid: &str) -> Result<String> {
         Some(_) => format!("{grid}, halving"),
         None => grid.to_string(),
     })
+}
+
+/// What makes two sweep directories one experiment: the grid (and whether it was a halving
+/// search), the `--set` overrides in any order, the data root and the checkpoint. Directories
+/// of one experiment hold different seeds or tasks of it, and their rows join.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Experiment {
+    label: String,
+    set: Vec<String>,
+    data_root: Option<PathBuf>,
+    checkpoint: Option<PathBuf>,
+}
+
+impl Experiment {
+    pub(crate) fn of(label: &str, record: &SweepRecord) -> Self {
+        let mut set = record.set.clone();
+        set.sort();
+        Self {
+            label: label.to_string(),
+            set,
+            data_root: record.data_root.clone(),
+            checkpoint: record.checkpoint.clone(),
+        }
+    }
+
+    /// The label, with the overrides where there are any (`demo-epochs, train.epochs=30`).
+    pub(crate) fn name(&self) -> String {
+        std::iter::once(self.label.clone()).chain(self.set.iter().cloned()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Adds the results of another directory of the same experiment: its rows join the earlier
+/// ones of the same name. A run of a row, task and seed already read is an error, as it would
+/// count one seed twice.
+pub(crate) fn join_rows(results: &mut Vec<RunResult>, more: Vec<RunResult>, sweep: &SweepDir) -> Result<()> {
+    for r in &more {
+        if let Some(earlier) = results.iter().find(|o| o.row == r.row && o.task == r.task && o.seed == r.seed)
+        {
+            bail!(
+                "{}: run {} is {} on {} at seed {}, which an earlier directory's run {} already is \
+                 (each seed once; leave one of them out)",
+                sweep.root.display(),
+                r.run,
+                r.row,
+                r.task,
+                r.seed,
+                earlier.run
+            );
+        }
+    }
+    results.extend(more);
+    Ok(())
 }
 
 /// Adds another sweep's results; a row name the table already has (each grid's `mlae`, say)

@@ -18,6 +18,19 @@ pub struct RowConfusion {
     pub seeds: usize,
 }
 
+impl RowConfusion {
+    /// Adds the seeds of the same row from another directory of the same experiment; a matrix
+    /// over other classes is noted and left out.
+    pub fn add(&mut self, other: RowConfusion, row: &str, notes: &mut Vec<String>) {
+        if other.matrix.classes != self.matrix.classes {
+            notes.push(format!("{row}: a later directory's classes differ from the earlier one's; left out"));
+            return;
+        }
+        self.matrix.counts.iter_mut().zip(&other.matrix.counts).for_each(|(a, b)| *a += b);
+        self.seeds += other.seeds;
+    }
+}
+
 /// The summed test confusion of `task`'s finished final runs in `sweep`, by row. Runs
 /// written before per-class results existed are noted and left out.
 pub fn collect_confusions(

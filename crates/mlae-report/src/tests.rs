@@ -302,6 +302,53 @@ fn a_second_sweeps_rows_keep_apart_from_the_firsts_of_the_same_name() {
     assert_eq!(t.cell("lora", "a"), Some(91.0));
 }
 
+fn record(set: &[&str]) -> mlae_sweep::SweepRecord {
+    mlae_sweep::SweepRecord {
+        grid: "demo-epochs".into(),
+        grid_path: "configs/grids/demo-epochs.toml".into(),
+        benchmark: "demo".into(),
+        set: set.iter().map(|s| s.to_string()).collect(),
+        data_root: None,
+        checkpoint: None,
+    }
+}
+
+#[test]
+fn directories_of_one_grid_and_overrides_are_one_experiment() {
+    use crate::build::Experiment;
+    let a = Experiment::of("demo-epochs", &record(&["train.epochs=30", "train.lr=1e-3"]));
+    let b = Experiment::of("demo-epochs", &record(&["train.lr=1e-3", "train.epochs=30"]));
+    assert_eq!(a, b, "the order of the overrides does not matter");
+    let c = Experiment::of("demo-epochs", &record(&["train.epochs=100"]));
+    assert_ne!(a, c, "another training length is another experiment");
+    assert_eq!(c.name(), "demo-epochs, train.epochs=100");
+    assert_ne!(
+        Experiment::of("demo-epochs, halving", &record(&[])),
+        Experiment::of("demo-epochs", &record(&[]))
+    );
+    assert_eq!(Experiment::of("demo-epochs", &record(&[])).name(), "demo-epochs");
+}
+
+#[test]
+fn seeds_from_two_directories_of_one_experiment_join_and_a_repeated_seed_is_refused() {
+    let dir = mlae_sweep::SweepDir { root: "runs/sweeps/seed-1".into() };
+    let mut results = vec![r("a", "lora", 0, 90.0)];
+    crate::build::join_rows(&mut results, vec![r("a", "lora", 1, 92.0), r("b", "lora", 0, 80.0)], &dir)
+        .unwrap();
+    let t = Table::new(&results);
+    assert_eq!(t.cell("lora", "a"), Some(91.0), "the two seeds average in one row");
+    assert_eq!(t.cell("lora", "b"), Some(80.0));
+    let err =
+        crate::build::join_rows(&mut results, vec![r("c", "lora", 0, 70.0), r("a", "lora", 1, 93.0)], &dir)
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("runs/sweeps/seed-1") && err.contains("a.lora.s1") && err.contains("each seed once"),
+        "{err}"
+    );
+    assert_eq!(results.len(), 3, "nothing of the refused directory was added");
+}
+
 #[test]
 fn the_demos_opt_in_tasks_are_columns_only_where_a_sweep_ran_them() {
     let names = |groups: Vec<TaskGroup>| -> Vec<(String, Vec<String>)> {
