@@ -97,6 +97,8 @@ fn dry_runs_of_the_other_grids_plan_valid_configs() {
         ("demo", "demo-search-lora", 3 * 9 * 3 + 3 * 3),
         ("demo", "demo-search-lora-dropout", 3 * 9 * 3 + 3 * 3),
         ("demo", "demo-search-dora", 3 * 9 * 3 + 3 * 3),
+        // MLAE with LoRA's lr axis, p as its regulariser.
+        ("demo", "demo-search-mlae-lr", 3 * 9 * 3 + 3 * 3),
         ("demo", "lora-dropout-readings", 3 * 2),
         ("demo", "lora-placement", 3 * 2),
     ];
