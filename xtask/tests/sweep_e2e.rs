@@ -336,6 +336,20 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
     let twice = report(&sweep, &halves[1]).output().unwrap();
     let err = String::from_utf8_lossy(&twice.stderr);
     assert!(!twice.status.success() && err.contains("each seed once"), "{err}");
+    // Seed 1 recorded as run with another override is another experiment: its rows keep
+    // apart, named with the override.
+    let record_path = halves[1].join("sweep.json");
+    let mut record = json(&record_path);
+    let grid = record["grid"].as_str().unwrap().to_string();
+    record["set"] = serde_json::json!(["train.epochs=7"]);
+    std::fs::write(&record_path, serde_json::to_string(&record).unwrap()).unwrap();
+    let md = stdout(&run_ok(&mut report(&halves[0], &halves[1])));
+    let apart = format!("| mlae ({grid}, train.epochs=7) | paper (selected on val) |");
+    assert!(md.lines().any(|l| l.starts_with(&apart)), "expected a row starting\n{apart}\nin\n{md}");
+    assert!(
+        md.starts_with(&format!("# Sweep report: grid `{grid}` + `{grid}, train.epochs=7` on demo")),
+        "{md}"
+    );
     eprintln!("demo sweep end to end: {:?}", started.elapsed());
 }
 

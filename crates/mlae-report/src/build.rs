@@ -69,8 +69,9 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
     // of the same grid
     let mut labels = vec![label(first, &record.grid)?];
     let mut experiments = vec![Experiment::of(&labels[0], &record)];
-    // per sweep, whether its rows joined an earlier directory's (seeds run into another `--out`)
-    let mut joined = vec![false];
+    // per sweep, the name its rows take where an earlier sweep has a row of the same name, or
+    // None where its rows joined an earlier directory's (seeds run into another `--out`)
+    let mut suffixes = vec![Some(labels[0].clone())];
     for sweep in &sweeps[1..] {
         let other = sweep.read_record()?;
         if other.benchmark != record.benchmark {
@@ -87,12 +88,12 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
         let more = collect(sweep, &mut notes)?;
         if experiments.contains(&experiment) {
             join_rows(&mut results, more, sweep)?;
-            joined.push(true);
+            suffixes.push(None);
         } else {
             // the same grid with other overrides (`--set train.epochs=30`, say) is another experiment
             let suffix = if labels.contains(&label) { experiment.name() } else { label.clone() };
             merge_rows(&mut results, more, &suffix);
-            joined.push(false);
+            suffixes.push(Some(suffix));
         }
         experiments.push(experiment);
         labels.push(label);
@@ -113,7 +114,7 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
          train800val200 (FGVC: train), accuracy after the last epoch; `val` = trained on train800, epoch \
          selected on val200; `selected on val` = the setting was chosen by validation accuracy in the search \
          stage. Rows marked **(published)** are figures printed in the MLAE paper, not measured here.\n\n",
-        heading_names(&labels, &experiments, &joined).join(" + "),
+        suffixes.iter().flatten().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(" + "),
         record.benchmark,
         sweeps.iter().map(|s| format!("`{}`", s.root.display())).collect::<Vec<_>>().join(", ")
     );
@@ -144,14 +145,14 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
     let mut confusions = Vec::new();
     if let Some(task) = &opts.confusion {
         let mut rows: BTreeMap<String, RowConfusion> = BTreeMap::new();
-        for ((sweep, experiment), joined) in sweeps.iter().zip(&experiments).zip(&joined) {
+        for (sweep, suffix) in sweeps.iter().zip(&suffixes) {
             for (row, r) in collect_confusions(sweep, task, &mut notes)? {
-                match rows.get_mut(&row) {
-                    Some(earlier) if *joined => earlier.add(r, &row, &mut notes),
-                    Some(_) => {
-                        rows.insert(format!("{row} ({})", experiment.name()), r);
+                match (rows.get_mut(&row), suffix) {
+                    (Some(earlier), None) => earlier.add(r, &row, &mut notes),
+                    (Some(_), Some(suffix)) => {
+                        rows.insert(format!("{row} ({suffix})"), r);
                     }
-                    None => {
+                    (None, _) => {
                         rows.insert(row, r);
                     }
                 }
@@ -166,21 +167,6 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
         }
     }
     Ok(Report { markdown: md, csv, chart, confusions })
-}
-
-/// The sweeps' names in the report's heading: a directory that joined an earlier one adds
-/// none, and a grid run again with other overrides is named with them.
-fn heading_names(labels: &[String], experiments: &[Experiment], joined: &[bool]) -> Vec<String> {
-    (0..labels.len())
-        .filter(|&i| !joined[i])
-        .map(|i| {
-            if labels[..i].contains(&labels[i]) {
-                format!("`{}`", experiments[i].name())
-            } else {
-                format!("`{}`", labels[i])
-            }
-        })
-        .collect()
 }
 
 /// The benchmark's task groups as the report's columns. An opt-in task (the demo's generated
