@@ -148,7 +148,13 @@ pub fn build_with(sweeps: &[SweepDir], published: &Published, opts: BuildOptions
         for (sweep, suffix) in sweeps.iter().zip(&suffixes) {
             for (row, r) in collect_confusions(sweep, task, &mut notes)? {
                 match (rows.get_mut(&row), suffix) {
-                    (Some(earlier), None) => earlier.add(r, &row, &mut notes),
+                    (Some(earlier), None) => {
+                        if !earlier.add(&r.matrix, r.seeds) {
+                            notes.push(format!(
+                                "{row}: a later directory's classes differ from the earlier one's; left out"
+                            ));
+                        }
+                    }
                     (Some(_), Some(suffix)) => {
                         rows.insert(format!("{row} ({suffix})"), r);
                     }

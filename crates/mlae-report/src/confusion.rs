@@ -19,15 +19,16 @@ pub struct RowConfusion {
 }
 
 impl RowConfusion {
-    /// Adds the seeds of the same row from another directory of the same experiment; a matrix
-    /// over other classes is noted and left out.
-    pub fn add(&mut self, other: RowConfusion, row: &str, notes: &mut Vec<String>) {
-        if other.matrix.classes != self.matrix.classes {
-            notes.push(format!("{row}: a later directory's classes differ from the earlier one's; left out"));
-            return;
+    /// Adds `seeds` more seeds' matrix of the same row (another run, or another directory of
+    /// the same experiment). A matrix over other classes is not added: false, for the caller
+    /// to note.
+    pub fn add(&mut self, matrix: &Confusion, seeds: usize) -> bool {
+        if matrix.classes != self.matrix.classes {
+            return false;
         }
-        self.matrix.counts.iter_mut().zip(&other.matrix.counts).for_each(|(a, b)| *a += b);
-        self.seeds += other.seeds;
+        self.matrix.counts.iter_mut().zip(&matrix.counts).for_each(|(a, b)| *a += b);
+        self.seeds += seeds;
+        true
     }
 }
 
@@ -56,11 +57,11 @@ pub fn collect_confusions(
         }
         let m = Confusion::read_csv(&path)?;
         match out.get_mut(&row_label(planned)) {
-            Some(r) if r.matrix.classes == m.classes => {
-                r.matrix.counts.iter_mut().zip(&m.counts).for_each(|(a, b)| *a += b);
-                r.seeds += 1;
+            Some(r) => {
+                if !r.add(&m, 1) {
+                    notes.push(format!("{name}: its classes differ from its row's other runs; left out"));
+                }
             }
-            Some(_) => notes.push(format!("{name}: its classes differ from its row's other runs; left out")),
             None => {
                 out.insert(row_label(planned), RowConfusion { matrix: m, seeds: 1 });
             }
