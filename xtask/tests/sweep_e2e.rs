@@ -350,6 +350,10 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
         md.starts_with(&format!("# Sweep report: grid `{grid}` + `{grid}, train.epochs=7` on demo")),
         "{md}"
     );
+    // Its name holds a comma, so the CSV quotes it and a reader gets the name whole.
+    let csv = std::fs::read_to_string(joined.join("report.csv")).unwrap();
+    let quoted = format!("ours,\"mlae ({grid}, train.epochs=7)\",paper (selected on val),");
+    assert!(csv.contains(&quoted), "expected\n{quoted}\nin\n{csv}");
     eprintln!("demo sweep end to end: {:?}", started.elapsed());
 }
 

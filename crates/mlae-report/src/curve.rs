@@ -2,9 +2,10 @@
 //! (`cargo xtask sweep ... --set train.epochs=N`, one sweep directory per length), drawn as one
 //! panel per task with a line per method, mean ± sample standard deviation over seeds.
 
-use crate::cells::{csv_field, csv_num};
+use crate::cells::csv_num;
 use crate::error::{Result, bail};
 use crate::results::{RunResult, collect, mean, mean_std_cell, std};
+use mlae_formats::csv_record;
 use mlae_plot::{ErrorPanel, ErrorSeries};
 use mlae_sweep::SweepDir;
 use std::collections::BTreeMap;
@@ -115,18 +116,17 @@ impl Curve {
         for (task, methods) in &self.points {
             for (method, by_len) in methods {
                 for (e, p) in by_len {
-                    let _ = writeln!(
-                        csv,
-                        "{},{},{e},{},{},{},{},{},{}",
-                        csv_field(task),
-                        csv_field(method),
-                        p.accs.len(),
+                    csv.push_str(&csv_record([
+                        task.clone(),
+                        method.clone(),
+                        e.to_string(),
+                        p.accs.len().to_string(),
                         csv_num(mean(&p.accs)),
                         csv_num(std(&p.accs)),
                         csv_num(p.accs.iter().copied().reduce(f64::min)),
                         csv_num(p.accs.iter().copied().reduce(f64::max)),
                         csv_num(mean(&p.train_losses)),
-                    );
+                    ]));
                 }
             }
         }

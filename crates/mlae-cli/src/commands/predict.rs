@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::{ArgGroup, Args};
+use mlae_formats::csv_record;
 use mlae_train::evaluator::{ModelSource, WhichCheckpoint};
 use mlae_train::predict::{Outcome, Predictor};
 use std::io::Write;
@@ -114,17 +115,15 @@ fn write_outcome(out: &mut impl Write, style: Style, classes: &[String], o: &Out
         (Style::Json, Err(e)) => writeln!(out, "{}", serde_json::json!({ "path": path, "error": e })),
         (Style::Csv, Ok(ranked)) => {
             for (rank, (i, p)) in ranked.iter().enumerate() {
-                writeln!(out, "{},{},{},{i},{p},", csv_field(&path), rank + 1, csv_field(&classes[*i]))?;
+                let (rank, index, p) = ((rank + 1).to_string(), i.to_string(), p.to_string());
+                out.write_all(csv_record([path.as_str(), &rank, &classes[*i], &index, &p, ""]).as_bytes())?;
             }
             Ok(())
         }
-        (Style::Csv, Err(e)) => writeln!(out, "{},,,,,{}", csv_field(&path), csv_field(e)),
+        (Style::Csv, Err(e)) => {
+            out.write_all(csv_record([path.as_str(), "", "", "", "", e.as_str()]).as_bytes())
+        }
     }
-}
-
-/// A CSV field, quoted when it holds a comma, a quote or a line break (RFC 4180).
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
 fn join(paths: &[PathBuf]) -> String {
