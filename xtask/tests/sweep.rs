@@ -384,6 +384,25 @@ fn a_changed_config_moves_the_old_run_aside_and_runs_again() {
     let report = stdout(&run_ok(xtask().args(["report", "--sweep"]).arg(&sweep)));
     let row = report.lines().find(|l| l.starts_with("| mlae |")).unwrap_or_else(|| panic!("{report}"));
     assert!(row.contains("| 73.00 |") && !report.contains("61.00"), "{row}");
+    // An override for another task only would leave the digits run beside it with none, in a
+    // directory the report names by one set of overrides: refused, and nothing is written.
+    let before = std::fs::read(sweep.join("sweep.json")).unwrap();
+    let mixed = xtask()
+        .args(["sweep", "--benchmark", "demo", "--tasks", "mnist5k", "--set", "train.epochs=4", "--grid"])
+        .arg(&grid)
+        .arg("--out")
+        .arg(&sweep)
+        .arg("--cli")
+        .arg(&cli)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&mixed.stderr);
+    assert!(
+        !mixed.status.success() && err.contains("leaves 1 of them as they are (digits.mlae.s0)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(sweep.join("sweep.json")).unwrap(), before, "sweep.json is kept");
+    assert!(!sweep.join("runs/mnist5k.mlae.s0").exists());
 }
 
 #[test]

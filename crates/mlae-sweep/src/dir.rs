@@ -1,7 +1,7 @@
 //! The sweep directory: its layout and the records a sweep keeps there.
 //!
 //! ```text
-//! sweep.json          what the sweep is (grid, benchmark, the last command's overrides)
+//! sweep.json          what the sweep is (grid, benchmark, the overrides of all its runs)
 //! plan.json           every run planned so far: task, variant, seed, stage, axes point
 //! selection.json      search grids: the setting selected per task on validation accuracy
 //! halving.json        --search halving: per task and seed, each rung's scores and kept settings
@@ -78,11 +78,38 @@ pub struct SweepRecord {
     pub grid: String,
     pub grid_path: PathBuf,
     pub benchmark: String,
-    /// The last command's `--set`, `--data-root`, `--checkpoint` (informational: each run's
-    /// generated config holds what it used).
+    /// The `--set`, `--data-root`, `--checkpoint` every run planned here was made with: a
+    /// command with other overrides must plan every run again (they are moved aside and
+    /// rerun) or is refused, so the report can name the whole directory by them.
     pub set: Vec<String>,
     pub data_root: Option<PathBuf>,
     pub checkpoint: Option<PathBuf>,
+}
+
+impl SweepRecord {
+    /// Whether two records ran their grid with the same overrides (`--set` in any order).
+    pub fn same_overrides(&self, other: &SweepRecord) -> bool {
+        let sorted = |r: &SweepRecord| {
+            let mut s = r.set.clone();
+            s.sort();
+            s
+        };
+        sorted(self) == sorted(other)
+            && self.data_root == other.data_root
+            && self.checkpoint == other.checkpoint
+    }
+
+    /// The overrides as flags, for messages (`no overrides` when there are none).
+    pub fn overrides_text(&self) -> String {
+        let mut parts: Vec<String> = self.set.iter().map(|s| format!("--set {s}")).collect();
+        if let Some(d) = &self.data_root {
+            parts.push(format!("--data-root {}", d.display()));
+        }
+        if let Some(c) = &self.checkpoint {
+            parts.push(format!("--checkpoint {}", c.display()));
+        }
+        if parts.is_empty() { "no overrides".into() } else { parts.join(" ") }
+    }
 }
 
 /// Every run planned in this sweep directory so far (runs of earlier commands with other
@@ -187,6 +214,27 @@ pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overrides_compare_in_any_order_and_name_every_flag() {
+        let record = |set: &[&str], data_root: Option<&str>| SweepRecord {
+            grid: "demo-epochs".into(),
+            grid_path: "configs/grids/demo-epochs.toml".into(),
+            benchmark: "demo".into(),
+            set: set.iter().map(|s| s.to_string()).collect(),
+            data_root: data_root.map(PathBuf::from),
+            checkpoint: None,
+        };
+        let a = record(&["train.epochs=30", "train.threads=1"], None);
+        assert!(a.same_overrides(&record(&["train.threads=1", "train.epochs=30"], None)));
+        assert!(!a.same_overrides(&record(&["train.epochs=30"], None)));
+        assert!(!a.same_overrides(&record(&["train.epochs=30", "train.threads=1"], Some("/data"))));
+        assert_eq!(record(&[], None).overrides_text(), "no overrides");
+        assert_eq!(
+            record(&["train.epochs=30"], Some("/data")).overrides_text(),
+            "--set train.epochs=30 --data-root /data"
+        );
+    }
 
     #[test]
     fn records_round_trip_and_a_malformed_file_is_named() {

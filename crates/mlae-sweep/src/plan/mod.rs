@@ -6,7 +6,7 @@ mod execute;
 
 use crate::config;
 use crate::decide::{Action, decide};
-use crate::dir::{SweepDir, SweepRecord, read_json};
+use crate::dir::{Plan, SweepDir, SweepRecord, read_json};
 use crate::error::{Result, SweepError, bail};
 use crate::grid::Grid;
 use crate::grid::Stage;
@@ -15,7 +15,7 @@ use crate::prepare::{Prepared, prepare};
 use crate::select::{Selection, select};
 use crate::slurm::{self, SlurmOptions};
 use mlae_data::Benchmark;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -136,7 +136,8 @@ pub fn plan(req: SweepRequest) -> Result<PlannedSweep> {
         data_root: req.data_root.clone(),
         checkpoint: req.checkpoint.clone(),
     };
-    if let Some(old) = read_json::<SweepRecord>(&sweep.record())?
+    let old_record = read_json::<SweepRecord>(&sweep.record())?;
+    if let Some(old) = &old_record
         && (old.grid != record.grid || old.benchmark != record.benchmark)
     {
         bail!(
@@ -176,6 +177,11 @@ pub fn plan(req: SweepRequest) -> Result<PlannedSweep> {
         ),
         (None, SearchMode::Full) => (None, None),
     };
+    if let Some(old) = &old_record
+        && !old.same_overrides(&record)
+    {
+        unchanged_runs_refused(&sweep, old, &record, &prepared, selection.as_ref())?;
+    }
     Ok(PlannedSweep {
         req,
         sweep,
@@ -288,6 +294,39 @@ impl PlannedSweep {
 }
 
 /// A grid by name (`configs/grids/<name>.toml`) or by path.
+/// A command whose overrides differ from the directory's must plan again every run planned
+/// there (each is then moved aside and rerun under the new overrides): a run it leaves would
+/// keep the old overrides beside runs with the new ones, while `sweep.json`, which the report
+/// names the directory by, holds one set.
+fn unchanged_runs_refused(
+    sweep: &SweepDir,
+    old: &SweepRecord,
+    new: &SweepRecord,
+    prepared: &[Prepared],
+    selection: Option<&Selection>,
+) -> Result<()> {
+    let Some(planned) = read_json::<Plan>(&sweep.plan())? else { return Ok(()) };
+    let mut now: BTreeSet<&str> = prepared.iter().map(|p| p.spec.name.as_str()).collect();
+    if let Some(s) = selection {
+        now.extend(s.finals.iter().map(|p| p.spec.name.as_str()));
+        now.extend(s.waiting.iter().map(|w| w.name.as_str()));
+    }
+    let left: Vec<&String> = planned.runs.keys().filter(|r| !now.contains(r.as_str())).collect();
+    if let Some(first) = left.first() {
+        bail!(
+            "{} holds runs made with {}; this command has {} and leaves {} of them as they are \
+             ({first}{}), so one directory would mix two experiments: pass --out DIR for this \
+             one, or plan those runs too (--tasks, --seeds, --variants) to rerun them all",
+            sweep.root.display(),
+            old.overrides_text(),
+            new.overrides_text(),
+            left.len(),
+            if left.len() > 1 { ", ..." } else { "" }
+        );
+    }
+    Ok(())
+}
+
 fn grid_path(root: &Path, grid: &str) -> Result<PathBuf> {
     let grids = root.join("configs/grids");
     if !grid.contains('/') && !grid.ends_with(".toml") {
@@ -406,6 +445,34 @@ mod tests {
             err.ends_with("(it has linear, full, lora, lora-dropout, dmlora, dora, mlae)"),
             "each variant once, in the grid's order: {err}"
         );
+    }
+
+    #[test]
+    fn other_overrides_must_plan_every_run_of_the_directory_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let at = |set: &[&str], tasks: &[&str]| SweepRequest {
+            tasks: tasks.iter().map(|t| t.to_string()).collect(),
+            out: Some(tmp.path().to_path_buf()),
+            ..request("demo", set)
+        };
+        // A directory whose mnist5k runs were made with train.epochs=2.
+        let first = plan(at(&["train.epochs=2"], &["mnist5k"])).unwrap();
+        let mut runs = Plan::default();
+        runs.add(first.prepared.iter().map(|p| &p.spec));
+        crate::dir::write_json(&first.sweep.record(), &first.record).unwrap();
+        crate::dir::write_json(&first.sweep.plan(), &runs).unwrap();
+        // The same overrides (in any order) add tasks; other overrides that plan every run
+        // again rerun them all.
+        plan(at(&["train.epochs=2"], &["digits"])).unwrap();
+        plan(at(&["train.epochs=3"], &["mnist5k", "digits"])).unwrap();
+        // Other overrides that leave a run as it is would mix two experiments.
+        let err = plan(at(&["train.epochs=3"], &["digits"])).unwrap_err().to_string();
+        let run = runs.runs.keys().next().unwrap();
+        assert!(err.contains("holds runs made with --set train.epochs=2"), "{err}");
+        assert!(err.contains("this command has --set train.epochs=3"), "{err}");
+        assert!(err.contains(run.as_str()) && err.contains("--out DIR"), "{err}");
+        let err = plan(at(&[], &["digits"])).unwrap_err().to_string();
+        assert!(err.contains("this command has no overrides"), "{err}");
     }
 
     #[test]
