@@ -101,6 +101,8 @@ fn dry_runs_of_the_other_grids_plan_valid_configs() {
         ("demo", "demo-search-mlae-lr", 3 * 9 * 3 + 3 * 3),
         ("demo", "lora-dropout-readings", 3 * 2),
         ("demo", "lora-placement", 3 * 2),
+        // LoRA, MLAE at two fixed settings, and the two searches' picks, at one length.
+        ("demo", "demo-epochs", 3 * 5 * 3),
     ];
     for (bench, grid, n) in cases {
         let out = stdout(&run_ok(xtask().args(["sweep", "--dry-run", "--benchmark", bench, "--grid", grid])));
