@@ -293,7 +293,6 @@ impl PlannedSweep {
     }
 }
 
-/// A grid by name (`configs/grids/<name>.toml`) or by path.
 /// A command whose overrides differ from the directory's must plan again every run planned
 /// there (each is then moved aside and rerun under the new overrides): a run it leaves would
 /// keep the old overrides beside runs with the new ones, while `sweep.json`, which the report
@@ -327,6 +326,7 @@ fn unchanged_runs_refused(
     Ok(())
 }
 
+/// A grid by name (`configs/grids/<name>.toml`) or by path.
 fn grid_path(root: &Path, grid: &str) -> Result<PathBuf> {
     let grids = root.join("configs/grids");
     if !grid.contains('/') && !grid.ends_with(".toml") {
