@@ -14,7 +14,7 @@ use mlae_sweep::select::Selection;
 use mlae_sweep::{SweepDir, SweepRecord};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The report's outputs.
 #[derive(Debug)]
@@ -201,29 +201,26 @@ fn label(sweep: &SweepDir, grid: &str) -> Result<String> {
 /// What makes two sweep directories one experiment: the grid (and whether it was a halving
 /// search), the `--set` overrides in any order, the data root and the checkpoint. Directories
 /// of one experiment hold different seeds or tasks of it, and their rows join.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Experiment {
     label: String,
-    set: Vec<String>,
-    data_root: Option<PathBuf>,
-    checkpoint: Option<PathBuf>,
+    record: SweepRecord,
+}
+
+impl PartialEq for Experiment {
+    fn eq(&self, other: &Self) -> bool {
+        self.label == other.label && self.record.same_overrides(&other.record)
+    }
 }
 
 impl Experiment {
     pub(crate) fn of(label: &str, record: &SweepRecord) -> Self {
-        let mut set = record.set.clone();
-        set.sort();
-        Self {
-            label: label.to_string(),
-            set,
-            data_root: record.data_root.clone(),
-            checkpoint: record.checkpoint.clone(),
-        }
+        Self { label: label.to_string(), record: record.clone() }
     }
 
     /// The label, with the overrides where there are any (`demo-epochs, train.epochs=30`).
     pub(crate) fn name(&self) -> String {
-        std::iter::once(self.label.clone()).chain(self.set.iter().cloned()).collect::<Vec<_>>().join(", ")
+        std::iter::once(self.label.clone()).chain(self.record.sorted_set()).collect::<Vec<_>>().join(", ")
     }
 }
 

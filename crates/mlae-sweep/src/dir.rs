@@ -87,14 +87,16 @@ pub struct SweepRecord {
 }
 
 impl SweepRecord {
+    /// The `--set` overrides in one order, as they compare and as a report names them.
+    pub fn sorted_set(&self) -> Vec<String> {
+        let mut set = self.set.clone();
+        set.sort();
+        set
+    }
+
     /// Whether two records ran their grid with the same overrides (`--set` in any order).
     pub fn same_overrides(&self, other: &SweepRecord) -> bool {
-        let sorted = |r: &SweepRecord| {
-            let mut s = r.set.clone();
-            s.sort();
-            s
-        };
-        sorted(self) == sorted(other)
+        self.sorted_set() == other.sorted_set()
             && self.data_root == other.data_root
             && self.checkpoint == other.checkpoint
     }
