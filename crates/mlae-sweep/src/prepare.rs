@@ -26,6 +26,28 @@ pub struct Prepared {
 /// settings (`AdapterKind::key_settings`), then these.
 const SHOWN: &[&str] = &["data.protocol", "train.epochs"];
 
+/// Keys every run sets that its name already says.
+const IN_NAME: &[&str] = &["data.task", "train.seed"];
+
+/// The keys a run's plan line shows: the method and its key settings, `SHOWN`, then every
+/// other key the variant or `--set` overrides (say `train.lr`), so that two variants that differ
+/// only there are told apart by a dry run. `output.*` is the sweep's own and is left out.
+fn summary_keys<'a>(
+    key_settings: &'a [&'a str],
+    spec: &'a RunSpec,
+    extra: &'a [(String, toml::Value)],
+) -> Vec<&'a str> {
+    let mut keys: Vec<&str> = vec!["adapter.kind"];
+    keys.extend(key_settings.iter().copied());
+    keys.extend(SHOWN.iter().copied());
+    for (k, _) in spec.set.iter().chain(extra) {
+        if !k.starts_with("output.") && !IN_NAME.contains(&k.as_str()) && !keys.contains(&k.as_str()) {
+            keys.push(k);
+        }
+    }
+    keys
+}
+
 /// Builds each run's generated config, checks the whole config it resolves to, and
 /// fingerprints it. Writes nothing.
 pub fn prepare(
@@ -42,10 +64,8 @@ pub fn prepare(
         let text = config::render(&table, &format!("grid {grid_name}, run {}", spec.name))?;
         let merged = config::merged(&table, &path)?;
         let cfg = config::check_merged(&merged, &path, &spec.name)?;
-        let summary = ["adapter.kind"]
+        let summary = summary_keys(cfg.adapter.kind.key_settings(), spec, extra)
             .iter()
-            .chain(cfg.adapter.kind.key_settings())
-            .chain(SHOWN)
             .filter_map(|k| config::get_path(&merged, k).map(|v| format!("{k}={}", grid::value_text(v))))
             .collect::<Vec<_>>()
             .join(" ");

@@ -448,6 +448,29 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_line_shows_every_key_its_variant_or_set_overrides() {
+        let req = SweepRequest {
+            grid: "demo-epochs".into(),
+            tasks: vec!["mnist5k".into()],
+            variants: vec!["lora".into(), "lora-lr2e-3".into()],
+            seeds: vec![0],
+            ..request("demo", &["train.threads=1"])
+        };
+        let planned = plan(req).unwrap();
+        let line = |name: &str| {
+            planned.prepared.iter().find(|p| p.spec.name == name).map(|p| p.summary.clone()).unwrap()
+        };
+        let (base, fast) = (line("mnist5k.lora.s0"), line("mnist5k.lora-lr2e-3.s0"));
+        assert!(fast.contains(" train.lr=0.002"), "{fast}");
+        assert!(!base.contains("train.lr"), "the task config's lr is not an override: {base}");
+        for l in [&base, &fast] {
+            assert!(l.starts_with("adapter.kind=lora ") && l.contains(" train.threads=1"), "{l}");
+            assert!(!l.contains("data.task") && !l.contains("train.seed"), "the name says them: {l}");
+        }
+        assert!(planned.dry_run().unwrap().contains(&fast));
+    }
+
+    #[test]
     fn other_overrides_must_plan_every_run_of_the_directory_again() {
         let tmp = tempfile::tempdir().unwrap();
         let at = |set: &[&str], tasks: &[&str]| SweepRequest {
