@@ -7,7 +7,7 @@ use crate::error::{Result, bail};
 use crate::results::{RunResult, collect, mean, mean_std_cell, std};
 use mlae_formats::csv_record;
 use mlae_plot::{ErrorPanel, ErrorSeries};
-use mlae_sweep::SweepDir;
+use mlae_sweep::{SweepDir, SweepRecord};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -31,10 +31,18 @@ pub struct Curve {
 impl Curve {
     /// Reads the finished runs of every sweep. Two runs of one task, method, length and seed
     /// (the same sweep given twice, say) are an error: they would count one seed twice.
+    ///
+    /// A line is named by its grid variant and, where the sweeps' overrides other than
+    /// `train.epochs` differ (say one pair of sweeps with `--set train.lr=0.002`), by the ones
+    /// its sweep has and not every sweep has, so that such lines sit side by side.
     pub fn collect(sweeps: &[SweepDir]) -> Result<Curve> {
         let mut curve = Curve::default();
-        for sweep in sweeps {
-            for r in collect(sweep, &mut curve.notes)? {
+        let records = sweeps.iter().map(|s| s.read_record()).collect::<std::result::Result<Vec<_>, _>>()?;
+        for (sweep, own) in sweeps.iter().zip(line_overrides(&records)) {
+            for mut r in collect(sweep, &mut curve.notes)? {
+                if !own.is_empty() {
+                    r.row = format!("{} ({own})", r.row);
+                }
                 // Read here, not by `collect`: only the curve shows the final training loss.
                 let loss = match sweep.run_layout(&r.run).read_metrics() {
                     Ok(m) => m.last().map(|m| m.train_loss),
@@ -172,6 +180,32 @@ impl Curve {
         }
         Ok(())
     }
+}
+
+/// Per sweep, what its lines' names add to the variant: its overrides other than the length
+/// that not every sweep has, joined (empty when it has none of its own).
+pub(crate) fn line_overrides(records: &[SweepRecord]) -> Vec<String> {
+    let others: Vec<Vec<String>> = records.iter().map(other_overrides).collect();
+    others
+        .iter()
+        .map(|o| {
+            o.iter()
+                .filter(|x| !others.iter().all(|all| all.contains(x)))
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect()
+}
+
+/// A sweep's overrides other than its length: `--set` entries (sorted) but `train.epochs`,
+/// then the data root and checkpoint when given.
+fn other_overrides(record: &SweepRecord) -> Vec<String> {
+    let length = |s: &String| s.split_once('=').is_some_and(|(k, _)| k.trim() == "train.epochs");
+    let mut out: Vec<String> = record.sorted_set().into_iter().filter(|s| !length(s)).collect();
+    out.extend(record.data_root.iter().map(|d| format!("data root {}", d.display())));
+    out.extend(record.checkpoint.iter().map(|c| format!("checkpoint {}", c.display())));
+    out
 }
 
 /// One Markdown table: a line per method, a column per training length, `cell` of each point.

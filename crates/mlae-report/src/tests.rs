@@ -402,3 +402,24 @@ fn grouped_flat_tables_show_group_means_and_their_mean() {
     assert!(csv.contains("ours,lora,paper,mean,mean,,70.5000,,,,,\n"), "{csv}");
     assert!(md.contains("mean of the group means"), "the footnote says how the Mean is made");
 }
+
+#[test]
+fn curve_lines_are_named_by_the_overrides_that_set_their_sweeps_apart() {
+    let records = [
+        record(&["train.epochs=10", "train.threads=2"]),
+        record(&["train.threads=2", "train.epochs = 30"]),
+        record(&["train.epochs=10", "train.threads=2", "train.lr=0.002"]),
+        record(&["train.lr=0.002", "train.epochs=30", "train.threads=2"]),
+    ];
+    let names = crate::curve::line_overrides(&records);
+    assert_eq!(
+        names,
+        ["", "", "train.lr=0.002", "train.lr=0.002"],
+        "the length and shared ones are not named"
+    );
+    let one_experiment = crate::curve::line_overrides(&records[..2]);
+    assert_eq!(one_experiment, ["", ""], "a curve of one experiment names lines by variant only");
+    let mut other = record(&["train.epochs=10"]);
+    other.data_root = Some("/data/b".into());
+    assert_eq!(crate::curve::line_overrides(&[record(&[]), other]), ["", "data root /data/b"]);
+}
