@@ -151,10 +151,12 @@ pub(crate) fn resolve_task_dir(root: &Path, spec: &TaskSpec) -> Result<PathBuf> 
         return Ok(alias);
     }
     let files = spec.splits.iter().map(|(_, f)| f.as_str()).collect::<Vec<_>>().join(", ");
+    // Every demo task comes from one command (downloaded or generated), so name it.
+    let build = if spec.benchmark == Benchmark::Demo { "; `cargo xtask fetch-demo` builds it" } else { "" };
     Err(DataError::MissingTaskDir {
         dir: primary,
         hint: format!(
-            "{} task {} expects <root>/{}/ holding {files}",
+            "{} task {} expects <root>/{}/ holding {files}{build}",
             spec.benchmark, spec.name, spec.folder
         ),
     })

@@ -118,6 +118,14 @@ fn missing_task_folders_and_empty_splits_are_reported() {
     assert!(matches!(&test.problems[..], [Problem::EmptySplit { .. }]), "{report}");
     let err = check(Benchmark::Vtab, tmp.path(), Some("imagenet"), &FULL).unwrap_err().to_string();
     assert!(err.contains("no task `imagenet`"), "{err}");
+    let vtab = report.tasks.iter().find(|t| t.task != "eurosat").unwrap().problems[0].to_string();
+    assert!(!vtab.contains("fetch-demo"), "a VTAB folder is the user's download: {vtab}");
+    let demo = check(Benchmark::Demo, tmp.path(), Some("count"), &FULL).unwrap();
+    let hint = demo.tasks[0].problems[0].to_string();
+    assert!(
+        hint.contains("missing task folder") && hint.contains("`cargo xtask fetch-demo` builds it"),
+        "{hint}"
+    );
 }
 
 #[test]
