@@ -7,7 +7,7 @@ use crate::config::ExperimentConfig;
 use crate::error::{Result, TrainError};
 use crate::evaluator::{ModelSource, OpenRun, Preprocess, load_run_config, load_weights};
 use crate::setup::{setup_device, transforms};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::ProgressBar;
 use mlae_data::Transform;
 use mlae_vit::{AdaptedVit, ForwardCtx};
 use rayon::prelude::*;
@@ -134,15 +134,8 @@ impl Predictor {
 }
 
 fn progress_bar(files: usize, batch: usize) -> ProgressBar {
-    use std::io::IsTerminal;
-    if files <= batch || !std::io::stderr().is_terminal() {
+    if files <= batch {
         return ProgressBar::hidden();
     }
-    let bar = ProgressBar::with_draw_target(Some(files as u64), ProgressDrawTarget::stderr());
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} images [{elapsed_precise} < {eta}]")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
+    crate::progress::terminal_bar(files as u64, "images").unwrap_or_else(ProgressBar::hidden)
 }

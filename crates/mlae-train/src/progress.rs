@@ -5,6 +5,18 @@ use crate::metrics::EpochMetrics;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
+/// A bar of `len` units on stderr in the toolkit's one style (`what` follows the counts: the
+/// unit and any `{msg}`), or `None` when stderr is not a terminal, where logs take its place.
+pub(crate) fn terminal_bar(len: u64, what: &str) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let template = format!("{{bar:30.cyan/blue}} {{pos}}/{{len}} {what} [{{elapsed_precise}} < {{eta}}]");
+    bar.set_style(ProgressStyle::with_template(&template).expect("a valid template").progress_chars("=> "));
+    Some(bar)
+}
+
 #[derive(Debug)]
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -14,18 +26,10 @@ pub struct Progress {
 impl Progress {
     /// `total_steps` over the whole run; `done` already completed (a resumed run).
     pub fn new(total_steps: u64, done: u64, epochs: u64, enabled: bool) -> Self {
-        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total_steps), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30.cyan/blue} {pos}/{len} steps {msg} [{elapsed_precise} < {eta}]",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
+        let bar = enabled.then(|| terminal_bar(total_steps, "steps {msg}")).flatten();
+        if let Some(bar) = &bar {
             bar.set_position(done);
-            bar
-        });
+        }
         Self { bar, epochs }
     }
 
