@@ -13,7 +13,7 @@ pub struct Prepared {
     pub config: PathBuf,
     pub text: String,
     pub fingerprint: String,
-    /// The settings a reader checks first (method, p, init, protocol, epochs).
+    /// The settings a reader checks first (method, p, init, protocol, epochs, the overrides).
     pub summary: String,
     /// `train.epochs` of the resolved config.
     pub epochs: u64,
@@ -31,7 +31,7 @@ const IN_NAME: &[&str] = &["data.task", "train.seed"];
 
 /// The keys a run's plan line shows: the method and its key settings, `SHOWN`, then every
 /// other key the variant or `--set` overrides (say `train.lr`), so that two variants that differ
-/// only there are told apart by a dry run. `output.*` is the sweep's own and is left out.
+/// only there are told apart by a dry run. `output.*` (the sweep's own) and `IN_NAME` are left out.
 fn summary_keys<'a>(
     key_settings: &'a [&'a str],
     spec: &'a RunSpec,
