@@ -42,16 +42,17 @@ fn a_demo_search_sweep_survives_a_kill_resumes_from_checkpoints_and_reports_its_
     let sweep_cmd = || {
         real_sweep(&cache, &["--benchmark", "demo", "--jobs", "2"], &grid, &sweep, &cli, &data, DEMO_EPOCHS)
     };
+    // seed by seed, then task, then setting (a sweep stopped part-way holds whole seeds)
     let mut search = Vec::new();
-    for task in &tasks {
-        for p in ["0.1", "0.5"] {
-            for seed in [0, 1] {
+    for seed in [0, 1] {
+        for task in &tasks {
+            for p in ["0.1", "0.5"] {
                 search.push(format!("search.{task}.mlae.expert_dropout={p}.s{seed}"));
             }
         }
     }
     let finals: Vec<String> =
-        tasks.iter().flat_map(|t| [0, 1].map(|s| format!("final.{t}.mlae.s{s}"))).collect();
+        [0, 1].iter().flat_map(|s| tasks.iter().map(move |t| format!("final.{t}.mlae.s{s}"))).collect();
 
     // The plan: 4 search runs and 2 finals waiting for them per task; nothing written.
     let out = stdout(&run_ok(sweep_cmd().arg("--dry-run")));

@@ -226,23 +226,33 @@ impl Grid {
     ) -> Result<Vec<RunSpec>> {
         let points = cartesian(&self.axes);
         let stage = if self.select.is_some() { Stage::Search } else { Stage::Run };
+        // Seed outermost: a sweep stopped part-way holds whole seeds (every task and method of
+        // seed 0 before any of seed 1), whose rows compare like for like.
         let mut runs = Vec::new();
-        for task in tasks {
-            let template = root.join(self.config.replace("{benchmark}", benchmark).replace("{task}", task));
-            if !template.is_file() {
-                bail!("the grid's config for task {task} is {}, which does not exist", template.display());
-            }
-            for variant in self.variants() {
-                let mut extends = vec![template.clone()];
-                for e in &variant.extends {
-                    let path = root.join(e);
-                    if !path.is_file() {
-                        bail!("variant {}: extends {}, which does not exist", variant.name, path.display());
-                    }
-                    extends.push(path);
+        for &seed in seeds {
+            for task in tasks {
+                let template =
+                    root.join(self.config.replace("{benchmark}", benchmark).replace("{task}", task));
+                if !template.is_file() {
+                    bail!(
+                        "the grid's config for task {task} is {}, which does not exist",
+                        template.display()
+                    );
                 }
-                for point in &points {
-                    for &seed in seeds {
+                for variant in self.variants() {
+                    let mut extends = vec![template.clone()];
+                    for e in &variant.extends {
+                        let path = root.join(e);
+                        if !path.is_file() {
+                            bail!(
+                                "variant {}: extends {}, which does not exist",
+                                variant.name,
+                                path.display()
+                            );
+                        }
+                        extends.push(path);
+                    }
+                    for point in &points {
                         let mut set: Vec<(String, toml::Value)> =
                             self.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                         set.extend(variant.set.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -409,6 +419,35 @@ extends = ["configs/frag.toml"]
             [tmp.path().join("configs/demo/a.toml"), tmp.path().join("configs/frag.toml")]
         );
         assert!(runs[0].set.contains(&("adapter.kind".into(), toml::Value::String("lora".into()))));
+    }
+
+    #[test]
+    fn runs_come_seed_by_seed_so_a_stopped_sweep_holds_whole_seeds() {
+        let tmp = project(&["a", "b"]);
+        let g = grid(
+            r#"description = "x"
+config = "configs/demo/{task}.toml"
+[[variants]]
+name = "lora"
+[[variants]]
+name = "mlae"
+"#,
+        );
+        let runs = g.expand(tmp.path(), "demo", &["a".into(), "b".into()], &[0, 1]).unwrap();
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "a.lora.s0",
+                "a.mlae.s0",
+                "b.lora.s0",
+                "b.mlae.s0", //
+                "a.lora.s1",
+                "a.mlae.s1",
+                "b.lora.s1",
+                "b.mlae.s1"
+            ]
+        );
     }
 
     #[test]
