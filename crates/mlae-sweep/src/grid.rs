@@ -226,53 +226,50 @@ impl Grid {
     ) -> Result<Vec<RunSpec>> {
         let points = cartesian(&self.axes);
         let stage = if self.select.is_some() { Stage::Search } else { Stage::Run };
+        // Each task's config and each variant's fragments, checked once.
+        let mut bases = Vec::new();
+        for task in tasks {
+            let template = root.join(self.config.replace("{benchmark}", benchmark).replace("{task}", task));
+            if !template.is_file() {
+                bail!("the grid's config for task {task} is {}, which does not exist", template.display());
+            }
+            for variant in self.variants() {
+                let mut extends = vec![template.clone()];
+                for e in &variant.extends {
+                    let path = root.join(e);
+                    if !path.is_file() {
+                        bail!("variant {}: extends {}, which does not exist", variant.name, path.display());
+                    }
+                    extends.push(path);
+                }
+                bases.push((task, variant, extends));
+            }
+        }
         // Seed outermost: a sweep stopped part-way holds whole seeds (every task and method of
         // seed 0 before any of seed 1), whose rows compare like for like.
         let mut runs = Vec::new();
         for &seed in seeds {
-            for task in tasks {
-                let template =
-                    root.join(self.config.replace("{benchmark}", benchmark).replace("{task}", task));
-                if !template.is_file() {
-                    bail!(
-                        "the grid's config for task {task} is {}, which does not exist",
-                        template.display()
-                    );
-                }
-                for variant in self.variants() {
-                    let mut extends = vec![template.clone()];
-                    for e in &variant.extends {
-                        let path = root.join(e);
-                        if !path.is_file() {
-                            bail!(
-                                "variant {}: extends {}, which does not exist",
-                                variant.name,
-                                path.display()
-                            );
-                        }
-                        extends.push(path);
+            for (task, variant, extends) in &bases {
+                for point in &points {
+                    let mut set: Vec<(String, toml::Value)> =
+                        self.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    set.extend(variant.set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    set.extend(point.iter().cloned());
+                    if let Some(p) = self.protocol {
+                        set.push(("data.protocol".into(), toml::Value::String(p.as_str().into())));
                     }
-                    for point in &points {
-                        let mut set: Vec<(String, toml::Value)> =
-                            self.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                        set.extend(variant.set.iter().map(|(k, v)| (k.clone(), v.clone())));
-                        set.extend(point.iter().cloned());
-                        if let Some(p) = self.protocol {
-                            set.push(("data.protocol".into(), toml::Value::String(p.as_str().into())));
-                        }
-                        set.push(("data.task".into(), toml::Value::String(task.clone())));
-                        set.push(("train.seed".into(), toml::Value::Integer(seed as i64)));
-                        runs.push(RunSpec {
-                            name: run_name(task, &variant.name, point, seed, stage),
-                            task: task.clone(),
-                            variant: variant.name.clone(),
-                            seed,
-                            stage,
-                            extends: extends.clone(),
-                            set,
-                            point: point.clone(),
-                        });
-                    }
+                    set.push(("data.task".into(), toml::Value::String((*task).clone())));
+                    set.push(("train.seed".into(), toml::Value::Integer(seed as i64)));
+                    runs.push(RunSpec {
+                        name: run_name(task, &variant.name, point, seed, stage),
+                        task: (*task).clone(),
+                        variant: variant.name.clone(),
+                        seed,
+                        stage,
+                        extends: extends.clone(),
+                        set,
+                        point: point.clone(),
+                    });
                 }
             }
         }
